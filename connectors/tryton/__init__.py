@@ -1,0 +1,1 @@
+"""Tryton JSON-RPC connector (ERP and PSA)."""

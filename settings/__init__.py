@@ -1,0 +1,114 @@
+"""Settings: environment variables prefixed `Q2C_`, then an optional settings file.
+
+Precedence, highest first: the process environment, the file named by
+`Q2C_SETTINGS_FILE`, the state folder's `secrets.env` (written by `q2c dev up` with
+generated demo secrets), then the defaults below. Secrets are `SecretStr`, so they
+never show in a repr, a log line or a workflow payload.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SECRETS_FILE_NAME = "secrets.env"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="Q2C_", extra="ignore", frozen=True)
+
+    #: Where the dev stack keeps its processes' state, databases and logs.
+    state_dir: Path = Path(".q2c")
+    host: str = "127.0.0.1"
+
+    # Temporal
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    temporal_namespace: str = "default"
+    #: Overrides host:temporal_port, e.g. a Temporal Cloud endpoint.
+    temporal_address: str | None = None
+    temporal_api_key: SecretStr | None = None
+    temporal_tls: bool = False
+    task_queue: str = "q2c"
+
+    # Tryton (ERP and PSA)
+    tryton_port: int = 8000
+    tryton_database: str = "q2c"
+    tryton_user: str = "admin"
+    tryton_password: SecretStr = SecretStr("")
+    #: Overrides http://host:tryton_port, for a Tryton that q2c does not run.
+    tryton_url: str | None = None
+
+    # Salesforce (the stand-in in the demo)
+    salesforce_port: int = 8101
+    salesforce_url: str | None = None
+    salesforce_client_id: str = "q2c-demo"
+    salesforce_client_secret: SecretStr = SecretStr("")
+    salesforce_webhook_secret: SecretStr = SecretStr("")
+    salesforce_api_version: str = "v60.0"
+
+    # Stripe (the stand-in in the demo)
+    stripe_port: int = 8102
+    stripe_url: str | None = None
+    stripe_api_key: SecretStr = SecretStr("")
+    stripe_webhook_secret: SecretStr = SecretStr("")
+
+    # The q2c service (webhooks, health)
+    service_port: int = 8080
+    #: How the outside world reaches the service; the stand-ins post webhooks here.
+    public_url: str | None = None
+
+    # Store
+    database_url: str | None = None
+
+    # Business rules that are configuration, not code
+    finance_approvers: list[str] = Field(default_factory=lambda: ["finance@q2c.example"])
+    approval_threshold: Decimal = Decimal("250000")
+
+    @property
+    def temporal_target(self) -> str:
+        return self.temporal_address or f"{self.host}:{self.temporal_port}"
+
+    @property
+    def temporal_ui_url(self) -> str:
+        return f"http://{self.host}:{self.temporal_ui_port}"
+
+    @property
+    def tryton_base_url(self) -> str:
+        return self.tryton_url or f"http://{self.host}:{self.tryton_port}"
+
+    @property
+    def salesforce_base_url(self) -> str:
+        return self.salesforce_url or f"http://{self.host}:{self.salesforce_port}"
+
+    @property
+    def stripe_base_url(self) -> str:
+        return self.stripe_url or f"http://{self.host}:{self.stripe_port}"
+
+    @property
+    def service_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.service_port}"
+
+    @property
+    def store_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.state_dir.resolve() / 'q2c.sqlite'}"
+
+    def run_link(self, workflow_id: str) -> str:
+        """Where a person sees a run in the Temporal Web UI."""
+        namespace = self.temporal_namespace
+        return f"{self.temporal_ui_url}/namespaces/{namespace}/workflows/{workflow_id}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment and files; `overrides` win over both."""
+    state_dir = Path(str(overrides.get("state_dir") or os.environ.get("Q2C_STATE_DIR", ".q2c")))
+    files: list[Path] = [state_dir / SECRETS_FILE_NAME]
+    if extra := os.environ.get("Q2C_SETTINGS_FILE"):
+        files.append(Path(extra))
+    existing = tuple(str(f) for f in files if f.is_file())
+    return Settings(_env_file=existing or None, **overrides)

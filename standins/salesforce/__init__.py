@@ -1,0 +1,1 @@
+"""Salesforce stand-in: a local ASGI app that speaks the Salesforce REST API."""

@@ -1,0 +1,5 @@
+"""Shared fixtures: each real system has its own plugin module in `tests/fixtures/`."""
+
+pytest_plugins = [
+    "tests.fixtures.ports",
+]
