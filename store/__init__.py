@@ -1,0 +1,13 @@
+"""q2c's own database: cross-reference ids, the audit trail, exceptions."""
+
+from store.models import AuditEntry, CrossReference, ExceptionRecord
+from store.repository import CrossReferenceConflict, Store, create_engine
+
+__all__ = [
+    "AuditEntry",
+    "CrossReference",
+    "CrossReferenceConflict",
+    "ExceptionRecord",
+    "Store",
+    "create_engine",
+]

@@ -2,4 +2,5 @@
 
 pytest_plugins = [
     "tests.fixtures.ports",
+    "tests.fixtures.store",
 ]

@@ -1,0 +1,98 @@
+"""The store's tables: cross-reference ids, the audit trail, exceptions.
+
+Workflows never touch these; activities and the service do, through `store.Store`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+
+class AwareDateTime(sa.types.TypeDecorator[datetime]):
+    """Stores UTC, gives back timezone-aware UTC (SQLite forgets the zone otherwise)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime refused: timestamps must be timezone-aware")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _at(**kwargs: Any) -> Any:
+    return Field(default_factory=utcnow, sa_type=AwareDateTime, nullable=False, **kwargs)
+
+
+class CrossReference(SQLModel, table=True):
+    """One canonical record's id in one system: `customer c-42` is `tryton 17`."""
+
+    __tablename__ = "cross_reference"
+    __table_args__ = (
+        sa.UniqueConstraint("entity", "canonical_id", "system", name="uq_xref_canonical"),
+        sa.UniqueConstraint("entity", "system", "external_id", name="uq_xref_external"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    entity: str = Field(max_length=64)
+    canonical_id: str = Field(max_length=255, index=True)
+    system: str = Field(max_length=64)
+    external_id: str = Field(max_length=255)
+    created_at: datetime = _at()
+
+
+class AuditEntry(SQLModel, table=True):
+    """What a run did to which system, and when; rows are only ever added."""
+
+    __tablename__ = "audit_entry"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _at(index=True)
+    #: Set by the caller from the workflow, so a retried activity appends once.
+    idempotency_key: str | None = Field(default=None, max_length=255, unique=True)
+    workflow_id: str = Field(max_length=255, index=True)
+    run_id: str | None = Field(default=None, max_length=64)
+    correlation_id: str | None = Field(default=None, max_length=255, index=True)
+    lifecycle: str | None = Field(default=None, max_length=64)
+    step: str = Field(max_length=64)
+    system: str | None = Field(default=None, max_length=64)
+    action: str = Field(max_length=64)
+    outcome: str = Field(default="ok", max_length=32)
+    detail: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON, nullable=False)
+
+
+class ExceptionRecord(SQLModel, table=True):
+    """Something a person must look at: bad data, a refused step, an unpaid invoice."""
+
+    __tablename__ = "exception_record"
+
+    id: int | None = Field(default=None, primary_key=True)
+    raised_at: datetime = _at(index=True)
+    #: Recording the same exception twice (a retried activity) keeps one row.
+    dedupe_key: str = Field(max_length=255, unique=True)
+    workflow_id: str | None = Field(default=None, max_length=255, index=True)
+    correlation_id: str | None = Field(default=None, max_length=255, index=True)
+    lifecycle: str | None = Field(default=None, max_length=64)
+    step: str | None = Field(default=None, max_length=64)
+    kind: str = Field(max_length=64)
+    message: str
+    detail: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON, nullable=False)
+    status: str = Field(default="open", max_length=16, index=True)
+    resolved_at: datetime | None = Field(default=None, sa_type=AwareDateTime, nullable=True)
+    resolution: str | None = None

@@ -1,0 +1,279 @@
+"""`Store`: the one way q2c reads and writes its own database."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from store.models import AuditEntry, CrossReference, ExceptionRecord, utcnow
+
+
+class CrossReferenceConflict(ValueError):
+    """A canonical record is already linked to another id in that system (or vice versa)."""
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An async engine for `sqlite+aiosqlite://...` or `postgresql+asyncpg://...`."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+asyncpg://" + url.removeprefix("postgresql://")
+    if url.startswith("sqlite://"):
+        url = "sqlite+aiosqlite://" + url.removeprefix("sqlite://")
+    engine = create_async_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+        # WAL lets the worker and the service read while the other writes.
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+    return engine
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._sessions = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        return cls(create_engine(url))
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision."""
+        from store.migrate import upgrade
+
+        await upgrade(self.engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # Cross-reference ids -------------------------------------------------------------
+
+    async def link(
+        self, entity: str, canonical_id: str, system: str, external_id: str
+    ) -> CrossReference:
+        """Record that `canonical_id` is `external_id` in `system`; repeating it is harmless."""
+        existing = await self._reference(entity, canonical_id, system)
+        if existing is not None:
+            if existing.external_id != external_id:
+                raise CrossReferenceConflict(
+                    f"{entity} {canonical_id!r} is already {existing.external_id!r} in {system},"
+                    f" not {external_id!r}"
+                )
+            return existing
+        row = CrossReference(
+            entity=entity, canonical_id=canonical_id, system=system, external_id=external_id
+        )
+        async with self._sessions() as session:
+            session.add(row)
+            try:
+                await session.commit()
+            except IntegrityError:
+                await session.rollback()
+                # Another process linked it first: same link is fine, another is a conflict.
+                again = await self._reference(entity, canonical_id, system)
+                if again is not None and again.external_id == external_id:
+                    return again
+                raise CrossReferenceConflict(
+                    f"{system} {entity} {external_id!r} is already linked to another record"
+                ) from None
+            await session.refresh(row)
+            return row
+
+    async def external_id(self, entity: str, canonical_id: str, system: str) -> str | None:
+        ref = await self._reference(entity, canonical_id, system)
+        return ref.external_id if ref else None
+
+    async def canonical_id(self, entity: str, system: str, external_id: str) -> str | None:
+        async with self._sessions() as session:
+            result = await session.exec(
+                select(CrossReference).where(
+                    CrossReference.entity == entity,
+                    CrossReference.system == system,
+                    CrossReference.external_id == external_id,
+                )
+            )
+            ref = result.first()
+            return ref.canonical_id if ref else None
+
+    async def references(self, entity: str, canonical_id: str) -> dict[str, str]:
+        """Every system's id for one canonical record, keyed by system."""
+        async with self._sessions() as session:
+            result = await session.exec(
+                select(CrossReference).where(
+                    CrossReference.entity == entity, CrossReference.canonical_id == canonical_id
+                )
+            )
+            return {ref.system: ref.external_id for ref in result.all()}
+
+    async def _reference(
+        self, entity: str, canonical_id: str, system: str
+    ) -> CrossReference | None:
+        async with self._sessions() as session:
+            result = await session.exec(
+                select(CrossReference).where(
+                    CrossReference.entity == entity,
+                    CrossReference.canonical_id == canonical_id,
+                    CrossReference.system == system,
+                )
+            )
+            return result.first()
+
+    # Audit trail ---------------------------------------------------------------------
+
+    async def append_audit(
+        self,
+        *,
+        workflow_id: str,
+        step: str,
+        action: str,
+        system: str | None = None,
+        outcome: str = "ok",
+        detail: dict[str, Any] | None = None,
+        run_id: str | None = None,
+        correlation_id: str | None = None,
+        lifecycle: str | None = None,
+        idempotency_key: str | None = None,
+        at: datetime | None = None,
+    ) -> AuditEntry:
+        """Append one entry; with an `idempotency_key` a repeat returns the first entry."""
+        if idempotency_key is not None:
+            found = await self._audit_by_key(idempotency_key)
+            if found is not None:
+                return found
+        row = AuditEntry(
+            at=at or utcnow(),
+            idempotency_key=idempotency_key,
+            workflow_id=workflow_id,
+            run_id=run_id,
+            correlation_id=correlation_id,
+            lifecycle=lifecycle,
+            step=step,
+            system=system,
+            action=action,
+            outcome=outcome,
+            detail=detail or {},
+        )
+        async with self._sessions() as session:
+            session.add(row)
+            try:
+                await session.commit()
+            except IntegrityError:
+                await session.rollback()
+                if idempotency_key is not None and (
+                    found := await self._audit_by_key(idempotency_key)
+                ):
+                    return found
+                raise
+            await session.refresh(row)
+            return row
+
+    async def audit_trail(
+        self, *, workflow_id: str | None = None, correlation_id: str | None = None
+    ) -> Sequence[AuditEntry]:
+        query = select(AuditEntry).order_by(col(AuditEntry.at), col(AuditEntry.id))
+        if workflow_id is not None:
+            query = query.where(AuditEntry.workflow_id == workflow_id)
+        if correlation_id is not None:
+            query = query.where(AuditEntry.correlation_id == correlation_id)
+        async with self._sessions() as session:
+            return (await session.exec(query)).all()
+
+    async def _audit_by_key(self, key: str) -> AuditEntry | None:
+        async with self._sessions() as session:
+            result = await session.exec(select(AuditEntry).where(AuditEntry.idempotency_key == key))
+            return result.first()
+
+    # Exceptions ----------------------------------------------------------------------
+
+    async def record_exception(
+        self,
+        *,
+        dedupe_key: str,
+        kind: str,
+        message: str,
+        workflow_id: str | None = None,
+        correlation_id: str | None = None,
+        lifecycle: str | None = None,
+        step: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> ExceptionRecord:
+        """Open an exception for a person; the same `dedupe_key` twice keeps one."""
+        found = await self._exception_by_key(dedupe_key)
+        if found is not None:
+            return found
+        row = ExceptionRecord(
+            dedupe_key=dedupe_key,
+            kind=kind,
+            message=message,
+            workflow_id=workflow_id,
+            correlation_id=correlation_id,
+            lifecycle=lifecycle,
+            step=step,
+            detail=detail or {},
+        )
+        async with self._sessions() as session:
+            session.add(row)
+            try:
+                await session.commit()
+            except IntegrityError:
+                await session.rollback()
+                if found := await self._exception_by_key(dedupe_key):
+                    return found
+                raise
+            await session.refresh(row)
+            return row
+
+    async def exceptions(
+        self,
+        *,
+        status: str | None = "open",
+        workflow_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Sequence[ExceptionRecord]:
+        query = select(ExceptionRecord).order_by(col(ExceptionRecord.raised_at))
+        if status is not None:
+            query = query.where(ExceptionRecord.status == status)
+        if workflow_id is not None:
+            query = query.where(ExceptionRecord.workflow_id == workflow_id)
+        if correlation_id is not None:
+            query = query.where(ExceptionRecord.correlation_id == correlation_id)
+        async with self._sessions() as session:
+            return (await session.exec(query)).all()
+
+    async def resolve_exception(self, exception_id: int, resolution: str) -> ExceptionRecord:
+        async with self._sessions() as session:
+            row = await session.get(ExceptionRecord, exception_id)
+            if row is None:
+                raise LookupError(f"no exception with id {exception_id}")
+            if row.status != "resolved":
+                row.status = "resolved"
+                row.resolved_at = utcnow()
+                row.resolution = resolution
+                session.add(row)
+                await session.commit()
+                await session.refresh(row)
+            return row
+
+    async def _exception_by_key(self, key: str) -> ExceptionRecord | None:
+        async with self._sessions() as session:
+            result = await session.exec(
+                select(ExceptionRecord).where(ExceptionRecord.dedupe_key == key)
+            )
+            return result.first()
+
+    async def ping(self) -> bool:
+        async with self.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+        return True
