@@ -1,0 +1,101 @@
+"""The canonical business model of q2c: pure, frozen pydantic models and rules without I/O.
+
+Every connector maps its vendor's shapes to and from these; workflows and activities speak
+nothing else. Import from here, not from the submodules.
+"""
+
+from canonical.billing import Invoice, InvoiceLine, InvoiceStatus, Payment, can_transition
+from canonical.commercial import (
+    BillingType,
+    ContractTerms,
+    Milestone,
+    MilestoneStatus,
+    Opportunity,
+    OpportunityLine,
+    RateCard,
+    RateCardEntry,
+)
+from canonical.delivery import ChangeOrder, Expense, Hours, Project, Task, TimeEntry, rate_time
+from canonical.errors import CurrencyMismatch, InvalidTransition, NoRate, UnknownOwnership
+from canonical.money import (
+    MINOR_UNITS,
+    CurrencyCode,
+    ExactDecimal,
+    Money,
+    NonNegativeMoney,
+    Percent,
+    PositiveDecimal,
+    PositiveMoney,
+    TaxRate,
+    check_same_currency,
+    minor_unit,
+    sum_money,
+    to_decimal,
+)
+from canonical.ownership import ENTITY_OWNERS, FIELD_OWNERS, Entity, System, owner_of, survive
+from canonical.party import (
+    COUNTRY_CODES,
+    Account,
+    Address,
+    Contact,
+    CountryCode,
+    Customer,
+    Email,
+    LegalEntity,
+    PaymentTerms,
+)
+
+__all__ = [
+    "COUNTRY_CODES",
+    "ENTITY_OWNERS",
+    "FIELD_OWNERS",
+    "MINOR_UNITS",
+    "Account",
+    "Address",
+    "BillingType",
+    "ChangeOrder",
+    "Contact",
+    "ContractTerms",
+    "CountryCode",
+    "CurrencyCode",
+    "CurrencyMismatch",
+    "Customer",
+    "Email",
+    "Entity",
+    "ExactDecimal",
+    "Expense",
+    "Hours",
+    "InvalidTransition",
+    "Invoice",
+    "InvoiceLine",
+    "InvoiceStatus",
+    "LegalEntity",
+    "Milestone",
+    "MilestoneStatus",
+    "Money",
+    "NoRate",
+    "NonNegativeMoney",
+    "Opportunity",
+    "OpportunityLine",
+    "Payment",
+    "PaymentTerms",
+    "Percent",
+    "PositiveDecimal",
+    "PositiveMoney",
+    "Project",
+    "RateCard",
+    "RateCardEntry",
+    "System",
+    "Task",
+    "TaxRate",
+    "TimeEntry",
+    "UnknownOwnership",
+    "can_transition",
+    "check_same_currency",
+    "minor_unit",
+    "owner_of",
+    "rate_time",
+    "sum_money",
+    "survive",
+    "to_decimal",
+]

@@ -1,0 +1,315 @@
+"""What was sold and on which terms: opportunities, rate cards, milestones, contract terms."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
+
+from canonical.errors import NoRate
+from canonical.money import (
+    CurrencyCode,
+    Money,
+    NonNegativeMoney,
+    Percent,
+    PositiveDecimal,
+    PositiveMoney,
+    check_same_currency,
+    sum_money,
+)
+from canonical.party import PaymentTerms
+
+__all__ = [
+    "BillingType",
+    "ContractTerms",
+    "Milestone",
+    "MilestoneStatus",
+    "Opportunity",
+    "OpportunityLine",
+    "RateCard",
+    "RateCardEntry",
+]
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+_FROZEN = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+
+class BillingType(StrEnum):
+    TIME_AND_MATERIALS = "time_and_materials"
+    FIXED_FEE = "fixed_fee"
+    MILESTONE = "milestone"
+
+
+class OpportunityLine(BaseModel):
+    model_config = _FROZEN
+
+    id: NonEmpty
+    service: NonEmpty
+    role: str | None = None  # None for a fixed-fee deliverable that no single role delivers
+    quantity: PositiveDecimal  # hours for time and materials, units otherwise
+    unit_rate: NonNegativeMoney
+    billing_type: BillingType
+    discount_percent: Percent = Decimal(0)
+    description: str | None = None
+
+    @property
+    def amount(self) -> Money:
+        """Quantity times rate less discount, rounded to the minor unit like a quote would print."""
+        gross = self.unit_rate * self.quantity
+        return (gross * (1 - self.discount_percent / 100)).rounded()
+
+
+class RateCardEntry(BaseModel):
+    """The price of one role over a date range; ``effective_to`` is inclusive, None = open."""
+
+    model_config = _FROZEN
+
+    role: NonEmpty
+    rate: NonNegativeMoney
+    effective_from: date
+    effective_to: date | None = None
+
+    @field_validator("effective_to")
+    @classmethod
+    def _ends_after_start(cls, value: date | None, info: ValidationInfo) -> date | None:
+        start = info.data.get("effective_from")
+        if value is not None and start is not None and value < start:
+            raise ValueError(f"effective_to {value} is before effective_from {start}")
+        return value
+
+    def covers(self, on: date) -> bool:
+        return self.effective_from <= on and (self.effective_to is None or on <= self.effective_to)
+
+    def overlaps(self, other: RateCardEntry) -> bool:
+        return (other.effective_to is None or self.effective_from <= other.effective_to) and (
+            self.effective_to is None or other.effective_from <= self.effective_to
+        )
+
+
+class RateCard(BaseModel):
+    """Prices per role over time. At most one entry per role is effective on any date."""
+
+    model_config = _FROZEN
+
+    currency: CurrencyCode
+    entries: list[RateCardEntry] = Field(default_factory=list)
+    id: str | None = None
+    name: str | None = None
+
+    @field_validator("entries")
+    @classmethod
+    def _one_currency_no_overlap(
+        cls, entries: list[RateCardEntry], info: ValidationInfo
+    ) -> list[RateCardEntry]:
+        currency = info.data.get("currency")
+        if currency is not None:
+            check_same_currency(
+                currency, ((f"entries[{i}].rate", e.rate) for i, e in enumerate(entries))
+            )
+        for i, entry in enumerate(entries):
+            for j in range(i):
+                other = entries[j]
+                if other.role == entry.role and other.overlaps(entry):
+                    raise ValueError(
+                        f"entries[{j}] and entries[{i}] for role {entry.role!r} overlap "
+                        f"({_span(other)} and {_span(entry)}); one rate per role per day"
+                    )
+        return entries
+
+    def rate_for(self, role: str, on: date) -> Money:
+        for entry in self.entries:
+            if entry.role == role and entry.covers(on):
+                return entry.rate
+        raise NoRate(role, on)
+
+    def roles(self) -> set[str]:
+        return {e.role for e in self.entries}
+
+
+def _span(entry: RateCardEntry) -> str:
+    end = entry.effective_to.isoformat() if entry.effective_to else "open"
+    return f"{entry.effective_from.isoformat()}..{end}"
+
+
+class MilestoneStatus(StrEnum):
+    PLANNED = "planned"
+    COMPLETED = "completed"  # delivery done (PSA); may now be invoiced
+    INVOICED = "invoiced"
+    CANCELLED = "cancelled"
+
+
+class Milestone(BaseModel):
+    model_config = _FROZEN
+
+    id: NonEmpty
+    name: NonEmpty
+    amount: PositiveMoney
+    due_date: date | None = None
+    status: MilestoneStatus = MilestoneStatus.PLANNED
+    completed_on: date | None = None
+
+    @property
+    def billable(self) -> bool:
+        return self.status is MilestoneStatus.COMPLETED
+
+
+class ContractTerms(BaseModel):
+    """The commercial agreement a project is delivered and billed under."""
+
+    model_config = _FROZEN
+
+    currency: CurrencyCode
+    billing_type: BillingType
+    payment_terms: PaymentTerms
+    po_number: str | None = None
+    rate_card: RateCard | None = None
+    fixed_fee: PositiveMoney | None = None
+    milestones: list[Milestone] = Field(default_factory=list)
+    start_date: date | None = None
+    end_date: date | None = None
+
+    @field_validator("rate_card")
+    @classmethod
+    def _rate_card_currency(cls, value: RateCard | None, info: ValidationInfo) -> RateCard | None:
+        currency = info.data.get("currency")
+        if value is not None and currency is not None and value.currency != currency:
+            raise ValueError(
+                f"rate card currency {value.currency} differs from contract currency {currency}"
+            )
+        return value
+
+    @field_validator("fixed_fee")
+    @classmethod
+    def _fee_currency(cls, value: Money | None, info: ValidationInfo) -> Money | None:
+        currency = info.data.get("currency")
+        if value is not None and currency is not None:
+            check_same_currency(currency, [("fixed_fee", value)])
+        return value
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones(cls, value: list[Milestone], info: ValidationInfo) -> list[Milestone]:
+        currency = info.data.get("currency")
+        if currency is not None:
+            check_same_currency(
+                currency, ((f"milestones[{i}].amount", m.amount) for i, m in enumerate(value))
+            )
+        if info.data.get("billing_type") is BillingType.MILESTONE and not value:
+            raise ValueError("milestone billing needs at least one milestone")
+        _unique_ids("milestones", [m.id for m in value])
+        return value
+
+    @field_validator("end_date")
+    @classmethod
+    def _end_after_start(cls, value: date | None, info: ValidationInfo) -> date | None:
+        start = info.data.get("start_date")
+        if value is not None and start is not None and value < start:
+            raise ValueError(f"end_date {value} is before start_date {start}")
+        return value
+
+    def milestone_total(self) -> Money:
+        return sum_money((m.amount for m in self.milestones), self.currency)
+
+
+class Opportunity(BaseModel):
+    """A deal as the CRM holds it.
+
+    ``amount`` is kept as the CRM states it: CRMs let it drift from the sum of the lines, and
+    correcting it is the CRM owner's call. It must still be in the opportunity's currency.
+    """
+
+    model_config = _FROZEN
+
+    id: NonEmpty
+    crm: NonEmpty  # which CRM adapter holds it ("salesforce", "hubspot"); ids are per CRM
+    name: NonEmpty
+    account_id: NonEmpty
+    stage: NonEmpty
+    close_date: date
+    currency: CurrencyCode
+    lines: list[OpportunityLine] = Field(default_factory=list)
+    amount: Money
+    payment_terms: PaymentTerms | None = None
+    po_number: str | None = None
+    won: bool = False
+    probability: Percent | None = None
+    owner: str | None = None
+    description: str | None = None
+    contract_terms: ContractTerms | None = None
+    updated_at: AwareDatetime | None = None
+
+    @field_validator("lines")
+    @classmethod
+    def _lines(cls, lines: list[OpportunityLine], info: ValidationInfo) -> list[OpportunityLine]:
+        currency = info.data.get("currency")
+        if currency is not None:
+            check_same_currency(
+                currency, ((f"lines[{i}].unit_rate", ln.unit_rate) for i, ln in enumerate(lines))
+            )
+        _unique_ids("lines", [ln.id for ln in lines])
+        return lines
+
+    @field_validator("amount")
+    @classmethod
+    def _amount(cls, amount: Money, info: ValidationInfo) -> Money:
+        currency = info.data.get("currency")
+        if currency is not None:
+            check_same_currency(currency, [("amount", amount)])
+        return amount
+
+    @field_validator("contract_terms")
+    @classmethod
+    def _terms(cls, terms: ContractTerms | None, info: ValidationInfo) -> ContractTerms | None:
+        currency = info.data.get("currency")
+        if terms is not None and currency is not None and terms.currency != currency:
+            raise ValueError(
+                f"contract currency {terms.currency} differs from opportunity currency {currency}"
+            )
+        return terms
+
+    def total(self) -> Money:
+        """Sum of the line amounts: what the deal is actually worth line by line."""
+        return sum_money((ln.amount for ln in self.lines), self.currency)
+
+    def billing_types(self) -> set[BillingType]:
+        return {ln.billing_type for ln in self.lines}
+
+    def booking_issues(self) -> list[str]:
+        """Why this deal cannot become a project yet; empty when it can.
+
+        A list, not an exception, so a workflow can report every problem to a human at once.
+        """
+        issues: list[str] = []
+        if not self.won:
+            issues.append(f"won: opportunity is in stage {self.stage!r}, not won")
+        if not self.lines:
+            issues.append("lines: no line items to deliver or bill")
+        for i, ln in enumerate(self.lines):
+            if ln.billing_type is BillingType.TIME_AND_MATERIALS and not ln.role:
+                issues.append(f"lines[{i}].role: time-and-materials line needs a role")
+        terms = self.contract_terms
+        if BillingType.MILESTONE in self.billing_types() and (
+            terms is None or not terms.milestones
+        ):
+            issues.append("contract_terms.milestones: milestone lines need milestones")
+        if self.payment_terms is None and terms is None:
+            issues.append("payment_terms: no payment terms on the deal or its contract")
+        return issues
+
+
+def _unique_ids(field: str, ids: list[str]) -> None:
+    seen: set[str] = set()
+    for i, ident in enumerate(ids):
+        if ident in seen:
+            raise ValueError(f"{field}[{i}] repeats id {ident!r}; ids must be unique")
+        seen.add(ident)
