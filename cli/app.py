@@ -1,0 +1,171 @@
+"""`q2c`: the command line of q2c. Commands are thin; the work lives in the packages."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from devstack.process import PartFailed
+from devstack.stack import Stack, load_stack
+
+app = typer.Typer(
+    name="q2c",
+    help="Durable quote-to-cash orchestration on Temporal.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+dev_app = typer.Typer(help="Run the dev stack: Temporal, Tryton, stand-ins, service, worker.")
+store_app = typer.Typer(help="q2c's own database.")
+app.add_typer(dev_app, name="dev")
+app.add_typer(store_app, name="store")
+
+console = Console()
+err = Console(stderr=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+StateDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir", envvar="Q2C_STATE_DIR", help="Where the stack keeps state and logs."
+    ),
+]
+
+
+class CliError(Exception):
+    """An error the user can act on: printed as one line, exit code 1."""
+
+
+def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """One readable line and a non-zero exit instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except (CliError, PartFailed) as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _progress(name: str, message: str) -> None:
+    mark = "[green]✓[/green]" if message.startswith(("healthy", "already")) else "…"
+    console.print(f"{mark} [bold]{name:<10}[/bold] {message}", highlight=False)
+
+
+@dev_app.command("up")
+@friendly_errors
+def dev_up(state_dir: StateDir = None) -> None:
+    """Start every part on 127.0.0.1 in the background; return when all are healthy."""
+    stack = load_stack(state_dir)
+    stack.up(_progress)
+    console.print()
+    _print_status(stack)
+    console.print(f"\nState and logs: {stack.state_dir}   Stop everything: q2c dev down")
+
+
+@dev_app.command("down")
+@friendly_errors
+def dev_down(state_dir: StateDir = None) -> None:
+    """Stop every process `q2c dev up` started, and nothing else."""
+    load_stack(state_dir).down(_progress)
+
+
+@dev_app.command("status")
+@friendly_errors
+def dev_status(
+    state_dir: StateDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Each part with its health and URL. Exit code 1 when a part is not healthy."""
+    stack = load_stack(state_dir)
+    if as_json:
+        parts = [asdict(s) for s in stack.status()]
+        typer.echo(
+            json.dumps(
+                {
+                    "healthy": all(p["healthy"] for p in parts),
+                    "temporal_ui": stack.settings.temporal_ui_url,
+                    "parts": parts,
+                },
+                indent=2,
+            )
+        )
+        healthy = all(p["healthy"] for p in parts)
+    else:
+        healthy = _print_status(stack)
+    if not healthy:
+        raise typer.Exit(1)
+
+
+def _print_status(stack: Stack) -> bool:
+    table = Table("part", "health", "pid", "url")
+    statuses = stack.status()
+    for s in statuses:
+        health = (
+            "[green]healthy[/green]"
+            if s.healthy
+            else "[yellow]unhealthy[/yellow]"
+            if s.running
+            else "[red]stopped[/red]"
+        )
+        table.add_row(s.name, health, str(s.pid or "-"), s.url)
+    console.print(table)
+    console.print(f"Temporal Web UI: {stack.settings.temporal_ui_url}", highlight=False)
+    return all(s.healthy for s in statuses)
+
+
+@app.command("worker")
+@friendly_errors
+def run_worker() -> None:
+    """Run a worker in the foreground (Ctrl-C drains and stops it)."""
+    import worker
+
+    worker.main()
+
+
+@app.command("service")
+@friendly_errors
+def run_service() -> None:
+    """Run the q2c service (webhooks, health) in the foreground."""
+    from service.__main__ import main as service_main
+
+    service_main()
+
+
+@store_app.command("migrate")
+@friendly_errors
+def store_migrate() -> None:
+    """Bring the store's schema to the newest revision."""
+    from settings import load_settings
+    from store import Store
+
+    settings = load_settings()
+
+    async def migrate() -> None:
+        store = Store.from_url(settings.store_url)
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+
+    asyncio.run(migrate())
+    console.print(f"store migrated: {settings.store_url.split('@')[-1]}", highlight=False)
+
+
+def main() -> None:
+    app()
