@@ -23,6 +23,10 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
 
 
+TIMEOUT = timedelta(seconds=10)
+RETRY = RetryPolicy(maximum_attempts=2)
+
+
 class LedgerProbeInput(BaseModel):
     canonical_id: str
     external_id: str
@@ -35,10 +39,6 @@ class LedgerProbeWorkflow:
     @workflow.run
     async def run(self, probe: LedgerProbeInput) -> int:
         wid = workflow.info().workflow_id
-        opts = {
-            "start_to_close_timeout": timedelta(seconds=10),
-            "retry_policy": RetryPolicy(maximum_attempts=2),
-        }
         await workflow.execute_activity_method(
             LedgerActivities.link_reference,
             LinkReferenceInput(
@@ -47,7 +47,8 @@ class LedgerProbeWorkflow:
                 system="tryton",
                 external_id=probe.external_id,
             ),
-            **opts,  # type: ignore[arg-type]
+            start_to_close_timeout=TIMEOUT,
+            retry_policy=RETRY,
         )
         for _ in range(2):  # the same step twice, as after a worker restart
             await workflow.execute_activity_method(
@@ -60,7 +61,8 @@ class LedgerProbeWorkflow:
                     action="created",
                     correlation_id=probe.canonical_id,
                 ),
-                **opts,  # type: ignore[arg-type]
+                start_to_close_timeout=TIMEOUT,
+            retry_policy=RETRY,
             )
         result = await workflow.execute_activity_method(
             LedgerActivities.record_exception,
@@ -70,7 +72,8 @@ class LedgerProbeWorkflow:
                 message="legal_entity: missing",
                 workflow_id=wid,
             ),
-            **opts,  # type: ignore[arg-type]
+            start_to_close_timeout=TIMEOUT,
+            retry_policy=RETRY,
         )
         return result.exception_id
 
