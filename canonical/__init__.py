@@ -4,6 +4,7 @@ Every connector maps its vendor's shapes to and from these; workflows and activi
 nothing else. Import from here, not from the submodules.
 """
 
+from canonical._base import CanonicalModel
 from canonical.billing import Invoice, InvoiceLine, InvoiceStatus, Payment, can_transition
 from canonical.commercial import (
     BillingType,
@@ -16,7 +17,14 @@ from canonical.commercial import (
     RateCardEntry,
 )
 from canonical.delivery import ChangeOrder, Expense, Hours, Project, Task, TimeEntry, rate_time
-from canonical.errors import CurrencyMismatch, InvalidTransition, NoRate, UnknownOwnership
+from canonical.errors import (
+    CurrencyMismatch,
+    InvalidTransition,
+    NoRate,
+    UnknownOwnership,
+    explain,
+    field_path,
+)
 from canonical.money import (
     MINOR_UNITS,
     CurrencyCode,
@@ -53,6 +61,7 @@ __all__ = [
     "Account",
     "Address",
     "BillingType",
+    "CanonicalModel",
     "ChangeOrder",
     "Contact",
     "ContractTerms",
@@ -92,6 +101,8 @@ __all__ = [
     "UnknownOwnership",
     "can_transition",
     "check_same_currency",
+    "explain",
+    "field_path",
     "minor_unit",
     "owner_of",
     "rate_time",

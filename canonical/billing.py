@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import date
 from enum import StrEnum
-from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AwareDatetime, Field, ValidationInfo, field_validator
 
+from canonical._base import CanonicalModel, NonEmpty
 from canonical.errors import InvalidTransition
 from canonical.money import (
     CurrencyCode,
@@ -27,9 +27,6 @@ __all__ = [
     "Payment",
     "can_transition",
 ]
-
-NonEmpty = Annotated[str, Field(min_length=1)]
-_FROZEN = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
 
 
 class InvoiceStatus(StrEnum):
@@ -59,9 +56,7 @@ def can_transition(current: InvoiceStatus | str, target: InvoiceStatus | str) ->
     return InvoiceStatus(target) in _TRANSITIONS[InvoiceStatus(current)]
 
 
-class InvoiceLine(BaseModel):
-    model_config = _FROZEN
-
+class InvoiceLine(CanonicalModel):
     description: NonEmpty
     quantity: PositiveDecimal
     unit_price: Money  # negative for a discount or credit line
@@ -83,9 +78,7 @@ class InvoiceLine(BaseModel):
         return self.net + self.tax
 
 
-class Invoice(BaseModel):
-    model_config = _FROZEN
-
+class Invoice(CanonicalModel):
     id: NonEmpty
     customer_id: NonEmpty
     currency: CurrencyCode
@@ -168,9 +161,7 @@ class Invoice(BaseModel):
         return self.total - paid
 
 
-class Payment(BaseModel):
-    model_config = _FROZEN
-
+class Payment(CanonicalModel):
     id: NonEmpty
     invoice_id: NonEmpty
     amount: PositiveMoney

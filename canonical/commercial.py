@@ -5,17 +5,15 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated
 
 from pydantic import (
     AwareDatetime,
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
 )
 
+from canonical._base import CanonicalModel, NonEmpty
 from canonical.errors import NoRate
 from canonical.money import (
     CurrencyCode,
@@ -40,9 +38,6 @@ __all__ = [
     "RateCardEntry",
 ]
 
-NonEmpty = Annotated[str, Field(min_length=1)]
-_FROZEN = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
-
 
 class BillingType(StrEnum):
     TIME_AND_MATERIALS = "time_and_materials"
@@ -50,9 +45,7 @@ class BillingType(StrEnum):
     MILESTONE = "milestone"
 
 
-class OpportunityLine(BaseModel):
-    model_config = _FROZEN
-
+class OpportunityLine(CanonicalModel):
     id: NonEmpty
     service: NonEmpty
     role: str | None = None  # None for a fixed-fee deliverable that no single role delivers
@@ -69,10 +62,8 @@ class OpportunityLine(BaseModel):
         return (gross * (1 - self.discount_percent / 100)).rounded()
 
 
-class RateCardEntry(BaseModel):
+class RateCardEntry(CanonicalModel):
     """The price of one role over a date range; ``effective_to`` is inclusive, None = open."""
-
-    model_config = _FROZEN
 
     role: NonEmpty
     rate: NonNegativeMoney
@@ -96,10 +87,8 @@ class RateCardEntry(BaseModel):
         )
 
 
-class RateCard(BaseModel):
+class RateCard(CanonicalModel):
     """Prices per role over time. At most one entry per role is effective on any date."""
-
-    model_config = _FROZEN
 
     currency: CurrencyCode
     entries: list[RateCardEntry] = Field(default_factory=list)
@@ -148,9 +137,7 @@ class MilestoneStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-class Milestone(BaseModel):
-    model_config = _FROZEN
-
+class Milestone(CanonicalModel):
     id: NonEmpty
     name: NonEmpty
     amount: PositiveMoney
@@ -163,10 +150,8 @@ class Milestone(BaseModel):
         return self.status is MilestoneStatus.COMPLETED
 
 
-class ContractTerms(BaseModel):
+class ContractTerms(CanonicalModel):
     """The commercial agreement a project is delivered and billed under."""
-
-    model_config = _FROZEN
 
     currency: CurrencyCode
     billing_type: BillingType
@@ -221,14 +206,12 @@ class ContractTerms(BaseModel):
         return sum_money((m.amount for m in self.milestones), self.currency)
 
 
-class Opportunity(BaseModel):
+class Opportunity(CanonicalModel):
     """A deal as the CRM holds it.
 
     ``amount`` is kept as the CRM states it: CRMs let it drift from the sum of the lines, and
     correcting it is the CRM owner's call. It must still be in the opportunity's currency.
     """
-
-    model_config = _FROZEN
 
     id: NonEmpty
     crm: NonEmpty  # which CRM adapter holds it ("salesforce", "hubspot"); ids are per CRM

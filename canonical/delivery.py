@@ -9,14 +9,13 @@ from typing import Annotated
 
 from pydantic import (
     AwareDatetime,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
 )
 
+from canonical._base import CanonicalModel, NonEmpty
 from canonical.commercial import BillingType, Milestone, RateCard, RateCardEntry
 from canonical.money import (
     CurrencyCode,
@@ -40,15 +39,11 @@ __all__ = [
     "rate_time",
 ]
 
-NonEmpty = Annotated[str, Field(min_length=1)]
 Hours = Annotated[Decimal, BeforeValidator(to_decimal), Field(gt=0, le=24, allow_inf_nan=False)]
 """Hours worked by one person on one day: more than 0, at most 24."""
-_FROZEN = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
 
 
-class Task(BaseModel):
-    model_config = _FROZEN
-
+class Task(CanonicalModel):
     name: NonEmpty
     role: str | None = None
     planned_hours: PositiveDecimal | None = None
@@ -58,9 +53,7 @@ class Task(BaseModel):
     milestone_id: str | None = None  # the milestone whose completion this task contributes to
 
 
-class Project(BaseModel):
-    model_config = _FROZEN
-
+class Project(CanonicalModel):
     id: NonEmpty
     name: NonEmpty
     customer_id: NonEmpty
@@ -76,6 +69,7 @@ class Project(BaseModel):
     opportunity_id: str | None = None
     po_number: str | None = None
     external_ids: dict[str, str] = Field(default_factory=dict)
+    applied_change_orders: list[str] = Field(default_factory=list)
 
     @field_validator("budget")
     @classmethod
@@ -138,9 +132,7 @@ class Project(BaseModel):
         return sum((t.planned_hours or Decimal(0) for t in self.tasks), Decimal(0))
 
 
-class TimeEntry(BaseModel):
-    model_config = _FROZEN
-
+class TimeEntry(CanonicalModel):
     id: NonEmpty
     project_id: NonEmpty
     task_id: str | None = None
@@ -175,9 +167,7 @@ def rate_time(entries: Iterable[TimeEntry], rate_card: RateCard) -> Money:
     return sum_money((e.amount(rate_card) for e in entries if e.ready_to_bill), rate_card.currency)
 
 
-class Expense(BaseModel):
-    model_config = _FROZEN
-
+class Expense(CanonicalModel):
     id: NonEmpty
     project_id: NonEmpty
     employee: NonEmpty
@@ -203,10 +193,8 @@ class Expense(BaseModel):
         return (self.amount * (1 + self.markup_percent / 100)).rounded()
 
 
-class ChangeOrder(BaseModel):
+class ChangeOrder(CanonicalModel):
     """An agreed change to a running engagement: budget, rates, milestones, scope."""
-
-    model_config = _FROZEN
 
     id: NonEmpty
     project_id: NonEmpty
@@ -250,7 +238,11 @@ class ChangeOrder(BaseModel):
         if delta is not None:
             check_same_currency(
                 delta.currency,
-                ((f"added_tasks[{i}].rate", t.rate) for i, t in enumerate(value) if t.rate),
+                (
+                    (f"added_tasks[{i}].rate", t.rate)
+                    for i, t in enumerate(value)
+                    if t.rate is not None
+                ),
             )
         return value
 
@@ -263,8 +255,11 @@ class ChangeOrder(BaseModel):
 
         A new rate for a role closes that role's open entry the day before it takes effect
         (and supersedes entries starting on or after it), so the card never overlaps.
-        Milestones are replaced by id or appended; tasks are appended.
+        Milestones are replaced by id or appended; tasks are appended. Applying the same
+        change order twice is a no-op, so a retried step cannot double a budget.
         """
+        if self.id in project.applied_change_orders:
+            return project
         if not self.approved:
             raise ValueError(f"change order {self.id} is not approved")
         if project.id != self.project_id:
@@ -296,6 +291,7 @@ class ChangeOrder(BaseModel):
                 "rate_card": card,
                 "milestones": list(milestones.values()),
                 "tasks": [*project.tasks, *self.added_tasks],
+                "applied_change_orders": [*project.applied_change_orders, self.id],
             }
         )
 

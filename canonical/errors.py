@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from datetime import date
 
-__all__ = ["CurrencyMismatch", "InvalidTransition", "NoRate", "UnknownOwnership"]
+from pydantic import ValidationError
+
+__all__ = [
+    "CurrencyMismatch",
+    "InvalidTransition",
+    "NoRate",
+    "UnknownOwnership",
+    "explain",
+    "field_path",
+]
 
 
 class CurrencyMismatch(ValueError):
@@ -53,3 +62,23 @@ class UnknownOwnership(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """``("lines", 2, "unit_price")`` as ``lines[2].unit_price``, the way people write it."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else part
+    return path
+
+
+def explain(exc: ValidationError) -> list[str]:
+    """One ``field: reason`` line per problem, for exceptions shown to people and audit logs."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        where = field_path(tuple(err["loc"])) or exc.title
+        lines.append(f"{where}: {err['msg']}")
+    return lines

@@ -10,8 +10,9 @@ from collections.abc import Iterable
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Annotated, Any, Self
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
+from canonical._base import CanonicalModel
 from canonical.errors import CurrencyMismatch
 
 __all__ = [
@@ -96,19 +97,15 @@ def minor_unit(currency: str) -> int:
     return MINOR_UNITS[_check_currency(currency)]
 
 
-class Money(BaseModel):
+class Money(CanonicalModel):
     """An amount in one currency. JSON: ``{"amount": "12.50", "currency": "EUR"}``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     amount: ExactDecimal
     currency: CurrencyCode
 
     @classmethod
     def of(cls, amount: str | int | Decimal, currency: str) -> Self:
-        return cls(
-            amount=Decimal(amount) if isinstance(amount, str | int) else amount, currency=currency
-        )
+        return cls(amount=amount, currency=currency)
 
     @classmethod
     def zero(cls, currency: str) -> Self:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field
 
+from canonical._base import CanonicalModel, NonEmpty
 from canonical.money import CurrencyCode
 
 __all__ = [
@@ -57,14 +58,9 @@ def _check_email(value: str) -> str:
 
 CountryCode = Annotated[str, BeforeValidator(_upper), AfterValidator(_check_country)]
 Email = Annotated[str, AfterValidator(_check_email)]
-NonEmpty = Annotated[str, Field(min_length=1)]
-
-_FROZEN = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
 
 
-class Address(BaseModel):
-    model_config = _FROZEN
-
+class Address(CanonicalModel):
     street: NonEmpty
     city: NonEmpty
     postal_code: str | None = None  # some countries (IE before Eircode, HK, AE) have none
@@ -73,10 +69,8 @@ class Address(BaseModel):
     street2: str | None = None
 
 
-class LegalEntity(BaseModel):
+class LegalEntity(CanonicalModel):
     """One of the firm's own companies: it issues the invoices and books the revenue."""
-
-    model_config = _FROZEN
 
     code: NonEmpty
     name: NonEmpty
@@ -86,9 +80,7 @@ class LegalEntity(BaseModel):
     tax_id: str | None = None
 
 
-class PaymentTerms(BaseModel):
-    model_config = _FROZEN
-
+class PaymentTerms(CanonicalModel):
     net_days: int = Field(ge=0, le=365)
 
     @property
@@ -96,9 +88,7 @@ class PaymentTerms(BaseModel):
         return "Due on receipt" if self.net_days == 0 else f"Net {self.net_days}"
 
 
-class Contact(BaseModel):
-    model_config = _FROZEN
-
+class Contact(CanonicalModel):
     name: NonEmpty
     email: Email
     phone: str | None = None
@@ -106,10 +96,8 @@ class Contact(BaseModel):
     id: str | None = None
 
 
-class Account(BaseModel):
+class Account(CanonicalModel):
     """A company as the CRM sees it: commercial facts only, no financial master data."""
-
-    model_config = _FROZEN
 
     id: NonEmpty
     name: NonEmpty
@@ -122,14 +110,12 @@ class Account(BaseModel):
     updated_at: AwareDatetime | None = None
 
 
-class Customer(BaseModel):
+class Customer(CanonicalModel):
     """The customer financial master: who is invoiced, by which of our legal entities, how.
 
     ``legal_entity`` is required: without it nobody knows which company invoices and under
     which tax regime, so such a record must be refused rather than guessed.
     """
-
-    model_config = _FROZEN
 
     id: NonEmpty
     name: NonEmpty
