@@ -1,0 +1,30 @@
+# The two commands a newcomer needs (see README.md): `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo down test lint
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job: install into .venv and bring the whole dev stack up in the background.
+demo: install
+	$(BIN)/q2c dev up
+
+down:
+	$(BIN)/q2c dev down
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+## The whole test suite: lint, type check, tests (real Temporal, Tryton, stand-ins, PostgreSQL).
+test: lint
+	$(BIN)/pytest
