@@ -1,0 +1,123 @@
+"""`q2c dev up / status / down` as a newcomer runs them, on free ports and a fresh state folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devstack.process import pid_alive
+from tests.fixtures.ports import free_port
+
+Q2C = str(Path(sys.executable).parent / "q2c")
+UP_TIMEOUT_S = 420
+
+
+def q2c(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [Q2C, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    """Live (non-zombie) processes whose command line or environment mentions `text`."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (proc / "environ").read_bytes().decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if (text in cmdline or text in environ) and state != "Z":
+            found.append(f"{proc.name}: {cmdline}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    state = tmp_path_factory.mktemp("stack") / ".q2c"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("Q2C_")}
+    env.update(
+        Q2C_STATE_DIR=str(state),
+        Q2C_TEMPORAL_PORT=str(free_port()),
+        Q2C_TEMPORAL_UI_PORT=str(free_port()),
+        Q2C_TRYTON_PORT=str(free_port()),
+        Q2C_SALESFORCE_PORT=str(free_port()),
+        Q2C_STRIPE_PORT=str(free_port()),
+        Q2C_SERVICE_PORT=str(free_port()),
+        Q2C_TASK_QUEUE="q2c-stack-test",
+    )
+    try:
+        yield env
+    finally:
+        q2c(env, "dev", "down")
+
+
+def test_up_status_down(stack_env: dict[str, str]) -> None:
+    env = stack_env
+    state = Path(env["Q2C_STATE_DIR"])
+    up = q2c(env, "dev", "up", timeout=UP_TIMEOUT_S)
+    assert up.returncode == 0, up.stdout + up.stderr
+
+    status = q2c(env, "dev", "status", "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    report = json.loads(status.stdout)
+    parts = {p["name"]: p for p in report["parts"]}
+    assert set(parts) == {"temporal", "tryton", "salesforce", "stripe", "service", "worker"}
+    assert all(p["healthy"] and p["pid"] for p in parts.values()), parts
+    ui = f"http://127.0.0.1:{env['Q2C_TEMPORAL_UI_PORT']}"
+    assert report["temporal_ui"] == ui and parts["temporal"]["url"] == ui
+    assert httpx.get(ui, timeout=10).status_code == 200
+    health = httpx.get(parts["service"]["url"], timeout=10).json()
+    assert health == {"status": "ok", "checks": {"store": "ok", "temporal": "ok"}}
+
+    # Secrets were generated into the state folder, readable by the owner only.
+    secrets_file = state / "secrets.env"
+    assert secrets_file.stat().st_mode & 0o077 == 0
+    assert "Q2C_STRIPE_API_KEY=sk_test_" in secrets_file.read_text()
+
+    # Human-readable status names every part and the Web UI.
+    table = q2c(env, "dev", "status")
+    assert table.returncode == 0 and "Temporal Web UI" in table.stdout and "worker" in table.stdout
+
+    # Running `up` again while everything is up changes nothing.
+    again = q2c(env, "dev", "up", timeout=UP_TIMEOUT_S)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("already running") == 6
+    pids_after = {
+        p["name"]: p["pid"] for p in json.loads(q2c(env, "dev", "status", "--json").stdout)["parts"]
+    }
+    assert pids_after == {name: p["pid"] for name, p in parts.items()}
+
+    down = q2c(env, "dev", "down")
+    assert down.returncode == 0, down.stderr
+    assert not any(pid_alive(p["pid"]) for p in parts.values())
+    assert _processes_mentioning(str(state)) == []
+    stopped = q2c(env, "dev", "status", "--json")
+    assert stopped.returncode == 1
+    assert not any(p["running"] for p in json.loads(stopped.stdout)["parts"])
+
+
+def test_a_part_that_cannot_start_is_named_with_its_log(stack_env: dict[str, str]) -> None:
+    env = dict(stack_env)
+    # Something else holds the Stripe stand-in's port without speaking HTTP.
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        env["Q2C_STRIPE_PORT"] = str(blocker.getsockname()[1])
+        up = q2c(env, "dev", "up", timeout=UP_TIMEOUT_S)
+    assert up.returncode == 1
+    line = up.stderr.strip()
+    assert line.startswith("error: stripe did not come up")
+    assert str(Path(env["Q2C_STATE_DIR"]) / "logs" / "stripe.log") in line
+    assert "Traceback" not in up.stderr
+    q2c(env, "dev", "down")
+    assert _processes_mentioning(env["Q2C_STATE_DIR"]) == []
