@@ -62,7 +62,7 @@ class LedgerProbeWorkflow:
                     correlation_id=probe.canonical_id,
                 ),
                 start_to_close_timeout=TIMEOUT,
-            retry_policy=RETRY,
+                retry_policy=RETRY,
             )
         result = await workflow.execute_activity_method(
             LedgerActivities.record_exception,
