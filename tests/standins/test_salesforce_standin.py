@@ -1,0 +1,354 @@
+"""The Salesforce stand-in, in process: REST shapes, the org's rules, SOQL, state on disk."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from standins.salesforce import create_app
+from standins.salesforce.schema import id_checksum, normalize_id
+
+API = "/services/data/v60.0"
+CLIENT_ID = "standin-test-client"
+CLIENT_SECRET = "standin-test-secret"
+
+
+class Org:
+    """An authenticated session against one in-process stand-in."""
+
+    def __init__(self, http: httpx.AsyncClient, token: str) -> None:
+        self.http = http
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    async def create(self, obj: str, **fields: Any) -> str:
+        r = await self.http.post(f"{API}/sobjects/{obj}", json=fields, headers=self.headers)
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    async def post(self, obj: str, body: Any) -> httpx.Response:
+        return await self.http.post(f"{API}/sobjects/{obj}", json=body, headers=self.headers)
+
+    async def get(self, path: str, **kw: Any) -> httpx.Response:
+        return await self.http.get(
+            f"{API}{path}", headers={**self.headers, **kw.pop("headers", {})}, **kw
+        )
+
+    async def patch(self, path: str, body: Any) -> httpx.Response:
+        return await self.http.patch(f"{API}{path}", json=body, headers=self.headers)
+
+    async def query(self, soql: str, **headers: str) -> httpx.Response:
+        return await self.get("/query", params={"q": soql}, headers=headers)
+
+
+async def _token(http: httpx.AsyncClient) -> str:
+    r = await http.post(
+        "/services/oauth2/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+        },
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["access_token"])
+
+
+def _client(db: Path, **kw: Any) -> httpx.AsyncClient:
+    app = create_app(db, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, **kw)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sf.test")
+
+
+@pytest.fixture
+async def org(tmp_path: Path) -> AsyncIterator[Org]:
+    async with _client(tmp_path / "sf.sqlite3") as http:
+        yield Org(http, await _token(http))
+
+
+@pytest.fixture
+async def deal(org: Org) -> dict[str, str]:
+    account = await org.create("Account", Name="Globex", CurrencyIsoCode="EUR")
+    product = await org.create("Product2", Name="Consulting", IsActive=True)
+    opportunity = await org.create(
+        "Opportunity",
+        Name="Globex rollout",
+        StageName="Proposal/Price Quote",
+        CloseDate="2025-06-30",
+        AccountId=account,
+        CurrencyIsoCode="EUR",
+    )
+    return {"account": account, "product": product, "opportunity": opportunity}
+
+
+async def test_token_issued_for_right_credentials_only(tmp_path: Path) -> None:
+    async with _client(tmp_path / "sf.sqlite3") as http:
+        bad = await http.post(
+            "/services/oauth2/token",
+            data={"grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": "x"},
+        )
+        assert bad.status_code == 400
+        assert bad.json()["error"] == "invalid_client"
+        good = await http.post(
+            "/services/oauth2/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+            },
+        )
+        body = good.json()
+        assert body["token_type"] == "Bearer"
+        assert body["instance_url"] == "http://sf.test"
+        assert {"access_token", "issued_at", "id", "signature"} <= body.keys()
+        unauth = await http.get(f"{API}/sobjects/Account/001000000000000AAA")
+        assert unauth.status_code == 401
+        assert unauth.json()[0]["errorCode"] == "INVALID_SESSION_ID"
+
+
+async def test_version_list_needs_no_session(tmp_path: Path) -> None:
+    async with _client(tmp_path / "sf.sqlite3") as http:
+        versions = (await http.get("/services/data/")).json()
+    assert {"label": "Spring '24", "url": "/services/data/v60.0", "version": "60.0"} in versions
+
+
+async def test_ids_are_18_characters_with_prefix_and_checksum(
+    org: Org, deal: dict[str, str]
+) -> None:
+    assert deal["account"].startswith("001") and len(deal["account"]) == 18
+    assert deal["opportunity"].startswith("006")
+    assert deal["product"].startswith("01t")
+    # The 15-character form addresses the same record.
+    r = await org.get(f"/sobjects/Account/{deal['account'][:15]}")
+    assert r.status_code == 200
+    assert r.json()["Id"] == deal["account"]
+    assert normalize_id("001000000000001") == "001000000000001" + id_checksum("001000000000001")
+
+
+async def test_line_items_roll_up_into_opportunity_amount(org: Org, deal: dict[str, str]) -> None:
+    for quantity, price, discount in ((10, 150, None), (4, 200.5, 10)):
+        await org.create(
+            "OpportunityLineItem",
+            OpportunityId=deal["opportunity"],
+            Product2Id=deal["product"],
+            Quantity=quantity,
+            UnitPrice=price,
+            Discount=discount,
+        )
+    opp = (await org.get(f"/sobjects/Opportunity/{deal['opportunity']}")).json()
+    assert opp["Amount"] == 1500 + 721.8
+    assert opp["HasOpportunityLineItem"] is True
+    assert opp["CurrencyIsoCode"] == "EUR"
+    refused = await org.patch(f"/sobjects/Opportunity/{deal['opportunity']}", {"Amount": 1})
+    assert refused.status_code == 400
+    assert refused.json()[0]["fields"] == ["Amount"]
+
+
+async def test_read_only_field_refused_on_write(org: Org, deal: dict[str, str]) -> None:
+    r = await org.post(
+        "OpportunityLineItem",
+        {
+            "OpportunityId": deal["opportunity"],
+            "Product2Id": deal["product"],
+            "Quantity": 1,
+            "UnitPrice": 10,
+            "TotalPrice": 10,
+        },
+    )
+    assert r.status_code == 400
+    assert r.json() == [
+        {
+            "message": r.json()[0]["message"],
+            "errorCode": "INVALID_FIELD_FOR_INSERT_UPDATE",
+            "fields": ["TotalPrice"],
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "field"),
+    [
+        ({"StageName": "Prospecting", "CloseDate": "2025-01-01"}, "REQUIRED_FIELD_MISSING", "Name"),
+        (
+            {"Name": "x", "StageName": "Won-ish", "CloseDate": "2025-01-01"},
+            "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+            "StageName",
+        ),
+        (
+            {"Name": "x", "StageName": "Prospecting", "CloseDate": "soon"},
+            "JSON_PARSER_ERROR",
+            "CloseDate",
+        ),
+        (
+            {"Name": "x", "StageName": "Prospecting", "CloseDate": "2025-01-01", "Amount": "abc"},
+            "JSON_PARSER_ERROR",
+            "Amount",
+        ),
+        (
+            {
+                "Name": "x",
+                "StageName": "Prospecting",
+                "CloseDate": "2025-01-01",
+                "Colour__c": "red",
+            },
+            "INVALID_FIELD",
+            "Colour__c",
+        ),
+        (
+            {"Name": "x", "StageName": "Prospecting", "CloseDate": "2025-01-01", "AccountId": "42"},
+            "MALFORMED_ID",
+            "AccountId",
+        ),
+        (
+            {
+                "Name": "x",
+                "StageName": "Prospecting",
+                "CloseDate": "2025-01-01",
+                "AccountId": "001000000000000AAA",
+            },
+            "INVALID_CROSS_REFERENCE_KEY",
+            "AccountId",
+        ),
+    ],
+)
+async def test_validation_errors_name_the_field(
+    org: Org, body: dict[str, Any], code: str, field: str
+) -> None:
+    r = await org.post("Opportunity", body)
+    assert r.status_code == 400
+    [error] = r.json()
+    assert error["errorCode"] == code
+    assert error["fields"][0] == field
+
+
+async def test_unknown_object_and_record_are_not_found(org: Org) -> None:
+    r = await org.get("/sobjects/Invoice__c/001000000000000AAA")
+    assert (r.status_code, r.json()[0]["errorCode"]) == (404, "NOT_FOUND")
+    r = await org.get("/sobjects/Account/001000000000000AAA")
+    assert (r.status_code, r.json()[0]["errorCode"]) == (404, "NOT_FOUND")
+
+
+async def test_upsert_by_external_id_creates_then_updates(org: Org) -> None:
+    path = "/sobjects/Account/Q2C_External_Id__c/cust-7"
+    first = await org.patch(path, {"Name": "Initech"})
+    second = await org.patch(path, {"Name": "Initech AG", "BillingCountryCode": "CH"})
+    assert (first.status_code, first.json()["created"]) == (201, True)
+    assert (second.status_code, second.json()["created"]) == (200, False)
+    assert first.json()["id"] == second.json()["id"]
+    record = (await org.get(path, params={"fields": "Name,BillingCountryCode"})).json()
+    assert record["Name"] == "Initech AG"
+    assert record["BillingCountryCode"] == "CH"
+    not_ext = await org.patch("/sobjects/Account/Name/Initech", {"Phone": "1"})
+    assert not_ext.status_code == 404
+
+
+async def test_soql_filters_orders_and_follows_parents(org: Org, deal: dict[str, str]) -> None:
+    other = await org.create("Product2", Name="Training", IsActive=True)
+    for product, quantity in ((deal["product"], 3), (other, 8), (deal["product"], 5)):
+        await org.create(
+            "OpportunityLineItem",
+            OpportunityId=deal["opportunity"],
+            Product2Id=product,
+            Quantity=quantity,
+            UnitPrice=100,
+        )
+    r = await org.query(
+        "SELECT Id, Quantity, Product2.Name, Opportunity.Account.Name FROM OpportunityLineItem "
+        f"WHERE OpportunityId = '{deal['opportunity'][:15]}' AND Product2.Name LIKE 'cons%' "
+        "ORDER BY Quantity DESC LIMIT 5"
+    )
+    body = r.json()
+    assert r.status_code == 200, body
+    assert body["totalSize"] == 2 and body["done"] is True
+    assert [rec["Quantity"] for rec in body["records"]] == [5, 3]
+    first = body["records"][0]
+    assert first["attributes"]["type"] == "OpportunityLineItem"
+    assert first["Product2"]["Name"] == "Consulting"
+    assert first["Opportunity"]["Account"]["Name"] == "Globex"
+    r = await org.query(
+        f"SELECT Id FROM OpportunityLineItem WHERE Quantity IN (3, 8) AND Product2Id != '{other}'"
+    )
+    assert r.json()["totalSize"] == 1
+
+
+@pytest.mark.parametrize(
+    ("soql", "code"),
+    [
+        ("SELECT Id FROM", "MALFORMED_QUERY"),
+        ("SELECT Id Account", "MALFORMED_QUERY"),
+        ("SELECT Id FROM Account WHERE Name = 'unterminated", "MALFORMED_QUERY"),
+        ("SELECT Colour__c FROM Account", "INVALID_FIELD"),
+        ("SELECT Id FROM Invoice__c", "INVALID_TYPE"),
+        ("SELECT Id FROM Opportunity WHERE Amount = 'abc'", "INVALID_QUERY_FILTER_OPERATOR"),
+    ],
+)
+async def test_bad_soql_is_refused(org: Org, soql: str, code: str) -> None:
+    r = await org.query(soql)
+    assert r.status_code == 400
+    assert r.json()[0]["errorCode"] == code
+
+
+async def test_query_pages_with_locator(org: Org) -> None:
+    for n in range(450):
+        await org.create("Account", Name=f"Bulk {n:03d}", Industry="Paging")
+    r = await org.query(
+        "SELECT Id, Name FROM Account WHERE Industry = 'Paging' ORDER BY Name",
+        **{"Sforce-Query-Options": "batchSize=200"},
+    )
+    names: list[str] = []
+    pages = 0
+    body = r.json()
+    while True:
+        pages += 1
+        assert body["totalSize"] == 450
+        names += [rec["Name"] for rec in body["records"]]
+        if body["done"]:
+            assert "nextRecordsUrl" not in body
+            break
+        next_url = body["nextRecordsUrl"]
+        body = (await org.http.get(next_url, headers=org.headers)).json()
+    assert pages == 3
+    assert names == [f"Bulk {n:03d}" for n in range(450)]
+    # Salesforce never pages below 200 records.
+    r = await org.query("SELECT Id FROM Account", **{"Sforce-Query-Options": "batchSize=5"})
+    assert len(r.json()["records"]) == 200
+
+
+async def test_state_and_sessions_survive_restart(tmp_path: Path) -> None:
+    db = tmp_path / "sf.sqlite3"
+    async with _client(db) as http:
+        token = await _token(http)
+        account = await Org(http, token).create("Account", Name="Durable Ltd")
+    async with _client(db) as http:
+        r = await Org(http, token).get(f"/sobjects/Account/{account}")
+    assert r.status_code == 200
+    assert r.json()["Name"] == "Durable Ltd"
+
+
+async def test_tokens_expire(tmp_path: Path) -> None:
+    async with _client(tmp_path / "sf.sqlite3", token_ttl_s=0) as http:
+        org = Org(http, await _token(http))
+        r = await org.get("/sobjects/Account/001000000000000AAA")
+    assert r.status_code == 401
+    assert r.json() == [
+        {"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}
+    ]
+
+
+async def test_injected_429_speaks_salesforce(org: Org) -> None:
+    await org.http.post("/_standin/faults", json={"kind": "429", "retry_after": 7})
+    r = await org.get("/sobjects/Account/001000000000000AAA")
+    assert r.status_code == 429
+    assert r.headers["retry-after"] == "7"
+    assert r.json()[0]["errorCode"] == "REQUEST_LIMIT_EXCEEDED"
+
+
+async def test_deleting_an_account_removes_its_opportunities(
+    org: Org, deal: dict[str, str]
+) -> None:
+    r = await org.http.delete(f"{API}/sobjects/Account/{deal['account']}", headers=org.headers)
+    assert r.status_code == 204
+    gone = await org.get(f"/sobjects/Opportunity/{deal['opportunity']}")
+    assert gone.status_code == 404
