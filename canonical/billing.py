@@ -84,8 +84,9 @@ class Invoice(CanonicalModel):
     currency: CurrencyCode
     lines: list[InvoiceLine] = Field(default_factory=list)
     status: InvoiceStatus = InvoiceStatus.DRAFT
-    number: str | None = None  # assigned when finalised, never before
-    issued_at: AwareDatetime | None = None
+    # validate_default: an omitted number or issue time must still meet the status rules
+    number: str | None = Field(default=None, validate_default=True)  # assigned when finalised
+    issued_at: AwareDatetime | None = Field(default=None, validate_default=True)
     due_date: date | None = None
     project_id: str | None = None
     legal_entity_code: str | None = None

@@ -159,7 +159,8 @@ class ContractTerms(CanonicalModel):
     po_number: str | None = None
     rate_card: RateCard | None = None
     fixed_fee: PositiveMoney | None = None
-    milestones: list[Milestone] = Field(default_factory=list)
+    # validate_default: the "milestone billing needs milestones" rule must see an omitted list
+    milestones: list[Milestone] = Field(default_factory=list, validate_default=True)
     start_date: date | None = None
     end_date: date | None = None
 

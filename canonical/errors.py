@@ -46,9 +46,10 @@ class InvalidTransition(ValueError):
 
     def __init__(self, entity: str, current: str, target: str) -> None:
         self.entity = entity
-        self.current = current
-        self.target = target
-        super().__init__(f"{entity} cannot go from {current!r} to {target!r}")
+        # str() so a StrEnum status reads as its value, not as its enum repr
+        self.current = str(current)
+        self.target = str(target)
+        super().__init__(f"{entity} cannot go from {self.current!r} to {self.target!r}")
 
 
 class UnknownOwnership(KeyError):
