@@ -1,1 +1,22 @@
 """Tryton JSON-RPC connector (ERP and PSA)."""
+
+from connectors.tryton.catalog import Catalog
+from connectors.tryton.client import SYSTEM, TrytonClient, classify_rpc_error
+from connectors.tryton.erp import TrytonErp
+from connectors.tryton.mapping import DEFAULT_PRODUCT, ROLE_PRODUCTS, product_for_role
+from connectors.tryton.psa import TrytonPsa
+from connectors.tryton.wire import Employee, ProjectRef
+
+__all__ = [
+    "DEFAULT_PRODUCT",
+    "ROLE_PRODUCTS",
+    "SYSTEM",
+    "Catalog",
+    "Employee",
+    "ProjectRef",
+    "TrytonClient",
+    "TrytonErp",
+    "TrytonPsa",
+    "classify_rpc_error",
+    "product_for_role",
+]

@@ -1,0 +1,255 @@
+"""Canonical <-> Tryton: pure functions, no I/O.
+
+Where q2c keeps its keys in Tryton, and why there:
+- Customer external reference: a party identifier without a type whose code is
+  `q2c-ref:<external ref>`. Party `code` is the firm's own customer number (from a
+  sequence, read-only once saved), identifiers are Tryton's place for "other
+  identifiers", writable and searchable (`identifiers.code`).
+- Project idempotency key: a `q2c-key: <key>` line in the project's `comment`
+  (`project.work` has no reference field); the task's role goes in its comment too.
+- Timesheet line key: `[q2c:<hash of key and entry id>]` at the end of the line's
+  `description` (its `uuid` field is read-only over RPC).
+- Invoice idempotency key: a `q2c-key: <key>` line in the invoice's `comment`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+from canonical import (
+    Address,
+    Invoice,
+    InvoiceLine,
+    InvoiceStatus,
+    Money,
+    TimeEntry,
+)
+from connectors.tryton.wire import InvoiceLineRecord, InvoiceRecord, TimesheetLineRecord
+
+REF_PREFIX = "q2c-ref:"
+KEY_LABEL = "q2c-key:"
+ROLE_LABEL = "q2c-role:"
+PROJECT_LABEL = "q2c-project:"
+_LINE_TAG = re.compile(r"\s*\[q2c:([0-9a-f]+)\]\s*$")
+
+DEFAULT_PRODUCT = "Consulting"
+#: Roles as CRMs and rate cards name them -> the service product that bills them.
+ROLE_PRODUCTS: dict[str, str] = {
+    "consultant": "Consulting",
+    "senior consultant": "Consulting",
+    "consulting": "Consulting",
+    "project manager": "Project Management",
+    "project management": "Project Management",
+    "pm": "Project Management",
+    "engagement manager": "Project Management",
+    "architect": "Solution Architecture",
+    "solution architect": "Solution Architecture",
+    "solutions architect": "Solution Architecture",
+    "solution architecture": "Solution Architecture",
+    "developer": "Development",
+    "engineer": "Development",
+    "software engineer": "Development",
+    "development": "Development",
+    "trainer": "Training",
+    "training": "Training",
+}
+
+#: Which Tryton identifier type validates a tax id, by the customer's country.
+EU_COUNTRIES = frozenset(
+    {"AT", "BE", "BG", "CY", "CZ", "DE", "DK", "EE", "ES", "FI", "FR", "GR", "HR", "HU"}
+    | {"IE", "IT", "LT", "LU", "LV", "MT", "NL", "PL", "PT", "RO", "SE", "SI", "SK"}
+)
+TAX_ID_TYPES: dict[str, str] = {
+    "GB": "gb_vat",
+    "US": "us_ein",
+    "CA": "ca_bn",
+    "AU": "au_abn",
+    "CH": "ch_vat",
+    "NO": "no_mva",
+}
+
+#: Tryton invoice states -> canonical lifecycle.
+INVOICE_STATUS: dict[str, InvoiceStatus] = {
+    "draft": InvoiceStatus.DRAFT,
+    "validated": InvoiceStatus.DRAFT,
+    "posted": InvoiceStatus.OPEN,
+    "paid": InvoiceStatus.PAID,
+    "cancelled": InvoiceStatus.VOID,
+}
+
+#: Tryton stores quantities as floats; hours are booked to the minute at most.
+QUANTITY_PLACES = Decimal("0.0001")
+
+
+def product_for_role(role: str | None, known: set[str]) -> str:
+    """The service product for `role`; an unknown role bills as the default product."""
+    if role:
+        wanted = role.strip().casefold()
+        for name in known:
+            if name.casefold() == wanted:
+                return name
+        mapped = ROLE_PRODUCTS.get(wanted)
+        if mapped and mapped in known:
+            return mapped
+    return DEFAULT_PRODUCT
+
+
+def tax_identifier_type(country: str) -> str | None:
+    """The identifier type Tryton validates the tax id with; None stores it unchecked."""
+    if country in EU_COUNTRIES:
+        return "eu_vat"
+    return TAX_ID_TYPES.get(country)
+
+
+def external_ref_code(external_ref: str) -> str:
+    return f"{REF_PREFIX}{external_ref}"
+
+
+def external_ref_from_code(code: str | None) -> str | None:
+    if code and code.startswith(REF_PREFIX):
+        return code[len(REF_PREFIX) :]
+    return None
+
+
+def address_key(values: dict[str, Any]) -> tuple[str, str, str, int | None]:
+    """Addresses are matched on content: q2c never edits one an invoice may point to."""
+    return (
+        _norm(values.get("street")),
+        _norm(values.get("city")),
+        _norm(values.get("postal_code")),
+        values.get("country"),
+    )
+
+
+def address_values(address: Address, country_id: int | None) -> dict[str, Any]:
+    street = address.street if not address.street2 else f"{address.street}\n{address.street2}"
+    return {
+        "street": street,
+        "city": address.city,
+        "postal_code": address.postal_code or "",
+        "country": country_id,
+    }
+
+
+def _norm(value: Any) -> str:
+    return " ".join(str(value or "").split()).casefold()
+
+
+# -- keys in comments and descriptions ---------------------------------------------------------
+
+
+def with_label(comment: str | None, label: str, value: str) -> str:
+    """`comment` with a `label value` line set (replacing an earlier one)."""
+    lines = [ln for ln in (comment or "").splitlines() if not ln.startswith(label)]
+    lines.append(f"{label} {value}")
+    return "\n".join(lines)
+
+
+def label_value(comment: str | None, label: str) -> str | None:
+    for line in (comment or "").splitlines():
+        if line.startswith(label):
+            return line[len(label) :].strip()
+    return None
+
+
+def like_pattern(text: str) -> str:
+    """A LIKE pattern containing `text`; callers re-check matches exactly (`_` is a wildcard)."""
+    return f"%{text.replace('%', '_')}%"
+
+
+def line_key(idempotency_key: str, entry_id: str) -> str:
+    """The per-line key: the same entry under the same batch key always gives the same tag."""
+    return hashlib.sha256(f"{idempotency_key}\x00{entry_id}".encode()).hexdigest()[:24]
+
+
+def tag_description(description: str | None, key: str) -> str:
+    text = (description or "").strip()
+    return f"{text} [q2c:{key}]" if text else f"[q2c:{key}]"
+
+
+def split_description(description: str | None) -> tuple[str | None, str | None]:
+    """(free text, line key) from a tagged description."""
+    if not description:
+        return None, None
+    match = _LINE_TAG.search(description)
+    if not match:
+        return description, None
+    text = description[: match.start()].strip()
+    return text or None, match.group(1)
+
+
+# -- to canonical ------------------------------------------------------------------------------
+
+
+def hours(duration: timedelta) -> Decimal:
+    return (Decimal(str(duration.total_seconds())) / Decimal(3600)).quantize(QUANTITY_PLACES)
+
+
+def to_time_entry(
+    line: TimesheetLineRecord,
+    *,
+    project_id: int,
+    task_id: int | None,
+    employee: str,
+    role: str,
+) -> TimeEntry:
+    # Tryton has no approval step: a booked line is invoiceable, so it counts as approved.
+    text, _ = split_description(line.description)
+    return TimeEntry(
+        id=str(line.id),
+        project_id=str(project_id),
+        task_id=str(task_id) if task_id is not None else None,
+        employee=employee,
+        role=role,
+        work_date=line.date,
+        hours=hours(line.duration),
+        billable=True,
+        approved=True,
+        billed=line.invoice_line is not None,
+        description=text,
+    )
+
+
+def to_invoice(
+    record: InvoiceRecord,
+    lines: list[InvoiceLineRecord],
+    *,
+    currency: str,
+    customer_id: str,
+    tax_rates: dict[int, Decimal],
+    due_date: date | None,
+) -> Invoice:
+    status = INVOICE_STATUS.get(record.state, InvoiceStatus.DRAFT)
+    issued_at = (
+        datetime.combine(record.invoice_date, time(0), tzinfo=UTC)
+        if record.invoice_date and status is not InvoiceStatus.DRAFT
+        else None
+    )
+    canonical_lines = [
+        InvoiceLine(
+            id=str(line.id),
+            description=line.description or "(no description)",
+            quantity=Decimal(str(line.quantity or 0)).quantize(QUANTITY_PLACES).normalize(),
+            unit_price=Money(amount=line.unit_price or Decimal(0), currency=currency),
+            tax_rate=sum((tax_rates.get(t, Decimal(0)) for t in line.taxes), Decimal(0)),
+        )
+        for line in lines
+        if line.type == "line"
+    ]
+    return Invoice(
+        id=str(record.id),
+        customer_id=customer_id,
+        currency=currency,
+        lines=canonical_lines,
+        status=status,
+        number=record.number,
+        issued_at=issued_at,
+        due_date=due_date if issued_at else None,
+        memo=record.description,
+        po_number=record.reference or None,
+        external_ids={"tryton": str(record.id)},
+    )

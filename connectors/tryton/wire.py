@@ -1,0 +1,96 @@
+"""Shapes of the Tryton records the connector reads, and of what it hands back.
+
+Tryton answers `read` with plain dicts (`many2one` as an id, dotted fields as nested
+`"field.": {...}` dicts); these models give them names and types at the edge.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from decimal import Decimal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_WIRE = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class ProjectRef(BaseModel):
+    """What `create_project` made: the project and its tasks (by task name)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    project_id: int
+    task_ids: dict[str, int]
+    created: bool  # False when the idempotency key found an existing project
+
+
+class Employee(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    name: str
+    party_id: int
+    company_id: int
+
+
+class WorkRecord(BaseModel):
+    """A `project.work` row (a project or a task)."""
+
+    model_config = _WIRE
+
+    id: int
+    name: str
+    type: str
+    parent: int | None = None
+    party: int | None = None
+    product: int | None = None
+    list_price: Decimal | None = None
+    comment: str | None = None
+    timesheet_works: list[int] = Field(default_factory=list)
+    project_invoice_method: str | None = None
+    effort_duration: timedelta | None = None
+
+
+class TimesheetLineRecord(BaseModel):
+    model_config = _WIRE
+
+    id: int
+    employee: int
+    work: int
+    date: date
+    duration: timedelta
+    description: str | None = None
+    invoice_line: int | None = None
+
+
+class InvoiceLineRecord(BaseModel):
+    model_config = _WIRE
+
+    id: int
+    type: str
+    description: str | None = None
+    quantity: float | None = None
+    unit_price: Decimal | None = None
+    amount: Decimal | None = None
+    taxes: list[int] = Field(default_factory=list)
+    product: int | None = None
+
+
+class InvoiceRecord(BaseModel):
+    model_config = _WIRE
+
+    id: int
+    type: str
+    state: str
+    number: str | None = None
+    party: int
+    currency: int
+    invoice_date: date | None = None
+    untaxed_amount: Decimal
+    tax_amount: Decimal
+    total_amount: Decimal
+    comment: str | None = None
+    description: str | None = None
+    reference: str | None = None
+    lines: list[int] = Field(default_factory=list)
+    lines_to_pay: list[int] = Field(default_factory=list)
