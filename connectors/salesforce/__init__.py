@@ -1,1 +1,43 @@
-"""Salesforce REST connector."""
+"""Salesforce REST connector: the CRM role (accounts, opportunities, write-back) and the
+Closed Won webhook check."""
+
+from connectors.salesforce.client import (
+    DEFAULT_API_VERSION,
+    SYSTEM,
+    SalesforceClient,
+    UpsertResult,
+    check_id,
+    soql_literal,
+)
+from connectors.salesforce.mapping import to_account, to_opportunity, write_back_fields
+from connectors.salesforce.webhook import (
+    SIGNATURE_HEADER,
+    InvalidEvent,
+    InvalidSignature,
+    StaleSignature,
+    WebhookError,
+    parse_closed_won_event,
+    verify_webhook_signature,
+)
+from connectors.salesforce.wire import ClosedWonEvent, ClosedWonOpportunity
+
+__all__ = [
+    "DEFAULT_API_VERSION",
+    "SIGNATURE_HEADER",
+    "SYSTEM",
+    "ClosedWonEvent",
+    "ClosedWonOpportunity",
+    "InvalidEvent",
+    "InvalidSignature",
+    "SalesforceClient",
+    "StaleSignature",
+    "UpsertResult",
+    "WebhookError",
+    "check_id",
+    "parse_closed_won_event",
+    "soql_literal",
+    "to_account",
+    "to_opportunity",
+    "verify_webhook_signature",
+    "write_back_fields",
+]

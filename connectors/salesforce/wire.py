@@ -1,0 +1,144 @@
+"""Salesforce's JSON shapes, with its field API names as aliases.
+
+Models ignore fields they do not name: an org always has more fields than q2c reads, and a
+new one added by an admin must not break the integration. Numbers arrive as `Decimal`
+(the client parses JSON floats as decimals), so money never passes through `float`.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+
+class TokenResponse(WireModel):
+    access_token: str
+    instance_url: str
+    token_type: str = "Bearer"
+    issued_at: str | None = None
+    id: str | None = None
+    signature: str | None = None
+
+
+class OAuthError(WireModel):
+    error: str
+    error_description: str | None = None
+
+
+class ApiError(WireModel):
+    """One entry of the list Salesforce answers with when it refuses a request."""
+
+    message: str = ""
+    error_code: str = Field("UNKNOWN", alias="errorCode")
+    fields: list[str] = Field(default_factory=list)
+
+
+class SaveResult(WireModel):
+    id: str
+    success: bool = True
+    created: bool | None = None
+
+
+class QueryPage(WireModel):
+    total_size: int = Field(alias="totalSize")
+    done: bool
+    records: list[dict[str, Any]]
+    next_records_url: str | None = Field(None, alias="nextRecordsUrl")
+
+
+class AccountRecord(WireModel):
+    id: str = Field(alias="Id")
+    name: str = Field(alias="Name")
+    billing_street: str | None = Field(None, alias="BillingStreet")
+    billing_city: str | None = Field(None, alias="BillingCity")
+    billing_postal_code: str | None = Field(None, alias="BillingPostalCode")
+    billing_state: str | None = Field(None, alias="BillingState")
+    billing_country: str | None = Field(None, alias="BillingCountry")
+    billing_country_code: str | None = Field(None, alias="BillingCountryCode")
+    website: str | None = Field(None, alias="Website")
+    industry: str | None = Field(None, alias="Industry")
+    currency_iso_code: str | None = Field(None, alias="CurrencyIsoCode")
+    tax_id: str | None = Field(None, alias="Tax_Id__c")
+    last_modified_date: AwareDatetime | None = Field(None, alias="LastModifiedDate")
+
+
+class ContactRecord(WireModel):
+    id: str = Field(alias="Id")
+    first_name: str | None = Field(None, alias="FirstName")
+    last_name: str = Field(alias="LastName")
+    email: str | None = Field(None, alias="Email")
+    phone: str | None = Field(None, alias="Phone")
+    title: str | None = Field(None, alias="Title")
+
+
+class OpportunityRecord(WireModel):
+    id: str = Field(alias="Id")
+    name: str = Field(alias="Name")
+    account_id: str | None = Field(None, alias="AccountId")
+    stage_name: str = Field(alias="StageName")
+    close_date: date = Field(alias="CloseDate")
+    amount: Decimal | None = Field(None, alias="Amount")
+    currency_iso_code: str | None = Field(None, alias="CurrencyIsoCode")
+    probability: Decimal | None = Field(None, alias="Probability")
+    description: str | None = Field(None, alias="Description")
+    is_won: bool = Field(False, alias="IsWon")
+    payment_terms: str | None = Field(None, alias="Payment_Terms__c")
+    po_number: str | None = Field(None, alias="PO_Number__c")
+    billing_type: str | None = Field(None, alias="Billing_Type__c")
+    last_modified_date: AwareDatetime | None = Field(None, alias="LastModifiedDate")
+
+
+class ProductRef(WireModel):
+    name: str | None = Field(None, alias="Name")
+    product_code: str | None = Field(None, alias="ProductCode")
+
+
+class OpportunityLineItemRecord(WireModel):
+    id: str = Field(alias="Id")
+    product2_id: str | None = Field(None, alias="Product2Id")
+    product: ProductRef | None = Field(None, alias="Product2")
+    quantity: Decimal = Field(alias="Quantity")
+    unit_price: Decimal = Field(alias="UnitPrice")
+    total_price: Decimal | None = Field(None, alias="TotalPrice")
+    discount: Decimal | None = Field(None, alias="Discount")
+    description: str | None = Field(None, alias="Description")
+    role: str | None = Field(None, alias="Role__c")
+    billing_type: str | None = Field(None, alias="Billing_Type__c")
+
+
+class WriteBack(WireModel):
+    """The q2c fields on Opportunity that tell sales people what became of their deal."""
+
+    status: str = Field(alias="Q2C_Status__c", max_length=40)
+    project_id: str | None = Field(None, alias="Q2C_Project_Id__c")
+    billing_customer_id: str | None = Field(None, alias="Q2C_Billing_Customer_Id__c")
+    run_url: str | None = Field(None, alias="Q2C_Run_Url__c")
+    message: str | None = Field(None, alias="Q2C_Message__c")
+
+
+class ClosedWonOpportunity(WireModel):
+    id: str = Field(alias="Id", min_length=15, max_length=18)
+    name: str = Field(alias="Name")
+    account_id: str | None = Field(None, alias="AccountId")
+    stage_name: str = Field(alias="StageName")
+    amount: Decimal | None = Field(None, alias="Amount")
+    currency_iso_code: str | None = Field(None, alias="CurrencyIsoCode")
+    close_date: date = Field(alias="CloseDate")
+    last_modified_date: AwareDatetime | None = Field(None, alias="LastModifiedDate")
+
+
+class ClosedWonEvent(WireModel):
+    """What the org posts when a deal is won; `event_id` is the deduplication key."""
+
+    event_id: str = Field(alias="eventId", min_length=1)
+    event_type: Literal["opportunity.closed_won"] = Field(alias="eventType")
+    occurred_at: AwareDatetime = Field(alias="occurredAt")
+    organization_id: str = Field(alias="organizationId", min_length=1)
+    sobject: ClosedWonOpportunity
