@@ -39,7 +39,7 @@ class Catalog:
         products = await client.search_read(
             "product.product",
             [("type", "=", "service"), ("salable", "=", True)],
-            ["template.name", "list_price"],
+            ["template.name", "list_price_used"],
         )
         employees = await client.search_read(
             "company.employee", [("company", "=", company_id)], ["party.name"]
@@ -49,7 +49,7 @@ class Catalog:
             company_currency=str(company["currency."]["code"]),
             currency_ids={str(c["code"]): int(c["id"]) for c in currencies},
             product_ids={str(p["template."]["name"]): int(p["id"]) for p in products},
-            product_prices={str(p["template."]["name"]): p["list_price"] for p in products},
+            product_prices={str(p["template."]["name"]): p["list_price_used"] for p in products},
             employees={str(e["party."]["name"]): int(e["id"]) for e in employees},
         )
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -326,7 +327,8 @@ def classify_rpc_error(method: str, error: Any) -> ConnectorError:
             return ValidationFailed(
                 f"{method}: {full}",
                 system=SYSTEM,
-                field=_field_from_domain(parts[2] if len(parts) > 2 else None),
+                field=_field_from_domain(parts[2] if len(parts) > 2 else None)
+                or _field_from_message(message),
                 code=name,
             )
         if name == "ConcurrencyException":
@@ -353,6 +355,15 @@ def _field_from_domain(domain: Any) -> str | None:
         if names:
             return names[0]
     return None
+
+
+_FIELD_IN_MESSAGE = re.compile(r'field "([^"]+)"')
+
+
+def _field_from_message(message: str) -> str | None:
+    """Required-field errors name the field only in the message, by its label."""
+    match = _FIELD_IN_MESSAGE.search(message)
+    return match.group(1) if match else None
 
 
 def _short(text: str, limit: int = 300) -> str:

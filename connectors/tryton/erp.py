@@ -114,6 +114,27 @@ class TrytonErp:
             code = f"{country}{code}"  # CRMs often drop the country prefix of a VAT number
         return {"type": kind, "code": code}
 
+    def _tax_id_actions(self, customer: Customer, idents: list[dict[str, Any]]) -> list[Any]:
+        """Keep the customer's tax id the party's current one (Tryton reads the first).
+
+        Earlier tax ids stay, ranked after it: posted invoices refer to them.
+        """
+        tax = self._tax_identifier(customer)
+        others = [i for i in idents if not str(i["code"]).startswith(mapping.REF_PREFIX)]
+        same_type = [i for i in others if i["type"] == tax["type"]]
+        rest = [i["id"] for i in others if i["type"] != tax["type"]]
+        if same_type and mapping.same_code(same_type[0]["code"], tax["code"]):
+            return []
+        actions: list[Any] = []
+        if rest:
+            # Identifiers sort by sequence, nulls first: the current one has none.
+            actions.append(["write", rest, {"sequence": 10}])
+        if same_type:
+            actions.append(["write", [same_type[0]["id"]], {"code": tax["code"]}])
+        else:
+            actions.append(["create", [tax]])
+        return actions
+
     async def _update_party(
         self,
         party_id: int,
@@ -167,19 +188,12 @@ class TrytonErp:
         if actions:
             values["addresses"] = actions
         if customer.tax_id:
-            tax = self._tax_identifier(customer)
             idents = await self.client.read(
                 "party.identifier", party["identifiers"], ["type", "code"]
             )
-            same_type = [
-                i
-                for i in idents
-                if i["type"] == tax["type"] and not str(i["code"]).startswith(mapping.REF_PREFIX)
-            ]
-            if not same_type:
-                values["identifiers"] = [["create", [tax]]]
-            elif same_type[0]["code"] != tax["code"]:
-                values["identifiers"] = [["write", [same_type[0]["id"]], {"code": tax["code"]}]]
+            identifier_actions = self._tax_id_actions(customer, idents)
+            if identifier_actions:
+                values["identifiers"] = identifier_actions
         if customer.contacts:
             mechanisms = await self.client.read(
                 "party.contact_mechanism", party["contact_mechanisms"], ["type", "value"]

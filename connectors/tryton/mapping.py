@@ -105,6 +105,16 @@ def tax_identifier_type(country: str) -> str | None:
     return TAX_ID_TYPES.get(country)
 
 
+def same_code(stored: str | None, given: str | None) -> bool:
+    """Tryton stores identifiers formatted ("980 7806 84"); compare them compacted."""
+
+    def compact(code: str | None) -> str:
+        text = re.sub(r"[^0-9A-Za-z]", "", code or "").upper()
+        return text[2:] if len(text) > 2 and text[:2].isalpha() else text
+
+    return compact(stored) == compact(given)
+
+
 def external_ref_code(external_ref: str) -> str:
     return f"{REF_PREFIX}{external_ref}"
 
