@@ -1,1 +1,37 @@
-"""Stripe connector (billing)."""
+"""Stripe connector (billing): customers, invoices and their lifecycle, webhooks."""
+
+from connectors.stripe.client import (
+    CONNECT_TIMEOUT_S,
+    REQUEST_TIMEOUT_S,
+    WEBHOOK_TOLERANCE_S,
+    PaymentDeclined,
+    StripeBilling,
+    WebhookRejected,
+    classify,
+    verify_webhook,
+)
+from connectors.stripe.mapping import (
+    EXTERNAL_CUSTOMER,
+    EXTERNAL_INVOICE,
+    SYSTEM,
+    customer_params,
+    invoice_from_stripe,
+    payment_from_stripe,
+)
+
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "EXTERNAL_CUSTOMER",
+    "EXTERNAL_INVOICE",
+    "REQUEST_TIMEOUT_S",
+    "SYSTEM",
+    "WEBHOOK_TOLERANCE_S",
+    "PaymentDeclined",
+    "StripeBilling",
+    "WebhookRejected",
+    "classify",
+    "customer_params",
+    "invoice_from_stripe",
+    "payment_from_stripe",
+    "verify_webhook",
+]

@@ -1,0 +1,415 @@
+"""Stripe as q2c's billing engine, over the official `stripe` library.
+
+The library does the wire work (form encoding, `Idempotency-Key`, API version, error
+parsing, webhook signatures); this module adds q2c's rules on top:
+
+- no retries of its own (`max_network_retries=0`): Temporal is the one retry owner, and
+  every failure leaves here as a class of `connectors.errors`;
+- every mutating call takes the caller's idempotency key and derives one key per Stripe
+  request from it, so a whole activity can be re-run and Stripe replays each step;
+- answers are parsed from the raw JSON into `wire` models, keeping numbers exact.
+
+Stripe keeps idempotency keys for 24 hours. Past that window a replayed state change
+(finalize, pay, void) meets an invoice already in the wanted state; that is taken as
+done rather than an error, so a late retry still converges.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import httpx
+import stripe
+from pydantic import BaseModel
+
+from canonical import Customer, Invoice, Payment
+from connectors.errors import (
+    AuthFailed,
+    ConnectorError,
+    IdempotencyConflict,
+    NotFound,
+    PermanentError,
+    RateLimitedError,
+    TransientError,
+    ValidationFailed,
+    error_for_status,
+    parse_retry_after,
+)
+from connectors.stripe import mapping, wire
+
+SYSTEM = mapping.SYSTEM
+CONNECT_TIMEOUT_S = 5.0
+#: Stripe answers most calls in well under a second; finalizing large invoices takes longer.
+REQUEST_TIMEOUT_S = 30.0
+#: Largest page Stripe serves.
+PAGE_LIMIT = 100
+#: Webhook timestamps older than this are refused (Stripe's libraries default to 5 minutes).
+WEBHOOK_TOLERANCE_S = 300
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class PaymentDeclined(PermanentError):
+    """The card or bank refused the charge; another attempt needs a new payment method."""
+
+    error_type = "PaymentDeclined"
+
+    def __init__(self, message: str, *, decline_code: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.decline_code = decline_code
+
+
+class WebhookRejected(Exception):
+    """A webhook whose signature is missing, wrong or too old: answer 400 and drop it."""
+
+
+def verify_webhook(
+    payload: bytes,
+    signature_header: str | None,
+    secret: str,
+    tolerance: int = WEBHOOK_TOLERANCE_S,
+) -> dict[str, Any]:
+    """The event, once `Stripe-Signature` proves Stripe sent exactly these bytes recently.
+
+    Verify the raw request body, before any JSON parsing: re-serialised JSON would not
+    match the signature.
+    """
+    try:
+        stripe.WebhookSignature.verify_header(payload, signature_header, secret, tolerance)
+    except stripe.SignatureVerificationError as exc:
+        raise WebhookRejected(str(exc)) from None
+    try:
+        event: dict[str, Any] = json.loads(payload)
+    except ValueError as exc:
+        raise WebhookRejected(f"webhook body is not JSON: {exc}") from None
+    if not isinstance(event, dict) or event.get("object") != "event":
+        raise WebhookRejected("webhook body is not a Stripe event")
+    return event
+
+
+def classify(exc: stripe.StripeError) -> ConnectorError:
+    """The one place a Stripe failure becomes a class in `connectors.errors`."""
+    status = exc.http_status
+    message = exc.user_message or str(exc) or type(exc).__name__
+    code = exc.code
+    param = getattr(exc, "param", None)
+    common: dict[str, Any] = {"system": SYSTEM, "status": status, "code": code}
+    if isinstance(exc, stripe.IdempotencyError):
+        return IdempotencyConflict(message, **common)
+    if isinstance(exc, stripe.CardError):
+        body = exc.json_body or {}
+        decline = body.get("error", {}).get("decline_code") if isinstance(body, dict) else None
+        return PaymentDeclined(message, decline_code=decline, field=param, **common)
+    if isinstance(exc, stripe.RateLimitError):
+        delay = parse_retry_after(_header(exc, "Retry-After"))
+        return RateLimitedError(message, retry_after=delay, **common)
+    if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
+        return AuthFailed(message, **common)
+    if isinstance(exc, stripe.APIConnectionError):
+        return TransientError(message, system=SYSTEM, code=code)
+    if isinstance(exc, stripe.InvalidRequestError):
+        if status == 404:
+            return NotFound(message, field=param, **common)
+        return ValidationFailed(message, field=param, **common)
+    if status is None:
+        return TransientError(message, system=SYSTEM, code=code)
+    return error_for_status(
+        status,
+        message,
+        system=SYSTEM,
+        field=param,
+        code=code,
+        retry_after=_header(exc, "Retry-After"),
+    )
+
+
+def _header(exc: stripe.StripeError, name: str) -> str | None:
+    headers = exc.headers or {}
+    for key, value in headers.items():
+        if key.lower() == name.lower():
+            return str(value)
+    return None
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except stripe.StripeError as exc:
+        raise classify(exc) from exc
+
+
+class StripeBilling:
+    """The billing role on Stripe. One instance per API key; close it when done."""
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str | None = None,
+        timeout: float = REQUEST_TIMEOUT_S,
+    ) -> None:
+        self._http = stripe.HTTPXClient(timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_S))
+        self._client = stripe.StripeClient(
+            api_key,
+            base_addresses={"api": base_url} if base_url else None,
+            http_client=self._http,
+            max_network_retries=0,
+        )
+        # Tax rates never change percentage once created, so both lookups can be cached.
+        self._rate_by_percentage: dict[Decimal, str] = {}
+        self._percentage_by_rate: dict[str, Decimal] = {}
+
+    async def aclose(self) -> None:
+        await self._http.close_async()  # type: ignore[no-untyped-call]
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        model: type[M],
+        params: Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> M:
+        options: dict[str, Any] = {}
+        if idempotency_key is not None:
+            options["idempotency_key"] = idempotency_key
+        with _translated():
+            response = await self._client.raw_request_async(
+                method, path, **dict(params or {}), **options
+            )
+        return model.model_validate_json(response.body)
+
+    # ----------------------------------------------------------------- customers
+
+    async def create_customer(self, customer: Customer, *, idempotency_key: str) -> str:
+        """The Stripe customer id for a canonical customer (`cus_...`)."""
+        created = await self._request(
+            "post",
+            "/v1/customers",
+            wire.Customer,
+            mapping.customer_params(customer),
+            idempotency_key=idempotency_key,
+        )
+        return created.id
+
+    async def update_customer(
+        self, customer_id: str, customer: Customer, *, idempotency_key: str
+    ) -> None:
+        await self._request(
+            "post",
+            f"/v1/customers/{customer_id}",
+            wire.Customer,
+            mapping.customer_params(customer, update=True),
+            idempotency_key=idempotency_key,
+        )
+
+    async def get_customer(self, customer_id: str) -> wire.Customer:
+        return await self._request("get", f"/v1/customers/{customer_id}", wire.Customer)
+
+    async def list_customers(
+        self, *, limit: int = PAGE_LIMIT, starting_after: str | None = None
+    ) -> wire.ListObject[wire.Customer]:
+        """One page, newest first; pass the last id as `starting_after` for the next."""
+        params: dict[str, Any] = {"limit": limit}
+        if starting_after:
+            params["starting_after"] = starting_after
+        return await self._request("get", "/v1/customers", wire.ListObject[wire.Customer], params)
+
+    # ------------------------------------------------------------------ invoices
+
+    async def create_invoice(
+        self,
+        invoice: Invoice,
+        *,
+        customer_id: str,
+        idempotency_key: str,
+        days_until_due: int,
+        metadata: Mapping[str, str] | None = None,
+    ) -> str:
+        """A draft invoice holding the canonical invoice's lines; returns its `in_...` id.
+
+        Several Stripe calls, each with a key derived from `idempotency_key`: run it again
+        after any failure and Stripe answers the finished steps from its idempotency store.
+        """
+        rate_ids: dict[Decimal, str] = {}
+        for rate in sorted({line.tax_rate for line in invoice.lines if line.tax_rate}):
+            rate_ids[rate] = await self._tax_rate_id(
+                mapping.tax_percentage(rate), idempotency_key=f"{idempotency_key}:tax_rate"
+            )
+        draft = await self._request(
+            "post",
+            "/v1/invoices",
+            wire.Invoice,
+            mapping.invoice_params(
+                invoice,
+                customer_id=customer_id,
+                days_until_due=days_until_due,
+                metadata=metadata,
+            ),
+            idempotency_key=f"{idempotency_key}:invoice",
+        )
+        for n, line in enumerate(invoice.lines):
+            await self._request(
+                "post",
+                "/v1/invoiceitems",
+                wire.InvoiceItem,
+                mapping.invoice_item_params(
+                    line,
+                    customer_id=customer_id,
+                    invoice_id=draft.id,
+                    tax_rate_id=rate_ids.get(line.tax_rate),
+                ),
+                idempotency_key=f"{idempotency_key}:item:{n}",
+            )
+        return draft.id
+
+    async def finalize_invoice(self, invoice_id: str, *, idempotency_key: str) -> Invoice:
+        """Numbered and open for payment; nothing on it can change any more."""
+        return await self._transition(
+            invoice_id, "finalize", {"open", "paid", "uncollectible"}, idempotency_key
+        )
+
+    async def pay_invoice(
+        self, invoice_id: str, *, idempotency_key: str, paid_out_of_band: bool = False
+    ) -> Invoice:
+        """Charge the customer's payment method, or record money received elsewhere.
+
+        A declined charge raises `PaymentDeclined`; Stripe emits `invoice.payment_failed`.
+        """
+        params = {"paid_out_of_band": True} if paid_out_of_band else None
+        return await self._transition(invoice_id, "pay", {"paid"}, idempotency_key, params)
+
+    async def void_invoice(self, invoice_id: str, *, idempotency_key: str) -> Invoice:
+        return await self._transition(invoice_id, "void", {"void"}, idempotency_key)
+
+    async def mark_uncollectible(self, invoice_id: str, *, idempotency_key: str) -> Invoice:
+        return await self._transition(
+            invoice_id, "mark_uncollectible", {"uncollectible"}, idempotency_key
+        )
+
+    async def delete_draft_invoice(self, invoice_id: str, *, idempotency_key: str) -> None:
+        """Undo `create_invoice` while the invoice is a draft (a saga's compensation)."""
+        try:
+            await self._request(
+                "delete",
+                f"/v1/invoices/{invoice_id}",
+                wire.Wire,
+                idempotency_key=idempotency_key,
+            )
+        except NotFound:
+            return  # already deleted: the compensation's goal holds
+
+    async def get_invoice(self, invoice_id: str) -> Invoice:
+        stripe_invoice = await self.get_stripe_invoice(invoice_id)
+        return await self._to_canonical(stripe_invoice)
+
+    async def get_stripe_invoice(self, invoice_id: str) -> wire.Invoice:
+        return await self._request("get", f"/v1/invoices/{invoice_id}", wire.Invoice)
+
+    async def get_payment(self, invoice_id: str) -> Payment | None:
+        """The payment that settled the invoice, or None while it is unpaid."""
+        return mapping.payment_from_stripe(await self.get_stripe_invoice(invoice_id))
+
+    async def _transition(
+        self,
+        invoice_id: str,
+        action: str,
+        done: set[str],
+        idempotency_key: str,
+        params: Mapping[str, Any] | None = None,
+    ) -> Invoice:
+        try:
+            result = await self._request(
+                "post",
+                f"/v1/invoices/{invoice_id}/{action}",
+                wire.Invoice,
+                params,
+                idempotency_key=idempotency_key,
+            )
+        except ValidationFailed as exc:
+            # A refused state change may mean it already happened (a retry past the
+            # idempotency window, or someone acting in the dashboard): look before failing.
+            if (exc.code or "").startswith("parameter_"):
+                raise
+            current = await self.get_stripe_invoice(invoice_id)
+            if current.status not in done:
+                raise
+            result = current
+        return await self._to_canonical(result)
+
+    async def _to_canonical(self, stripe_invoice: wire.Invoice) -> Invoice:
+        lines = list(stripe_invoice.lines.data)
+        more = stripe_invoice.lines.has_more
+        while more:
+            page = await self._request(
+                "get",
+                f"/v1/invoices/{stripe_invoice.id}/lines",
+                wire.ListObject[wire.LineItem],
+                {"limit": PAGE_LIMIT, "starting_after": lines[-1].id},
+            )
+            lines.extend(page.data)
+            more = page.has_more and bool(page.data)
+        rate_ids = {
+            t.tax_rate_details.tax_rate for line in lines for t in line.taxes if t.tax_rate_details
+        }
+        percentages = {rate_id: await self._percentage(rate_id) for rate_id in rate_ids}
+        return mapping.invoice_from_stripe(stripe_invoice, lines, percentages)
+
+    # ----------------------------------------------------------------- tax rates
+
+    async def _tax_rate_id(self, percentage: Decimal, *, idempotency_key: str) -> str:
+        """An exclusive tax rate q2c made for this percentage, created on first need."""
+        if percentage in self._rate_by_percentage:
+            return self._rate_by_percentage[percentage]
+        starting_after: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": PAGE_LIMIT, "active": True, "inclusive": False}
+            if starting_after:
+                params["starting_after"] = starting_after
+            page = await self._request(
+                "get", "/v1/tax_rates", wire.ListObject[wire.TaxRate], params
+            )
+            for rate in page.data:
+                self._percentage_by_rate[rate.id] = rate.percentage
+                if rate.metadata.get("q2c") == "1" and rate.percentage == percentage:
+                    self._rate_by_percentage[percentage] = rate.id
+                    return rate.id
+            if not page.has_more or not page.data:
+                break
+            starting_after = page.data[-1].id
+        created = await self._request(
+            "post",
+            "/v1/tax_rates",
+            wire.TaxRate,
+            mapping.tax_rate_params(percentage),
+            idempotency_key=f"{idempotency_key}:{percentage}",
+        )
+        self._rate_by_percentage[percentage] = created.id
+        self._percentage_by_rate[created.id] = created.percentage
+        return created.id
+
+    async def _percentage(self, rate_id: str) -> Decimal:
+        if rate_id not in self._percentage_by_rate:
+            rate = await self._request("get", f"/v1/tax_rates/{rate_id}", wire.TaxRate)
+            self._percentage_by_rate[rate_id] = rate.percentage
+        return self._percentage_by_rate[rate_id]
