@@ -1,0 +1,56 @@
+"""The dev stack's Tryton helpers that need no running server."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from devstack import tryton as devtryton
+from tests.fixtures.tryton import DATABASE, TrytonServer, tryton  # noqa: F401
+
+
+def test_config_listens_on_loopback_and_keeps_sqlite_in_the_folder(tmp_path: Path) -> None:
+    conf = devtryton.write_config(tmp_path, port=18123, database="q2c")
+    text = conf.read_text()
+    assert "listen = 127.0.0.1:18123" in text
+    assert f"path = {tmp_path.resolve()}" in text
+    assert "uri = sqlite://" in text
+    argv = devtryton.server_argv(conf, "q2c")
+    assert argv[-2:] == ["-d", "q2c"]
+    assert Path(argv[0]).name == "trytond"
+
+
+def test_restored_snapshot_is_bootstrapped_and_not_recreated(
+    tryton: TrytonServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    snapshot = devtryton.snapshot(tryton.folder, DATABASE, tmp_path / "copy.sqlite")
+    folder = tmp_path / "stack"
+    folder.mkdir()
+    db = devtryton.database_path(folder, DATABASE)
+    # Leftovers of an earlier server would replay old rows over the restored database.
+    stale_wal = db.with_name(db.name + "-wal")
+    stale_wal.write_bytes(b"stale")
+    devtryton.restore(snapshot, folder, DATABASE)
+    assert not stale_wal.exists()
+    assert devtryton.is_bootstrapped(folder, DATABASE)
+    assert devtryton.read_bootstrap(folder, DATABASE) == tryton.bootstrap
+
+    size = db.stat().st_size
+    devtryton.prepare(folder, port=18124, database=DATABASE, admin_password="unused")
+    assert db.stat().st_size == size  # an existing database is kept, not rebuilt
+    assert not (folder / devtryton.ADMIN_LOG_NAME).exists()
+    with sqlite3.connect(db) as conn:
+        (companies,) = conn.execute("SELECT count(*) FROM company_company").fetchone()
+    conn.close()
+    assert companies == 1
+
+
+async def test_ensure_bootstrapped_trusts_the_marker(
+    tryton: TrytonServer,  # noqa: F811
+) -> None:
+    # No server answers on this port: the marker alone must do.
+    result = await devtryton.ensure_bootstrapped(
+        tryton.folder, "http://127.0.0.1:9", database=DATABASE, admin_password="unused"
+    )
+    assert result == tryton.bootstrap
