@@ -1,0 +1,294 @@
+"""Salesforce connector pieces that need no server: webhook checks, mapping, error classes."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+
+from canonical import BillingType, PaymentTerms
+from connectors.errors import AuthFailed, RateLimitedError, TransientError, ValidationFailed
+from connectors.salesforce import (
+    InvalidEvent,
+    InvalidSignature,
+    SalesforceClient,
+    StaleSignature,
+    parse_closed_won_event,
+    soql_literal,
+    to_opportunity,
+    verify_webhook_signature,
+)
+from connectors.salesforce.mapping import billing_type, payment_terms, write_back_fields
+from connectors.salesforce.wire import OpportunityLineItemRecord, OpportunityRecord
+
+SECRET = "whsec-test"
+NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+EVENT = {
+    "eventId": "5d0f3f6e-8a59-4c1b-9d7c-2f1de0a0c001",
+    "eventType": "opportunity.closed_won",
+    "occurredAt": "2025-03-01T11:59:58.123Z",
+    "organizationId": "00D5g000004Xy1ZEAS",
+    "sobject": {
+        "Id": "0065g0000000001AAA",
+        "Name": "Globex rollout",
+        "AccountId": "0015g0000000001AAA",
+        "StageName": "Closed Won",
+        "Amount": 19675.99,
+        "CurrencyIsoCode": "EUR",
+        "CloseDate": "2025-06-30",
+        "LastModifiedDate": "2025-03-01T11:59:58.000+0000",
+    },
+}
+
+
+def _signed(body: bytes, at: datetime = NOW, secret: str = SECRET) -> str:
+    t = int(at.timestamp())
+    digest = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={digest}"
+
+
+# ---------------------------------------------------------------- webhook
+
+
+def test_signature_accepts_a_fresh_delivery_and_rotation() -> None:
+    body = json.dumps(EVENT).encode()
+    verify_webhook_signature(body, _signed(body), SECRET, now=NOW + timedelta(seconds=30))
+    # During a secret rotation the sender adds a second v1; one match suffices.
+    rotating = _signed(body, secret="old") + "," + _signed(body).split(",")[1]
+    verify_webhook_signature(body, rotating, SECRET, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("header", "error"),
+    [
+        (None, InvalidSignature),
+        ("", InvalidSignature),
+        ("v1=abc", InvalidSignature),
+        ("t=soon,v1=abc", InvalidSignature),
+        (f"t={int(NOW.timestamp())}", InvalidSignature),
+        (f"t={int(NOW.timestamp())},v1=" + "0" * 64, InvalidSignature),
+    ],
+)
+def test_signature_refuses_malformed_headers(header: str | None, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        verify_webhook_signature(b"{}", header, SECRET, now=NOW)
+
+
+def test_signature_refuses_stale_and_future_timestamps() -> None:
+    body = json.dumps(EVENT).encode()
+    with pytest.raises(StaleSignature):
+        verify_webhook_signature(body, _signed(body), SECRET, now=NOW + timedelta(minutes=6))
+    with pytest.raises(StaleSignature):
+        verify_webhook_signature(body, _signed(body), SECRET, now=NOW - timedelta(minutes=6))
+    verify_webhook_signature(
+        body, _signed(body), SECRET, now=NOW + timedelta(minutes=6), tolerance=timedelta(hours=1)
+    )
+
+
+def test_event_parses_amount_exactly() -> None:
+    event = parse_closed_won_event(json.dumps(EVENT).encode())
+    assert event.event_id == EVENT["eventId"]
+    assert event.sobject.amount == Decimal("19675.99")
+    assert event.occurred_at.tzinfo is not None
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"eventId": None}, "eventId"),
+        ({"eventType": "opportunity.closed_lost"}, "eventType"),
+        ({"occurredAt": "yesterday"}, "occurredAt"),
+        ({"sobject": {**EVENT["sobject"], "CloseDate": None}}, "sobject.CloseDate"),  # type: ignore[dict-item]
+        ({"sobject": {k: v for k, v in EVENT["sobject"].items() if k != "Id"}}, "sobject.Id"),  # type: ignore[attr-defined]
+    ],
+)
+def test_event_errors_name_the_field(change: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidEvent) as refused:
+        parse_closed_won_event(json.dumps({**EVENT, **change}))
+    assert refused.value.field == field
+    assert field in str(refused.value)
+
+
+def test_event_that_is_not_json_is_refused() -> None:
+    with pytest.raises(InvalidEvent):
+        parse_closed_won_event(b"<xml/>")
+
+
+# ---------------------------------------------------------------- mapping
+
+
+@pytest.mark.parametrize(
+    ("text", "days"),
+    [("Net 30", 30), ("net45", 45), ("Net 60 days", 60), ("Due on Receipt", 0), (None, None)],
+)
+def test_payment_terms(text: str | None, days: int | None) -> None:
+    expected = None if days is None else PaymentTerms(net_days=days)
+    assert payment_terms(text, record_id="006") == expected
+
+
+def test_unknown_payment_terms_name_the_field() -> None:
+    with pytest.raises(ValidationFailed) as refused:
+        payment_terms("2/10 Net 30", record_id="006")
+    assert refused.value.field == "Opportunity.Payment_Terms__c"
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("Time and Materials", BillingType.TIME_AND_MATERIALS),
+        ("time_and_materials", BillingType.TIME_AND_MATERIALS),
+        ("Fixed Fee", BillingType.FIXED_FEE),
+        ("Milestone", BillingType.MILESTONE),
+        ("", None),
+    ],
+)
+def test_billing_type(text: str, kind: BillingType | None) -> None:
+    assert billing_type(text, sobject="OpportunityLineItem", record_id="00k") == kind
+
+
+def _opportunity(**overrides: Any) -> OpportunityRecord:
+    return OpportunityRecord.model_validate(
+        {
+            "Id": "0065g0000000001AAA",
+            "Name": "Deal",
+            "AccountId": "0015g0000000001AAA",
+            "StageName": "Closed Won",
+            "CloseDate": "2025-06-30",
+            "IsWon": True,
+            **overrides,
+        }
+    )
+
+
+def _line(**overrides: Any) -> OpportunityLineItemRecord:
+    return OpportunityLineItemRecord.model_validate(
+        {
+            "Id": "00k5g0000000001AAA",
+            "Product2": {"Name": "Consulting"},
+            "Quantity": Decimal(10),
+            "UnitPrice": Decimal("99.90"),
+            **overrides,
+        }
+    )
+
+
+def test_single_currency_org_uses_the_default_currency() -> None:
+    opp = to_opportunity(
+        _opportunity(Billing_Type__c="Fixed Fee"), [_line()], default_currency="CHF"
+    )
+    assert opp.currency == "CHF"
+    assert opp.amount.amount == Decimal("999.00") and opp.amount.currency == "CHF"
+    assert opp.lines[0].billing_type is BillingType.FIXED_FEE  # from the deal
+
+
+def test_line_that_canonical_refuses_names_the_salesforce_field() -> None:
+    with pytest.raises(ValidationFailed) as refused:
+        to_opportunity(_opportunity(), [_line(Quantity=Decimal(-1))], default_currency="EUR")
+    assert refused.value.field == "OpportunityLineItem.Quantity"
+    assert refused.value.retryable is False
+
+
+def test_write_back_keeps_known_ids_and_always_sets_the_message() -> None:
+    body = write_back_fields(
+        status="invoiced", project_id=None, billing_customer_id=None, run_url=None, message=None
+    )
+    assert body == {"Q2C_Status__c": "invoiced", "Q2C_Message__c": None}
+    long = write_back_fields(
+        status="failed",
+        project_id="P1",
+        billing_customer_id=None,
+        run_url=None,
+        message="x" * 40_000,
+    )
+    assert long["Q2C_Project_Id__c"] == "P1"
+    assert len(long["Q2C_Message__c"]) == 32_000
+
+
+def test_soql_literal_escapes_quotes() -> None:
+    assert soql_literal("O'Brien\\") == "'O\\'Brien\\\\'"
+
+
+# ---------------------------------------------------------------- client errors
+
+
+def _client(handler: Any) -> SalesforceClient:
+    def route(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/services/oauth2/token":
+            calls["token"] += 1
+            return httpx.Response(
+                200,
+                json={"access_token": f"tok{calls['token']}", "instance_url": "https://org.test"},
+            )
+        calls["api"] += 1
+        response: httpx.Response = handler(request)
+        return response
+
+    calls = {"token": 0, "api": 0}
+    client = SalesforceClient(
+        "https://login.test", "id", "secret", transport=httpx.MockTransport(route)
+    )
+    client.calls = calls  # type: ignore[attr-defined]
+    return client
+
+
+async def test_second_401_is_auth_failed_after_one_reauth() -> None:
+    expired = [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]
+    async with _client(lambda r: httpx.Response(401, json=expired)) as sf:
+        with pytest.raises(AuthFailed):
+            await sf.get("Account", "0015g0000000001AAA")
+        assert sf.calls == {"token": 2, "api": 2}  # type: ignore[attr-defined]
+
+
+async def test_org_api_limit_on_403_is_rate_limited() -> None:
+    body = [{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}]
+    async with _client(lambda r: httpx.Response(403, json=body)) as sf:
+        with pytest.raises(RateLimitedError):
+            await sf.get("Account", "0015g0000000001AAA")
+
+
+async def test_row_lock_is_transient() -> None:
+    body = [
+        {
+            "message": "unable to obtain exclusive access",
+            "errorCode": "UNABLE_TO_LOCK_ROW",
+            "fields": [],
+        }
+    ]
+    async with _client(lambda r: httpx.Response(400, json=body)) as sf:
+        with pytest.raises(TransientError) as locked:
+            await sf.update("Opportunity", "0065g0000000001AAA", {"StageName": "Closed Won"})
+    assert locked.value.code == "UNABLE_TO_LOCK_ROW"
+
+
+async def test_html_error_page_is_transient() -> None:
+    async with _client(lambda r: httpx.Response(502, text="<html>Bad gateway</html>")) as sf:
+        with pytest.raises(TransientError):
+            await sf.get("Account", "0015g0000000001AAA")
+
+
+async def test_malformed_id_is_refused_before_any_call() -> None:
+    async with _client(lambda r: httpx.Response(500)) as sf:
+        with pytest.raises(ValidationFailed) as refused:
+            await sf.fetch_opportunity("006' OR Name != '")
+        assert sf.calls["api"] == 0  # type: ignore[attr-defined]
+    assert refused.value.code == "MALFORMED_ID"
+
+
+async def test_decimals_go_out_exactly() -> None:
+    sent: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.content)
+        return httpx.Response(201, json={"id": "00k5g0000000001AAA", "success": True, "errors": []})
+
+    async with _client(handler) as sf:
+        await sf.create(
+            "OpportunityLineItem", {"UnitPrice": Decimal("0.10"), "Quantity": Decimal("3")}
+        )
+    assert json.loads(sent[0], parse_float=str) == {"UnitPrice": "0.1", "Quantity": "3.0"}
