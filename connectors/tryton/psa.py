@@ -134,7 +134,8 @@ class TrytonPsa:
         if task.planned_hours is not None:
             values["effort_duration"] = timedelta(hours=float(task.planned_hours))
         if not task.billable:
-            values["project_invoice_method"] = "manual"
+            # Invoicing is set per project in Tryton; unbilled work goes out at no charge.
+            values["list_price"] = Decimal(0)
         return values
 
     @staticmethod
