@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.ports",
     "tests.fixtures.store",
     "tests.fixtures.temporal",
+    "tests.fixtures.salesforce",
 ]

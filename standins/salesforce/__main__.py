@@ -15,4 +15,4 @@ def _build(args: argparse.Namespace) -> ASGIApp:
 
 
 if __name__ == "__main__":
-    serve(_build, description="Salesforce REST API stand-in", default_port=8701)
+    serve(_build, description="Salesforce REST API stand-in", default_port=8101)

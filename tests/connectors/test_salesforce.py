@@ -25,7 +25,6 @@ from connectors.salesforce import (
     parse_closed_won_event,
     verify_webhook_signature,
 )
-from tests.fixtures.salesforce import *  # noqa: F403  (fixtures until conftest registers them)
 from tests.fixtures.salesforce import SalesforceStandin, for_opportunity
 
 
