@@ -77,14 +77,14 @@ def verify_webhook(
     """The event, once `Stripe-Signature` proves Stripe sent exactly these bytes recently.
 
     Verify the raw request body, before any JSON parsing: re-serialised JSON would not
-    match the signature.
+    match the signature. JSON fractions come back as `Decimal`, never `float`.
     """
     try:
         stripe.WebhookSignature.verify_header(payload, signature_header, secret, tolerance)
     except stripe.SignatureVerificationError as exc:
         raise WebhookRejected(str(exc)) from None
     try:
-        event: dict[str, Any] = json.loads(payload)
+        event: dict[str, Any] = json.loads(payload, parse_float=Decimal)
     except ValueError as exc:
         raise WebhookRejected(f"webhook body is not JSON: {exc}") from None
     if not isinstance(event, dict) or event.get("object") != "event":

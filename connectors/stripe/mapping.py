@@ -86,15 +86,17 @@ def customer_params(customer: Customer, *, update: bool = False) -> dict[str, An
         "name": customer.name,
         "email": (contact.email if contact else None) or blank,
         "phone": (contact.phone if contact else None) or blank,
-        "address": {
-            "line1": address.street,
-            "line2": address.street2 or blank,
-            "city": address.city,
-            "postal_code": address.postal_code or blank,
-            "state": address.region or blank,
-            "country": address.country,
-        },
-        "metadata": {k: v for k, v in metadata.items() if v is not None},
+        "address": _drop_none(
+            {
+                "line1": address.street,
+                "line2": address.street2 or blank,
+                "city": address.city,
+                "postal_code": address.postal_code or blank,
+                "state": address.region or blank,
+                "country": address.country,
+            }
+        ),
+        "metadata": _drop_none(metadata),
     }
     return _drop_none(params)
 

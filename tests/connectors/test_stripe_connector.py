@@ -24,13 +24,21 @@ from canonical import (
     PaymentTerms,
 )
 from connectors.errors import (
+    AuthFailed,
     IdempotencyConflict,
     NotFound,
     RateLimitedError,
     TransientError,
     ValidationFailed,
 )
-from connectors.stripe import PaymentDeclined, StripeBilling, WebhookRejected, verify_webhook
+from connectors.stripe import (
+    PaymentDeclined,
+    StripeBilling,
+    WebhookRejected,
+    payment_from_stripe,
+    verify_webhook,
+    wire,
+)
 from tests.fixtures.ports import free_port
 from tests.fixtures.stripe import *  # noqa: F403
 from tests.fixtures.stripe import StripeStandin
@@ -214,6 +222,14 @@ async def test_unreachable_stripe_is_transient() -> None:
     assert unreachable.value.retryable is True
 
 
+async def test_wrong_api_key_is_an_auth_failure(stripe: StripeStandin) -> None:
+    async with StripeBilling("sk_live_not_here", base_url=stripe.url) as billing:
+        with pytest.raises(AuthFailed) as denied:
+            await billing.get_invoice("in_1")
+    assert denied.value.retryable is False
+    assert denied.value.status == 401
+
+
 async def test_key_reused_with_other_params_is_a_conflict(
     stripe_billing: StripeBilling,
 ) -> None:
@@ -276,6 +292,10 @@ async def test_paid_webhook_is_signed_and_verifiable(
     assert event["data"]["object"]["status"] == "paid"
     assert event["data"]["object"]["metadata"]["q2c_invoice_id"] == invoice.id
     assert event["livemode"] is False
+    payment = payment_from_stripe(wire.Invoice.model_validate(event["data"]["object"]))
+    assert payment is not None
+    assert payment.amount == invoice.total
+    assert payment.invoice_id == invoice.id
     # The same event is kept by the stand-in, as Stripe keeps events.
     assert stripe.api("GET", f"/v1/events/{event['id']}").json()["type"] == "invoice.paid"
 
