@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.store",
     "tests.fixtures.temporal",
     "tests.fixtures.salesforce",
+    "tests.fixtures.tryton",
 ]

@@ -26,13 +26,13 @@ from canonical import (
 )
 from connectors.errors import AuthFailed, ValidationFailed
 from connectors.tryton import TrytonClient, TrytonErp, TrytonPsa
-from tests.fixtures.tryton import TrytonServer, tryton  # noqa: F401
+from tests.fixtures.tryton import TrytonServer
 
 NORTHWIND = LegalEntity(code="NW-US", name="Northwind Consulting", country="US", currency="USD")
 
 
 @pytest.fixture
-async def client(tryton: TrytonServer) -> AsyncIterator[TrytonClient]:  # noqa: F811
+async def client(tryton: TrytonServer) -> AsyncIterator[TrytonClient]:
     c = await tryton.logged_in_client()
     try:
         yield c
@@ -351,7 +351,7 @@ async def test_unknown_employee_is_refused_naming_the_field(client: TrytonClient
     assert caught.value.field == "employee"
 
 
-async def test_bad_password_is_auth_failed(tryton: TrytonServer) -> None:  # noqa: F811
+async def test_bad_password_is_auth_failed(tryton: TrytonServer) -> None:
     async with tryton.client(password="not-the-password") as c:
         with pytest.raises(AuthFailed) as caught:
             await c.login()
@@ -359,12 +359,12 @@ async def test_bad_password_is_auth_failed(tryton: TrytonServer) -> None:  # noq
     assert not caught.value.retryable
 
 
-async def test_employees_are_listed(client: TrytonClient, tryton: TrytonServer) -> None:  # noqa: F811
+async def test_employees_are_listed(client: TrytonClient, tryton: TrytonServer) -> None:
     employees = await TrytonPsa(client).list_employees()
     assert {e.name: e.id for e in employees} == tryton.bootstrap.employee_ids
 
 
-async def test_bootstrap_again_reuses_everything(tryton: TrytonServer) -> None:  # noqa: F811
+async def test_bootstrap_again_reuses_everything(tryton: TrytonServer) -> None:
     from devstack.tryton import bootstrap
 
     again = await bootstrap(tryton.url, tryton.database, tryton.password)

@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from devstack import tryton as devtryton
-from tests.fixtures.tryton import DATABASE, TrytonServer, tryton  # noqa: F401
+from tests.fixtures.tryton import DATABASE, TrytonServer
 
 
 def test_config_listens_on_loopback_and_keeps_sqlite_in_the_folder(tmp_path: Path) -> None:
@@ -21,7 +21,7 @@ def test_config_listens_on_loopback_and_keeps_sqlite_in_the_folder(tmp_path: Pat
 
 
 def test_restored_snapshot_is_bootstrapped_and_not_recreated(
-    tryton: TrytonServer,  # noqa: F811
+    tryton: TrytonServer,
     tmp_path: Path,
 ) -> None:
     snapshot = devtryton.snapshot(tryton.folder, DATABASE, tmp_path / "copy.sqlite")
@@ -47,7 +47,7 @@ def test_restored_snapshot_is_bootstrapped_and_not_recreated(
 
 
 async def test_ensure_bootstrapped_trusts_the_marker(
-    tryton: TrytonServer,  # noqa: F811
+    tryton: TrytonServer,
 ) -> None:
     # No server answers on this port: the marker alone must do.
     result = await devtryton.ensure_bootstrapped(
