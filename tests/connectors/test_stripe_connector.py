@@ -417,3 +417,21 @@ async def test_state_survives_a_restart(
     assert (await stripe_billing.get_invoice(invoice_id)).status is InvoiceStatus.OPEN
     again = await stripe_billing.create_customer(customer, idempotency_key=customer_key)
     assert again == customer_id
+
+
+async def test_undelivered_webhooks_are_sent_after_a_restart(
+    stripe: StripeStandin, stripe_billing: StripeBilling
+) -> None:
+    stripe.refuse_webhooks(1000, event_type="customer.created")
+    customer_id = await stripe_billing.create_customer(a_customer(), idempotency_key=key())
+    deadline = time.monotonic() + 10
+    while not any(e["data"]["object"]["id"] == customer_id for e in stripe.refused_events()):
+        assert time.monotonic() < deadline, "the stand-in never tried to deliver"
+        await asyncio.sleep(0.05)
+
+    stripe.stop()  # while the receiver still refuses: only the next process can deliver
+    stripe.refuse_webhooks(0)
+    stripe.start()
+
+    delivery = stripe.wait_for_event("customer.created", customer_id)
+    assert verify_webhook(delivery.body, delivery.signature, stripe.webhook_secret)

@@ -405,3 +405,18 @@ def test_signature_header_matches_stripes_scheme() -> None:
         payload.decode(), "whsec_test", timestamp=1_700_000_000
     )
     assert header == expected
+
+
+def test_webhook_url_needs_a_signing_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    from standins.stripe import WEBHOOK_SECRET_ENV, build_app
+
+    monkeypatch.delenv(WEBHOOK_SECRET_ENV, raising=False)
+    args = argparse.Namespace(db=str(tmp_path / "s.sqlite"), webhook_url="http://127.0.0.1:9/h")
+    with pytest.raises(SystemExit, match=WEBHOOK_SECRET_ENV):
+        build_app(args)
+    monkeypatch.setenv(WEBHOOK_SECRET_ENV, "whsec_x")
+    assert build_app(args) is not None
