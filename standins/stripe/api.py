@@ -334,6 +334,7 @@ class StripeApi:
                 "unit_amount_decimal": _decimal_str(unit),
             },
             "proration": False,
+            # The integer field cannot say 7.5 hours; `quantity_decimal` carries the truth.
             "quantity": int(quantity) if quantity == quantity.to_integral_value() else 1,
             "quantity_decimal": _decimal_str(quantity),
             "tax_rates": tax_rate_ids,
