@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.temporal",
     "tests.fixtures.salesforce",
     "tests.fixtures.tryton",
+    "tests.fixtures.stripe",
 ]

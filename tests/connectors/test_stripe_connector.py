@@ -40,7 +40,6 @@ from connectors.stripe import (
     wire,
 )
 from tests.fixtures.ports import free_port
-from tests.fixtures.stripe import *  # noqa: F403
 from tests.fixtures.stripe import StripeStandin
 
 ENTITY = LegalEntity(code="DE01", name="q2c Consulting GmbH", country="DE", currency="EUR")
