@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -14,6 +14,12 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from store.models import AuditEntry, CrossReference, ExceptionRecord, utcnow
+
+RowT = TypeVar("RowT", CrossReference, AuditEntry, ExceptionRecord)
+
+
+async def _nothing() -> None:
+    return None
 
 
 class CrossReferenceConflict(ValueError):
@@ -64,32 +70,21 @@ class Store:
         self, entity: str, canonical_id: str, system: str, external_id: str
     ) -> CrossReference:
         """Record that `canonical_id` is `external_id` in `system`; repeating it is harmless."""
-        existing = await self._reference(entity, canonical_id, system)
-        if existing is not None:
-            if existing.external_id != external_id:
-                raise CrossReferenceConflict(
-                    f"{entity} {canonical_id!r} is already {existing.external_id!r} in {system},"
-                    f" not {external_id!r}"
-                )
-            return existing
-        row = CrossReference(
-            entity=entity, canonical_id=canonical_id, system=system, external_id=external_id
+        row = await self._insert_unless_found(
+            CrossReference(
+                entity=entity, canonical_id=canonical_id, system=system, external_id=external_id
+            ),
+            lambda: self._reference(entity, canonical_id, system),
+            conflict=lambda: CrossReferenceConflict(
+                f"{system} {entity} {external_id!r} is already linked to another record"
+            ),
         )
-        async with self._sessions() as session:
-            session.add(row)
-            try:
-                await session.commit()
-            except IntegrityError:
-                await session.rollback()
-                # Another process linked it first: same link is fine, another is a conflict.
-                again = await self._reference(entity, canonical_id, system)
-                if again is not None and again.external_id == external_id:
-                    return again
-                raise CrossReferenceConflict(
-                    f"{system} {entity} {external_id!r} is already linked to another record"
-                ) from None
-            await session.refresh(row)
-            return row
+        if row.external_id != external_id:
+            raise CrossReferenceConflict(
+                f"{entity} {canonical_id!r} is already {row.external_id!r} in {system},"
+                f" not {external_id!r}"
+            )
+        return row
 
     async def external_id(self, entity: str, canonical_id: str, system: str) -> str | None:
         ref = await self._reference(entity, canonical_id, system)
@@ -148,10 +143,6 @@ class Store:
         at: datetime | None = None,
     ) -> AuditEntry:
         """Append one entry; with an `idempotency_key` a repeat returns the first entry."""
-        if idempotency_key is not None:
-            found = await self._audit_by_key(idempotency_key)
-            if found is not None:
-                return found
         row = AuditEntry(
             at=at or utcnow(),
             idempotency_key=idempotency_key,
@@ -165,19 +156,9 @@ class Store:
             outcome=outcome,
             detail=detail or {},
         )
-        async with self._sessions() as session:
-            session.add(row)
-            try:
-                await session.commit()
-            except IntegrityError:
-                await session.rollback()
-                if idempotency_key is not None and (
-                    found := await self._audit_by_key(idempotency_key)
-                ):
-                    return found
-                raise
-            await session.refresh(row)
-            return row
+        if idempotency_key is None:
+            return await self._insert_unless_found(row, _nothing)
+        return await self._insert_unless_found(row, lambda: self._audit_by_key(idempotency_key))
 
     async def audit_trail(
         self, *, workflow_id: str | None = None, correlation_id: str | None = None
@@ -210,9 +191,6 @@ class Store:
         detail: dict[str, Any] | None = None,
     ) -> ExceptionRecord:
         """Open an exception for a person; the same `dedupe_key` twice keeps one."""
-        found = await self._exception_by_key(dedupe_key)
-        if found is not None:
-            return found
         row = ExceptionRecord(
             dedupe_key=dedupe_key,
             kind=kind,
@@ -223,17 +201,7 @@ class Store:
             step=step,
             detail=detail or {},
         )
-        async with self._sessions() as session:
-            session.add(row)
-            try:
-                await session.commit()
-            except IntegrityError:
-                await session.rollback()
-                if found := await self._exception_by_key(dedupe_key):
-                    return found
-                raise
-            await session.refresh(row)
-            return row
+        return await self._insert_unless_found(row, lambda: self._exception_by_key(dedupe_key))
 
     async def exceptions(
         self,
@@ -272,6 +240,33 @@ class Store:
                 select(ExceptionRecord).where(ExceptionRecord.dedupe_key == key)
             )
             return result.first()
+
+    async def _insert_unless_found(
+        self,
+        row: RowT,
+        find: Callable[[], Awaitable[RowT | None]],
+        *,
+        conflict: Callable[[], Exception] | None = None,
+    ) -> RowT:
+        """Insert `row` unless `find` gives its twin; a racing writer's twin wins too.
+
+        A unique constraint that `find` does not cover raises `conflict()`.
+        """
+        if (found := await find()) is not None:
+            return found
+        async with self._sessions() as session:
+            session.add(row)
+            try:
+                await session.commit()
+            except IntegrityError:
+                await session.rollback()
+                if (found := await find()) is not None:
+                    return found
+                if conflict is not None:
+                    raise conflict() from None
+                raise
+            await session.refresh(row)
+            return row
 
     async def ping(self) -> bool:
         async with self.engine.connect() as conn:
