@@ -268,10 +268,11 @@ class Opportunity(CanonicalModel):
     def billing_types(self) -> set[BillingType]:
         return {ln.billing_type for ln in self.lines}
 
-    def booking_issues(self) -> list[str]:
+    def booking_issues(self, *, default_payment_terms: bool = False) -> list[str]:
         """Why this deal cannot become a project yet; empty when it can.
 
         A list, not an exception, so a workflow can report every problem to a human at once.
+        With `default_payment_terms`, a deal that states no terms gets the firm's standard ones.
         """
         issues: list[str] = []
         if not self.won:
@@ -286,7 +287,7 @@ class Opportunity(CanonicalModel):
             terms is None or not terms.milestones
         ):
             issues.append("contract_terms.milestones: milestone lines need milestones")
-        if self.payment_terms is None and terms is None:
+        if self.payment_terms is None and terms is None and not default_payment_terms:
             issues.append("payment_terms: no payment terms on the deal or its contract")
         return issues
 

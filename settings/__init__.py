@@ -9,6 +9,7 @@ never show in a repr, a log line or a workflow payload.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SECRETS_FILE_NAME = "secrets.env"
+DEMO_RULES = Path(__file__).parent / "demo"
 
 
 class Settings(BaseSettings):
@@ -66,9 +68,22 @@ class Settings(BaseSettings):
     # Store
     database_url: str | None = None
 
-    # Business rules that are configuration, not code
-    finance_approvers: list[str] = Field(default_factory=lambda: ["finance@q2c.example"])
+    # Business rules that are configuration, not code (see settings/rules.py)
+    #: Billing country -> legal entity, tax regime, currency. Default: the demo's file.
+    legal_entities_file: Path = DEMO_RULES / "legal_entities.toml"
+    #: CRM product -> PSA role and billing type. Default: the demo's file.
+    service_catalogue_file: Path = DEMO_RULES / "service_catalogue.toml"
+    finance_approvers: list[str] = Field(
+        default_factory=lambda: ["finance@northwind.example", "cfo@northwind.example"]
+    )
+    #: Deals above this amount (in the deal's currency) wait for finance.
     approval_threshold: Decimal = Decimal("250000")
+    max_discount_percent: Decimal = Decimal("15")
+    standard_net_days: int = 30
+    approval_remind_after: timedelta = timedelta(hours=24)
+    approval_expire_after: timedelta = timedelta(days=7)
+    #: How long a run waits for bad deal data to be corrected in the CRM.
+    correction_deadline: timedelta = timedelta(days=3)
 
     @property
     def temporal_target(self) -> str:

@@ -1,0 +1,59 @@
+"""Load the deal rules (`canonical.DealRules`) from the settings and their files.
+
+Errors name the file and the entry, so a typo in a mapping file is found before a deal is.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from canonical import DealRules, explain
+from settings import Settings
+
+
+class RulesFileError(ValueError):
+    pass
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise RulesFileError(f"{path}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise RulesFileError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def load_deal_rules(settings: Settings) -> DealRules:
+    entities_doc = _read(settings.legal_entities_file)
+    catalogue_doc = _read(settings.service_catalogue_file)
+    entities = {
+        code: {"code": code, **values}
+        for code, values in entities_doc.get("entities", {}).items()
+    }
+    try:
+        return DealRules.model_validate(
+            {
+                "legal_entities": entities,
+                "countries": entities_doc.get("countries", {}),
+                "catalogue": catalogue_doc.get("products", {}),
+                "approval": {
+                    "amount_threshold": settings.approval_threshold,
+                    "max_discount_percent": settings.max_discount_percent,
+                    "standard_net_days": settings.standard_net_days,
+                    "approvers": settings.finance_approvers,
+                    "remind_after": settings.approval_remind_after,
+                    "expire_after": settings.approval_expire_after,
+                },
+                "default_payment_terms": {"net_days": settings.standard_net_days},
+                "correction_deadline": settings.correction_deadline,
+            }
+        )
+    except ValidationError as exc:
+        files = f"{settings.legal_entities_file}, {settings.service_catalogue_file}"
+        raise RulesFileError(f"deal rules ({files}): " + "; ".join(explain(exc))) from exc
