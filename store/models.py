@@ -96,3 +96,22 @@ class ExceptionRecord(SQLModel, table=True):
     status: str = Field(default="open", max_length=16, index=True)
     resolved_at: datetime | None = Field(default=None, sa_type=AwareDateTime, nullable=True)
     resolution: str | None = None
+
+
+class InboundEvent(SQLModel, table=True):
+    """A webhook delivery q2c accepted, and the run it started.
+
+    Senders deliver at least once (retries and replays carry the same event id), so
+    `(source, event_id)` is unique: a second delivery finds this row and starts nothing.
+    """
+
+    __tablename__ = "inbound_event"
+    __table_args__ = (sa.UniqueConstraint("source", "event_id", name="uq_inbound_event"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(max_length=64)
+    event_id: str = Field(max_length=255)
+    workflow_id: str = Field(max_length=255, index=True)
+    run_id: str | None = Field(default=None, max_length=64)
+    correlation_id: str | None = Field(default=None, max_length=255, index=True)
+    received_at: datetime = _at()

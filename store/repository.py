@@ -13,9 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from store.models import AuditEntry, CrossReference, ExceptionRecord, utcnow
+from store.models import AuditEntry, CrossReference, ExceptionRecord, InboundEvent, utcnow
 
-RowT = TypeVar("RowT", CrossReference, AuditEntry, ExceptionRecord)
+RowT = TypeVar("RowT", CrossReference, AuditEntry, ExceptionRecord, InboundEvent)
 
 
 async def _nothing() -> None:
@@ -238,6 +238,42 @@ class Store:
         async with self._sessions() as session:
             result = await session.exec(
                 select(ExceptionRecord).where(ExceptionRecord.dedupe_key == key)
+            )
+            return result.first()
+
+    # Inbound webhook events --------------------------------------------------------
+
+    async def record_inbound_event(
+        self,
+        *,
+        source: str,
+        event_id: str,
+        workflow_id: str,
+        run_id: str | None = None,
+        correlation_id: str | None = None,
+        received_at: datetime | None = None,
+    ) -> tuple[InboundEvent, bool]:
+        """Record an accepted delivery; `(row, True)` the first time, `(first row, False)` after.
+
+        Concurrent deliveries of one event may race here: the loser gets the winner's row.
+        """
+        row = InboundEvent(
+            source=source,
+            event_id=event_id,
+            workflow_id=workflow_id,
+            run_id=run_id,
+            correlation_id=correlation_id,
+            received_at=received_at or utcnow(),
+        )
+        stored = await self._insert_unless_found(row, lambda: self.inbound_event(source, event_id))
+        return stored, stored is row
+
+    async def inbound_event(self, source: str, event_id: str) -> InboundEvent | None:
+        async with self._sessions() as session:
+            result = await session.exec(
+                select(InboundEvent).where(
+                    InboundEvent.source == source, InboundEvent.event_id == event_id
+                )
             )
             return result.first()
 
