@@ -11,28 +11,112 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.billing import BillingActivities
+from activities.crm import CrmActivities
+from activities.deal import DealActivities
+from activities.erp import ErpActivities
 from activities.ledger import LedgerActivities
+from activities.ports import BillingPort, CrmPort, ErpPort, PsaPort
+from activities.psa import PsaActivities
+from connectors.salesforce import SalesforceClient
+from connectors.stripe import StripeBilling
+from connectors.tryton import TrytonClient, TrytonErp, TrytonPsa
 from settings import Settings, load_settings
+from settings.rules import load_deal_rules
 from store import Store
 from workflows.client import connect
+from workflows.opportunity_to_project import OpportunityToProjectWorkflow
 
 log = logging.getLogger("q2c.worker")
 
 GRACEFUL_SHUTDOWN = timedelta(seconds=10)
+WORKFLOWS: Sequence[type] = (OpportunityToProjectWorkflow,)
 
 
-def build_worker(client: Client, settings: Settings, store: Store) -> Worker:
+@dataclass(frozen=True)
+class Adapters:
+    """One adapter per role, as this deployment's settings pick them."""
+
+    crms: dict[str, CrmPort]
+    erp: ErpPort
+    psa: PsaPort
+    billing: BillingPort
+
+
+@asynccontextmanager
+async def open_adapters(settings: Settings) -> AsyncIterator[Adapters]:
+    async with AsyncExitStack() as stack:
+        salesforce = await stack.enter_async_context(
+            SalesforceClient(
+                settings.salesforce_base_url,
+                settings.salesforce_client_id,
+                settings.salesforce_client_secret,
+                api_version=settings.salesforce_api_version,
+            )
+        )
+        tryton = await stack.enter_async_context(
+            TrytonClient(
+                settings.tryton_base_url,
+                settings.tryton_database,
+                settings.tryton_user,
+                settings.tryton_password,
+            )
+        )
+        stripe = await stack.enter_async_context(
+            StripeBilling(
+                settings.stripe_api_key.get_secret_value(), base_url=settings.stripe_base_url
+            )
+        )
+        yield Adapters(
+            crms={"salesforce": salesforce},
+            erp=TrytonErp(tryton),
+            psa=TrytonPsa(tryton),
+            billing=stripe,
+        )
+
+
+def activities_for(
+    settings: Settings, adapters: Adapters, store: Store
+) -> list[Callable[..., Any]]:
+    crm = CrmActivities(adapters.crms, run_link=settings.run_link("{workflow_id}"))
+    deal = DealActivities(load_deal_rules(settings))
+    erp = ErpActivities(adapters.erp)
+    psa = PsaActivities(adapters.psa)
+    billing = BillingActivities(adapters.billing, store)
     ledger = LedgerActivities(store)
+    return [
+        crm.fetch_deal,
+        crm.write_back_deal,
+        deal.deal_policy,
+        deal.plan_deal,
+        erp.upsert_customer,
+        psa.create_project,
+        psa.close_project,
+        billing.provision_billing_customer,
+        billing.deactivate_billing_customer,
+        ledger.record_audit,
+        ledger.record_exception,
+        ledger.link_reference,
+    ]
+
+
+def build_worker(
+    client: Client, settings: Settings, activities: Sequence[Callable[..., Any]]
+) -> Worker:
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[],
-        activities=[ledger.record_audit, ledger.record_exception, ledger.link_reference],
+        workflows=list(WORKFLOWS),
+        activities=list(activities),
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         identity=f"q2c-worker@{socket.gethostname()}:{os.getpid()}",
     )
@@ -42,15 +126,18 @@ async def run(settings: Settings) -> None:
     store = Store.from_url(settings.store_url)
     await store.migrate()
     client = await connect(settings)
-    worker = build_worker(client, settings, store)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("worker polling task queue %s on %s", settings.task_queue, settings.temporal_target)
-    async with worker:
-        await stop.wait()
-        log.info("shutting down: draining running activities")
+    async with open_adapters(settings) as adapters:
+        worker = build_worker(client, settings, activities_for(settings, adapters, store))
+        log.info(
+            "worker polling task queue %s on %s", settings.task_queue, settings.temporal_target
+        )
+        async with worker:
+            await stop.wait()
+            log.info("shutting down: draining running activities")
     await store.close()
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "CatalogueEntry",
     "CountryRule",
     "DealPlan",
+    "DealPolicy",
     "DealRules",
     "customer_id_for",
     "plan_deal",
@@ -94,6 +95,16 @@ class DealRules(CanonicalModel):
         found = self.catalogue.get(line.service)
         return found or CatalogueEntry(role=line.service)
 
+    def policy(self) -> DealPolicy:
+        return DealPolicy(approval=self.approval, correction_deadline=self.correction_deadline)
+
+
+class DealPolicy(CanonicalModel):
+    """What a run needs to know up front: who approves, and how long people have to act."""
+
+    approval: ApprovalPolicy
+    correction_deadline: timedelta
+
 
 class DealPlan(CanonicalModel):
     """What the deal becomes downstream, or why it cannot yet."""
@@ -104,8 +115,6 @@ class DealPlan(CanonicalModel):
     risks: list[str] = Field(default_factory=list)
     customer: Customer | None = None
     project: Project | None = None
-    approval: ApprovalPolicy
-    correction_deadline: timedelta
 
     @property
     def ready(self) -> bool:
@@ -160,9 +169,7 @@ def plan_deal(opportunity: Opportunity, account: Account, rules: DealRules) -> D
     issues += rate_issues
 
     if issues or entity is None or rule is None or address is None:
-        return DealPlan(
-            issues=issues, approval=rules.approval, correction_deadline=rules.correction_deadline
-        )
+        return DealPlan(issues=issues)
 
     terms = opportunity.payment_terms or (
         opportunity.contract_terms.payment_terms
@@ -199,8 +206,6 @@ def plan_deal(opportunity: Opportunity, account: Account, rules: DealRules) -> D
         risks=_risks(opportunity, terms, address.country, rule, entity, rules.approval),
         customer=customer,
         project=project,
-        approval=rules.approval,
-        correction_deadline=rules.correction_deadline,
     )
 
 

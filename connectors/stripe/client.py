@@ -223,6 +223,18 @@ class StripeBilling:
             idempotency_key=idempotency_key,
         )
 
+    async def set_customer_status(
+        self, customer_id: str, status: str, *, idempotency_key: str
+    ) -> None:
+        """Mark the billing account active or inactive (a compensation deactivates it)."""
+        await self._request(
+            "post",
+            f"/v1/customers/{customer_id}",
+            wire.Customer,
+            {"metadata": {mapping.META_STATUS: status}},
+            idempotency_key=idempotency_key,
+        )
+
     async def get_customer(self, customer_id: str) -> wire.Customer:
         return await self._request("get", f"/v1/customers/{customer_id}", wire.Customer)
 

@@ -27,6 +27,8 @@ META_PAYMENT_TERMS = "q2c_net_days"
 META_INVOICE_ID = "q2c_invoice_id"
 META_PROJECT_ID = "q2c_project_id"
 META_PO_NUMBER = "q2c_po_number"
+#: "active" or "inactive": Stripe has no way to close a customer that keeps its invoices.
+META_STATUS = "q2c_status"
 META_LINE_ID = "q2c_line_id"
 
 #: Stripe's external-id keys in canonical `external_ids`.

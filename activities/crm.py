@@ -1,0 +1,80 @@
+"""The CRM role: read the deal, write the outcome back on it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities._base import ActivityModel
+from activities.errors import translate_connector_errors
+from activities.ports import CrmPort
+from canonical import Account, Opportunity
+from connectors.errors import ValidationFailed
+
+
+class FetchDealInput(ActivityModel):
+    crm: str
+    opportunity_id: str
+
+
+class DealSnapshot(ActivityModel):
+    """The deal as the CRM holds it now, or why it could not be read as a deal."""
+
+    opportunity: Opportunity | None = None
+    account: Account | None = None
+    #: "field: reason" lines when the CRM data cannot even be mapped (bad type, unknown value).
+    problems: list[str] = []
+
+
+class WriteBackInput(ActivityModel):
+    crm: str
+    opportunity_id: str
+    workflow_id: str
+    status: str
+    project_id: str | None = None
+    billing_customer_id: str | None = None
+    message: str | None = None
+
+
+class CrmActivities:
+    def __init__(self, crms: Mapping[str, CrmPort], *, run_link: str) -> None:
+        """`run_link` is the Web UI address of a run, with `{workflow_id}` to fill in."""
+        self.crms = crms
+        self.run_link = run_link
+
+    def _crm(self, name: str) -> CrmPort:
+        try:
+            return self.crms[name]
+        except KeyError:
+            raise ApplicationError(
+                f"crm: no adapter configured for {name!r} (configured: {', '.join(self.crms)})",
+                type="UnknownCrm",
+                non_retryable=True,
+            ) from None
+
+    @activity.defn
+    @translate_connector_errors
+    async def fetch_deal(self, request: FetchDealInput) -> DealSnapshot:
+        crm = self._crm(request.crm)
+        try:
+            opportunity = await crm.fetch_opportunity(request.opportunity_id)
+            account = await crm.fetch_account(opportunity.account_id)
+        except ValidationFailed as exc:
+            # Bad data in the CRM is for a person to fix, not a reason to fail the run.
+            where = f"{exc.field}: " if exc.field else ""
+            return DealSnapshot(problems=[f"{where}{exc.message}"])
+        return DealSnapshot(opportunity=opportunity, account=account)
+
+    @activity.defn
+    @translate_connector_errors
+    async def write_back_deal(self, request: WriteBackInput) -> None:
+        await self._crm(request.crm).write_back(
+            request.opportunity_id,
+            status=request.status,
+            project_id=request.project_id,
+            billing_customer_id=request.billing_customer_id,
+            run_url=self.run_link.format(workflow_id=request.workflow_id),
+            message=request.message,
+        )
