@@ -131,7 +131,12 @@ def project_id_for(crm: str, opportunity_id: str) -> str:
 
 def plan_deal(opportunity: Opportunity, account: Account, rules: DealRules) -> DealPlan:
     """Derive, validate and assess a won deal. Every problem is reported, not just the first."""
-    issues = opportunity.booking_issues(default_payment_terms=True)
+    entries = {ln.id: rules.entry_for(ln) for ln in opportunity.lines}
+    # The catalogue gives every line its role, so a CRM line without one is not a problem.
+    with_roles = [ln.model_copy(update={"role": entries[ln.id].role}) for ln in opportunity.lines]
+    issues = opportunity.model_copy(update={"lines": with_roles}).booking_issues(
+        default_payment_terms=True
+    )
     if opportunity.account_id != account.id:
         issues.append(
             f"opportunity.account_id: deal names account {opportunity.account_id}, not {account.id}"
@@ -164,7 +169,6 @@ def plan_deal(opportunity: Opportunity, account: Account, rules: DealRules) -> D
             )
 
     # Every role sold needs one rate: the contract's rate card, else the lines' unit prices.
-    entries = {ln.id: rules.entry_for(ln) for ln in opportunity.lines}
     rate_card, rate_issues = _rate_card(opportunity, entries)
     issues += rate_issues
 
@@ -187,6 +191,10 @@ def plan_deal(opportunity: Opportunity, account: Account, rules: DealRules) -> D
         contacts=account.contacts,
         external_ids={opportunity.crm: account.id},
     )
+    # A task's rate overrides the rate card, so the line's price must not shadow the contract's.
+    by_contract = opportunity.contract_terms is not None and (
+        opportunity.contract_terms.rate_card is not None
+    )
     project = Project(
         id=project_id_for(opportunity.crm, opportunity.id),
         name=opportunity.name,
@@ -195,7 +203,7 @@ def plan_deal(opportunity: Opportunity, account: Account, rules: DealRules) -> D
         currency=opportunity.currency,
         budget=opportunity.total(),
         rate_card=rate_card,
-        tasks=[_task(ln, entries[ln.id]) for ln in opportunity.lines],
+        tasks=[_task(ln, entries[ln.id], by_contract) for ln in opportunity.lines],
         billing_type=_main_billing_type(opportunity, entries),
         start_date=opportunity.close_date,
         opportunity_id=opportunity.id,
@@ -249,13 +257,13 @@ def _rate_card(
     return card, issues
 
 
-def _task(line: OpportunityLine, entry: CatalogueEntry) -> Task:
+def _task(line: OpportunityLine, entry: CatalogueEntry, by_contract: bool) -> Task:
     hourly = entry.billing_type is BillingType.TIME_AND_MATERIALS
     return Task(
         name=line.description or line.service,
         role=entry.role,
         planned_hours=line.quantity if hourly else None,
-        rate=line.unit_rate if hourly else None,
+        rate=line.unit_rate if hourly and not by_contract else None,
     )
 
 

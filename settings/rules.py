@@ -29,13 +29,20 @@ def _read(path: Path) -> dict[str, Any]:
         raise RulesFileError(f"{path}: not valid TOML: {exc}") from exc
 
 
+def _entities(tables: Any) -> Any:
+    """Each entity's code is its table's name; anything else is left for validation to name."""
+    if not isinstance(tables, dict):
+        return tables
+    return {
+        code: {"code": code, **values} if isinstance(values, dict) else values
+        for code, values in tables.items()
+    }
+
+
 def load_deal_rules(settings: Settings) -> DealRules:
     entities_doc = _read(settings.legal_entities_file)
     catalogue_doc = _read(settings.service_catalogue_file)
-    entities = {
-        code: {"code": code, **values}
-        for code, values in entities_doc.get("entities", {}).items()
-    }
+    entities = _entities(entities_doc.get("entities", {}))
     try:
         return DealRules.model_validate(
             {
