@@ -1,0 +1,278 @@
+"""Every branch of the opportunity-to-project workflow, on the real dev server, with fakes
+for the systems (see `fakes.py`)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from temporalio.client import (
+    Client,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+
+from tests.workflows.fakes import APPROVER, FakeSystems, account, opportunity, start_args
+from workflows.opportunity_to_project import (
+    DATA_CORRECTED,
+    DECIDE,
+    STATUS,
+    ApprovalAck,
+    ApprovalDecision,
+    DataCorrected,
+    DealStatus,
+    Decision,
+    OpportunityToProjectResult,
+    OpportunityToProjectWorkflow,
+    Step,
+)
+
+Handle = WorkflowHandle[OpportunityToProjectWorkflow, OpportunityToProjectResult]
+STEP_WAIT_S = 15
+
+
+async def status_of(handle: Handle) -> DealStatus:
+    """The `status` query (answered by a worker: call it while one runs)."""
+    status: DealStatus = await handle.query(STATUS, result_type=DealStatus)
+    return status
+
+
+async def wait_for_step(handle: Handle, step: Step) -> DealStatus:
+    deadline = asyncio.get_running_loop().time() + STEP_WAIT_S
+    while True:
+        status = await status_of(handle)
+        if status.step == step:
+            return status
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"run stayed at {status.step}, expected {step}")
+        await asyncio.sleep(0.05)
+
+
+async def start(client: Client, task_queue: str) -> Handle:
+    request, wid = start_args()
+    return await client.start_workflow(
+        OpportunityToProjectWorkflow.run, request, id=wid, task_queue=task_queue
+    )
+
+
+def risky() -> FakeSystems:
+    # 2,000 hours at 150 USD: 300,000 USD, over the 250,000 threshold.
+    return FakeSystems(deal=opportunity(hours="2000"))
+
+
+async def test_clean_deal_is_provisioned_everywhere(temporal_client: Client, task_queue: str):
+    systems = FakeSystems()
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start(temporal_client, task_queue)
+        result = await handle.result()
+        status = await status_of(handle)
+
+    assert status.step == Step.COMPLETED and status.customer_name == "Globex Corporation"
+    assert result.status == Step.COMPLETED
+    assert result.ids == {
+        "erp_customer": "17",
+        "psa_project": "42",
+        "billing_customer": "cus_TEST1",
+    }
+    [project] = systems.called("create_project")
+    assert project.project.legal_entity_code == "NW-US"
+    assert [(t.role, t.rate.amount if t.rate else None) for t in project.project.tasks] == [
+        ("Solution Architect", 150),
+        ("Project Manager", 120),
+    ]
+    assert project.erp_customer_id == "17"
+    assert project.idempotency_key == f"{handle.id}:create_project"
+    [billing] = systems.called("provision_billing_customer")
+    assert billing.idempotency_key == f"{handle.id}:provision_billing"
+    assert billing.customer.legal_entity.code == "NW-US"
+    [write_back] = systems.called("write_back_deal")
+    assert (write_back.status, write_back.project_id, write_back.billing_customer_id) == (
+        "provisioned",
+        "42",
+        "cus_TEST1",
+    )
+    assert not systems.called("close_project") and not systems.called("record_exception")
+    linked = {(r.entity, r.system, r.external_id) for r in systems.called("link_reference")}
+    assert linked == {("customer", "erp", "17"), ("project", "psa", "42")}
+    audited = [(a.step, a.action) for a in systems.called("record_audit")]
+    assert audited[0] == ("start", "started") and audited[-1] == ("completed", "completed")
+    description = await handle.describe()
+    attributes = {k.name: v for k, v in description.typed_search_attributes}
+    assert attributes["Q2cCorrelationId"] == handle.id.rsplit(":", 1)[1]
+    assert attributes["Q2cLifecycle"] == "opportunity-to-project"
+    assert attributes["Q2cStep"] == "completed"
+    assert attributes["Q2cCustomer"] == "Globex Corporation"
+
+
+async def test_risky_deal_waits_for_a_listed_approver(temporal_client: Client, task_queue: str):
+    systems = risky()
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start(temporal_client, task_queue)
+        status = await wait_for_step(handle, Step.AWAITING_APPROVAL)
+        assert status.pending_approval is not None
+        assert "exceeds the approval threshold" in status.pending_approval.reasons[0]
+        assert not systems.called("upsert_customer")  # nothing downstream before approval
+
+        # An approver not on the finance list: the update is refused, nothing recorded.
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handle.execute_update(
+                DECIDE,
+                ApprovalDecision(
+                    decision=Decision.APPROVE, approver="sales@x.example", reason="ok"
+                ),
+                result_type=ApprovalAck,
+            )
+        assert "not on the finance approvers list" in str(refused.value.cause)
+        # The same person by signal: recorded and ignored.
+        await handle.signal(
+            DECIDE,
+            ApprovalDecision(decision=Decision.APPROVE, approver="sales@x.example", reason="ok"),
+        )
+        await asyncio.sleep(0.3)
+        status = await status_of(handle)
+        assert status.step == Step.AWAITING_APPROVAL
+        [ignored] = status.decisions
+        assert not ignored.accepted and ignored.via == "signal"
+        assert ignored.ignored_because == "sales@x.example is not on the finance approvers list"
+
+        ack = await handle.execute_update(
+            DECIDE,
+            ApprovalDecision(decision=Decision.APPROVE, approver=APPROVER, reason="margin ok"),
+            result_type=ApprovalAck,
+        )
+        assert ack.decision == Decision.APPROVE and ack.approver == APPROVER
+        result = await handle.result()
+        status = await status_of(handle)
+
+    assert result.status == Step.COMPLETED
+    assert systems.statuses() == ["awaiting_approval", "provisioned"]
+    assert [d.accepted for d in status.decisions] == [False, True]
+    assert status.pending_approval is None
+
+
+async def test_rejected_deal_is_marked_and_creates_nothing(
+    temporal_client: Client, task_queue: str
+):
+    systems = risky()
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start(temporal_client, task_queue)
+        await wait_for_step(handle, Step.AWAITING_APPROVAL)
+        await handle.signal(
+            DECIDE,
+            ApprovalDecision(decision=Decision.REJECT, approver=APPROVER, reason="discount"),
+        )
+        result = await handle.result()
+
+    assert result.status == Step.REJECTED and result.ids == {}
+    assert systems.statuses() == ["awaiting_approval", "rejected"]
+    assert systems.called("write_back_deal")[-1].message == f"Rejected by {APPROVER}: discount"
+    for system_call in ("upsert_customer", "create_project", "provision_billing_customer"):
+        assert not systems.called(system_call)
+
+
+async def test_permanent_billing_failure_is_compensated(temporal_client: Client, task_queue: str):
+    systems = FakeSystems(fail_billing="stripe HTTP 400: address: invalid country")
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start(temporal_client, task_queue)
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        status = await status_of(handle)
+
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "ProvisioningFailed"
+    assert "provision_billing" in cause.message and "invalid country" in cause.message
+    [closed] = systems.called("close_project")
+    assert closed.project_id == "42"
+    assert not systems.called("deactivate_billing_customer")  # billing never succeeded
+    assert systems.statuses() == ["failed"]
+    assert "Undone: close project" in systems.called("write_back_deal")[-1].message
+    [exception] = systems.called("record_exception")
+    assert exception.kind == "provisioning_failed" and exception.step == "provision_billing"
+    assert exception.detail["undone"] == ["close project"]
+    assert status.step == Step.FAILED and "invalid country" in (status.last_error or "")
+
+
+async def test_bad_deal_waits_for_correction_then_completes(
+    temporal_client: Client, task_queue: str
+):
+    systems = FakeSystems(deal_account=account("JP"))
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start(temporal_client, task_queue)
+        status = await wait_for_step(handle, Step.AWAITING_CORRECTION)
+        assert status.validation_issues == [
+            "account.billing_address.country: no legal entity contracts with customers in JP"
+        ]
+        [exception] = systems.called("record_exception")
+        assert exception.kind == "invalid_deal" and "JP" in exception.message
+        assert systems.statuses() == ["needs_correction"]
+
+        systems.deal_account = account("GB", tax_id="GB123456789")
+        systems.deal = opportunity(currency="GBP")
+        await handle.signal(DATA_CORRECTED, DataCorrected(corrected_by="ops@northwind.example"))
+        result = await handle.result()
+
+    assert result.status == Step.COMPLETED
+    assert len(systems.called("fetch_deal")) == 2
+    [project] = systems.called("create_project")
+    assert (project.project.legal_entity_code, project.project.currency) == ("NW-UK", "GBP")
+    assert systems.statuses() == ["needs_correction", "provisioned"]
+
+
+async def test_status_query_and_search_attributes_while_waiting(
+    temporal_client: Client, task_queue: str
+):
+    systems = risky()
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start(temporal_client, task_queue)
+        status = await wait_for_step(handle, Step.AWAITING_APPROVAL)
+        assert (status.legal_entity, status.currency) == ("NW-US", "USD")
+        assert status.ids == {} and status.last_error is None
+        description = await handle.describe()
+        attributes = {k.name: v for k, v in description.typed_search_attributes}
+        assert attributes["Q2cStep"] == "awaiting_approval"
+        await handle.terminate("test over")
+
+
+# -- timers: days pass in seconds on the time-skipping server ---------------------------------
+
+
+async def test_unanswered_approval_reminds_then_expires(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+):
+    client = time_skipping_env.client
+    systems = risky()  # remind every 4 h, expire after 10 h
+    async with systems.worker(client, task_queue):
+        handle = await start(client, task_queue)
+        result: OpportunityToProjectResult = await handle.result()
+
+    assert result.status == Step.EXPIRED
+    reminders = [e for e in systems.called("record_exception") if e.kind == "approval_overdue"]
+    assert len(reminders) == 2  # at 4 h and 8 h; expired at 10 h
+    assert "reminder 2" in reminders[1].message
+    assert systems.statuses() == ["awaiting_approval", "approval_expired"]
+    assert not systems.called("upsert_customer")
+
+
+async def test_uncorrected_deal_fails_after_the_deadline(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+):
+    client = time_skipping_env.client
+    systems = FakeSystems(deal_account=account("JP"))  # correction deadline 6 h
+    async with systems.worker(client, task_queue):
+        handle = await start(client, task_queue)
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "ProvisioningFailed"
+    assert "not corrected within 6:00:00" in cause.message
+    assert systems.statuses() == ["needs_correction", "failed"]
+    assert not systems.called("create_project")
+    kinds = [e.kind for e in systems.called("record_exception")]
+    assert kinds == ["invalid_deal", "provisioning_failed"]
+    history_length = len((await handle.fetch_history()).events)
+    assert history_length < 200
+    assert timedelta(hours=6) == systems.policy.correction_deadline
