@@ -1,0 +1,1 @@
+"""The q2c service: webhook intake (`POST /webhooks/salesforce`) and `/health`."""

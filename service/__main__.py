@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import uvicorn
 
 from service.app import create_app
@@ -9,6 +11,8 @@ from settings import load_settings
 
 
 def main() -> None:
+    # uvicorn configures only its own loggers; q2c's delivery lines need the root one.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = load_settings()
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.service_port, log_level="info"

@@ -1,7 +1,8 @@
-"""The q2c service: webhook intake (next issues) and a health endpoint for the dev stack."""
+"""The q2c service: webhook intake and a health endpoint for the dev stack."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -9,18 +10,12 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from temporalio.client import Client
 
+from service.state import ServiceState
+from service.webhooks import salesforce_webhook
 from settings import Settings
-from store import Store
-from workflows.client import connect
 
-
-class ServiceState:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.store = Store.from_url(settings.store_url)
-        self.temporal: Client | None = None
+log = logging.getLogger("q2c.service")
 
 
 async def health(request: Request) -> JSONResponse:
@@ -33,9 +28,8 @@ async def health(request: Request) -> JSONResponse:
     except Exception as exc:  # a health check reports, it does not raise
         checks["store"] = f"error: {type(exc).__name__}"
     try:
-        if state.temporal is None:
-            state.temporal = await connect(state.settings)
-        checks["temporal"] = "ok" if await state.temporal.service_client.check_health() else "down"
+        client = await state.temporal()
+        checks["temporal"] = "ok" if await client.service_client.check_health() else "down"
     except Exception as exc:
         checks["temporal"] = f"error: {type(exc).__name__}"
     ok = all(value == "ok" for value in checks.values())
@@ -50,9 +44,24 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await state.store.migrate()
+        try:
+            await state.temporal()
+        except Exception as exc:
+            # Not fatal: deliveries get 503 and are retried by their senders meanwhile.
+            log.warning(
+                "Temporal at %s unreachable at startup (%s); will retry on demand",
+                settings.temporal_target,
+                type(exc).__name__,
+            )
         yield
         await state.store.close()
 
-    app = Starlette(routes=[Route("/health", health)], lifespan=lifespan)
+    app = Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/webhooks/salesforce", salesforce_webhook, methods=["POST"]),
+        ],
+        lifespan=lifespan,
+    )
     app.state.q2c = state
     return app

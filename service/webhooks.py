@@ -1,0 +1,286 @@
+"""`POST /webhooks/salesforce`: a signed Closed Won event starts the opportunity-to-project run.
+
+The checks run cheapest and most suspicious first, so nothing that fails one reaches the
+store or Temporal:
+
+    secret configured?       no  -> 503 (an operator must set Q2C_SALESFORCE_WEBHOOK_SECRET)
+    body small enough?       no  -> 413
+    signature and timestamp  bad -> 401 {"error"}             (never echoes the signature)
+    another eventType?       yes -> 200 {"ignored": reason}   (see below)
+    body valid?              no  -> 400 {"error", "field"}    (e.g. "sobject.Id")
+    stage "Closed Won"?      no  -> 200 {"ignored": reason}
+    event id seen before?    yes -> 202, the recorded run, "duplicate": true, nothing started
+    start the run            Temporal down -> 503 with Retry-After, so the sender retries
+    record the event id      store down    -> 503; the retry attaches to the same run
+
+Answers: 202 `{"workflow_id", "run_id", "duplicate", "run_url"}` (and `Location: run_url`).
+
+An event that is not a Closed Won (another `eventType`, or a stage other than "Closed Won")
+is answered 200 with `{"ignored": ...}` rather than 4xx: the sender did nothing wrong, and a
+4xx would only make it retry or raise alerts for a delivery q2c deliberately does not act on.
+
+Duplicates: senders deliver at least once and retries and replays carry the same `eventId`.
+An event id already recorded in the store starts nothing (even after its run has finished).
+Deliveries racing each other before the record exists all start with the business-key
+workflow id and `USE_EXISTING`, so Temporal hands every one of them the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from temporalio.client import WorkflowHandle
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.service import RPCError, RPCStatusCode
+
+from connectors.errors import ValidationFailed
+from connectors.salesforce import (
+    SIGNATURE_HEADER,
+    ClosedWonEvent,
+    InvalidEvent,
+    InvalidSignature,
+    StaleSignature,
+    check_id,
+    parse_closed_won_event,
+    verify_webhook_signature,
+)
+from service.state import ServiceState
+from workflows import search_attributes as attrs
+from workflows.opportunity_to_project import (
+    LIFECYCLE,
+    OpportunityToProjectInput,
+    Step,
+    workflow_id,
+)
+
+log = logging.getLogger("q2c.service.webhooks")
+
+SOURCE = "salesforce"
+#: The type name the worker registers; the service starts runs, it never runs one.
+WORKFLOW_TYPE = "OpportunityToProjectWorkflow"
+CLOSED_WON_EVENT = "opportunity.closed_won"
+CLOSED_WON_STAGE = "Closed Won"
+#: A Closed Won event is well under 2 KB; anything near this is not one.
+MAX_BODY_BYTES = 256 * 1024
+#: What the store keeps of an event id (`inbound_event.event_id`).
+MAX_EVENT_ID = 255
+#: Longer than this and the sender's own timeout may fire first; it will retry anyway.
+START_TIMEOUT_S = 5.0
+RETRY_AFTER_S = 5
+#: Temporal statuses that mean "not now" rather than "never": answer 503.
+_TRANSIENT_RPC = frozenset(
+    {
+        RPCStatusCode.UNAVAILABLE,
+        RPCStatusCode.DEADLINE_EXCEEDED,
+        RPCStatusCode.RESOURCE_EXHAUSTED,
+        RPCStatusCode.ABORTED,
+        RPCStatusCode.CANCELLED,
+        RPCStatusCode.UNKNOWN,
+        RPCStatusCode.INTERNAL,
+    }
+)
+
+
+class Refused(Exception):
+    """The delivery gets an error answer; `outcome` names why in the log line."""
+
+    def __init__(self, status: int, error: str, *, outcome: str, field: str | None = None) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.outcome = outcome
+        self.field = field
+
+
+async def salesforce_webhook(request: Request) -> JSONResponse:
+    state: ServiceState = request.app.state.q2c
+    began = time.perf_counter()
+    fields: dict[str, Any] = {"source": SOURCE}
+    try:
+        response = await _intake(state, request, fields)
+    except Refused as refused:
+        fields.update(outcome=refused.outcome, field=refused.field, error=refused.error)
+        body: dict[str, Any] = {"error": refused.error}
+        if refused.field is not None:
+            body["field"] = refused.field
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if refused.status == 503 else None
+        response = JSONResponse(body, status_code=refused.status, headers=headers)
+    fields["status"] = response.status_code
+    fields["ms"] = round((time.perf_counter() - began) * 1000, 1)
+    _log_delivery(fields)
+    return response
+
+
+async def _intake(state: ServiceState, request: Request, fields: dict[str, Any]) -> JSONResponse:
+    settings = state.settings
+    secret = settings.salesforce_webhook_secret.get_secret_value()
+    if not secret:
+        raise Refused(503, "webhook secret not configured", outcome="misconfigured")
+
+    body = await _read_body(request)
+    try:
+        verify_webhook_signature(body, request.headers.get(SIGNATURE_HEADER), secret)
+    except StaleSignature as exc:
+        raise Refused(401, f"stale signature: {exc}", outcome="stale_signature") from None
+    except InvalidSignature as exc:
+        raise Refused(401, f"invalid signature: {exc}", outcome="bad_signature") from None
+
+    if (ignored := _not_closed_won(body)) is not None:
+        fields.update(outcome="ignored", reason=ignored)
+        return JSONResponse({"ignored": ignored}, status_code=200)
+    event = _parse(body)
+    opportunity_id = event.sobject.id
+    fields.update(event_id=event.event_id, correlation_id=opportunity_id)
+    if event.sobject.stage_name != CLOSED_WON_STAGE:
+        reason = f"stage is {event.sobject.stage_name!r}, not {CLOSED_WON_STAGE!r}"
+        fields.update(outcome="ignored", reason=reason)
+        return JSONResponse({"ignored": reason}, status_code=200)
+
+    try:
+        seen = await state.store.inbound_event(SOURCE, event.event_id)
+    except (SQLAlchemyError, OSError) as exc:
+        raise _store_down(exc) from None
+    if seen is not None:
+        fields.update(outcome="duplicate", workflow_id=seen.workflow_id, run_id=seen.run_id)
+        return _accepted(state, seen.workflow_id, seen.run_id, duplicate=True)
+
+    handle = await _start(state, event)
+    try:
+        row, created = await state.store.record_inbound_event(
+            source=SOURCE,
+            event_id=event.event_id,
+            workflow_id=handle.id,
+            run_id=handle.result_run_id,
+            correlation_id=opportunity_id,
+        )
+    except (SQLAlchemyError, OSError) as exc:
+        raise _store_down(exc) from None
+    outcome = "started" if created else "duplicate"
+    fields.update(outcome=outcome, workflow_id=row.workflow_id, run_id=row.run_id)
+    return _accepted(state, row.workflow_id, row.run_id, duplicate=not created)
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise Refused(413, f"body larger than {MAX_BODY_BYTES} bytes", outcome="too_large")
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise Refused(413, f"body larger than {MAX_BODY_BYTES} bytes", outcome="too_large")
+    return body
+
+
+def _not_closed_won(body: bytes) -> str | None:
+    """Why a well-formed event of another type is ignored; None lets validation judge it."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    event_type = data.get("eventType") if isinstance(data, dict) else None
+    if isinstance(event_type, str) and event_type and event_type != CLOSED_WON_EVENT:
+        return f"eventType {event_type!r} is not {CLOSED_WON_EVENT!r}"
+    return None
+
+
+def _parse(body: bytes) -> ClosedWonEvent:
+    try:
+        event = parse_closed_won_event(body)
+    except InvalidEvent as exc:
+        raise Refused(400, str(exc), outcome="invalid", field=exc.field) from None
+    # The id becomes part of the workflow id: letters and digits only, 15 or 18 of them.
+    try:
+        check_id(event.sobject.id, field="sobject.Id")
+    except ValidationFailed as exc:
+        error = f"sobject.Id: {exc.message}"
+        raise Refused(400, error, outcome="invalid", field="sobject.Id") from None
+    if len(event.event_id) > MAX_EVENT_ID:
+        error = f"eventId longer than {MAX_EVENT_ID} characters"
+        raise Refused(400, error, outcome="invalid", field="eventId")
+    return event
+
+
+async def _start(state: ServiceState, event: ClosedWonEvent) -> WorkflowHandle[Any, Any]:
+    opportunity_id = event.sobject.id
+    try:
+        client = await state.temporal()
+        return await asyncio.wait_for(
+            client.start_workflow(
+                WORKFLOW_TYPE,
+                OpportunityToProjectInput(
+                    opportunity_id=opportunity_id,
+                    crm=SOURCE,
+                    trigger=f"salesforce-event:{event.event_id}",
+                ),
+                id=workflow_id(SOURCE, opportunity_id),
+                task_queue=state.settings.task_queue,
+                # Deliveries racing each other attach to the one running run...
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                # ...and a deal that is won again later gets a new run that updates what exists.
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(attrs.CORRELATION_ID, opportunity_id),
+                        SearchAttributePair(attrs.LIFECYCLE, LIFECYCLE),
+                        SearchAttributePair(attrs.STEP, Step.FETCH_DEAL.value),
+                    ]
+                ),
+                static_summary=f"Salesforce opportunity {opportunity_id} ({event.sobject.name})",
+            ),
+            timeout=START_TIMEOUT_S,
+        )
+    except RPCError as exc:
+        if exc.status in _TRANSIENT_RPC:
+            raise Refused(
+                503, "Temporal unavailable, retry later", outcome="temporal_unavailable"
+            ) from None
+        log.error("Temporal refused the start of %s: %s", opportunity_id, exc.status.name)
+        raise Refused(500, "could not start the run", outcome="start_refused") from None
+    except (TimeoutError, RuntimeError, OSError) as exc:
+        # RuntimeError: the SDK's "Failed client connect".
+        log.debug("Temporal unreachable: %s", exc)
+        raise Refused(
+            503, "Temporal unavailable, retry later", outcome="temporal_unavailable"
+        ) from None
+
+
+def _store_down(exc: Exception) -> Refused:
+    log.debug("store unavailable: %s", exc)
+    return Refused(503, "store unavailable, retry later", outcome="store_unavailable")
+
+
+def _accepted(
+    state: ServiceState, workflow: str, run_id: str | None, *, duplicate: bool
+) -> JSONResponse:
+    run_url = state.settings.run_link(workflow)
+    return JSONResponse(
+        {"workflow_id": workflow, "run_id": run_id, "duplicate": duplicate, "run_url": run_url},
+        status_code=202,
+        headers={"Location": run_url},
+    )
+
+
+def _log_delivery(fields: dict[str, Any]) -> None:
+    """One logfmt line per delivery, keyed by the correlation id; no body, no signature."""
+    status = int(fields.get("status", 0))
+    level = logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO
+    text = " ".join(f"{key}={_logfmt(value)}" for key, value in fields.items() if value is not None)
+    log.log(level, "webhook %s", text, extra={"webhook": fields})
+
+
+def _logfmt(value: Any) -> str:
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    if not text or any(c in text for c in ' ="\\'):
+        return json.dumps(text)
+    return text
