@@ -329,7 +329,6 @@ class OpportunityToProjectWorkflow:
                 await self._audit(Step.VALIDATE, "validated", detail={"risks": plan.risks})
                 return plan
 
-            self._set_step(Step.AWAITING_CORRECTION)
             summary = "; ".join(issues)
             await self._write_back(
                 Step.AWAITING_CORRECTION,
@@ -343,6 +342,7 @@ class OpportunityToProjectWorkflow:
                 step=Step.VALIDATE,
                 detail={"issues": issues},
             )
+            self._set_step(Step.AWAITING_CORRECTION)
             remaining = deadline - workflow.now()
             try:
                 if remaining <= timedelta(0):
