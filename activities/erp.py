@@ -34,10 +34,9 @@ class ErpActivities:
         from the source what the source owns, by the survivorship rules in `canonical`.
         """
         incoming = request.customer
-        existing = await self.erp.find_customer(incoming.id)
+        current = await self.erp.find_customer_record(incoming.id, incoming.legal_entity)
         merged = incoming
-        if existing is not None:
-            current = await self.erp.get_customer(existing)
+        if current is not None:
             merged = survive(Entity.CUSTOMER, current, incoming, request.source)
         party_id = await self.erp.upsert_customer(merged, incoming.id)
-        return UpsertCustomerResult(erp_customer_id=str(party_id), created=existing is None)
+        return UpsertCustomerResult(erp_customer_id=str(party_id), created=current is None)

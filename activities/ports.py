@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from canonical import Account, Customer, Opportunity, Project
+from canonical import Account, Customer, LegalEntity, Opportunity, Project
 
 
 class CrmPort(Protocol):
@@ -27,9 +27,9 @@ class CrmPort(Protocol):
 
 
 class ErpPort(Protocol):
-    async def find_customer(self, external_ref: str) -> int | None: ...
-
-    async def get_customer(self, party_id: int) -> Customer: ...
+    async def find_customer_record(
+        self, external_ref: str, legal_entity: LegalEntity | None = None
+    ) -> Customer | None: ...
 
     async def upsert_customer(self, customer: Customer, external_ref: str) -> int: ...
 

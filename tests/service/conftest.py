@@ -31,9 +31,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from connectors.salesforce import SalesforceClient
 from devstack.process import spawn, stop_process_group, wait_until_healthy
-from service.app import create_app
 from settings import Settings
 from tests.fixtures.ports import free_port
+from tests.fixtures.service import running_service
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 30.0
@@ -60,19 +60,6 @@ def service_settings(
         salesforce_webhook_secret=SecretStr(webhook_secret),
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'q2c.sqlite'}",
     )
-
-
-@contextlib.asynccontextmanager
-async def running_service(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with its lifespan (store migrated, Temporal connected), spoken to over ASGI."""
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://q2c.test", timeout=30
-        ) as http,
-    ):
-        yield http
 
 
 @pytest.fixture

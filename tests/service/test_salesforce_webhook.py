@@ -19,7 +19,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from settings import Settings
 from tests.fixtures.ports import free_port
-from tests.service.conftest import running_service
+from tests.fixtures.service import running_service
 from workflows import search_attributes as attrs
 
 URL = "/webhooks/salesforce"
