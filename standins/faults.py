@@ -7,8 +7,10 @@ Tests and the demo ask a stand-in to misbehave the way the real vendor sometimes
     DELETE /_standin/faults   clears every fault
     GET    /_standin/health   {"ok": true}
 
-kinds: "429" (with `Retry-After`), "500", "503", "latency" (answer normally after
-`delay` seconds), "timeout" (hold the request for `delay` seconds, default 30, then 504).
+kinds: "429" (with `Retry-After`), any other HTTP error status such as "400", "402" or
+"500" (a permanent or a transient refusal, in the vendor's error shape), "latency" (answer
+normally after `delay` seconds), "timeout" (hold the request for `delay` seconds, default
+30, then 504).
 A fault matches requests whose path starts with `path` (and whose method is `method`,
 when given) and applies to the next `count` of them (default 1; 0 means until cleared).
 """
@@ -73,7 +75,8 @@ class FaultInjector:
             await self._respond(send, 429, body, headers)
         else:
             status = int(fault.kind)
-            await self._respond(send, status, self.error_body(status, "Server error (injected)"))
+            message = "Refused (injected)" if status < 500 else "Server error (injected)"
+            await self._respond(send, status, self.error_body(status, message))
 
     def _take(self, method: str, path: str) -> Fault | None:
         for fault in self.faults:
@@ -93,7 +96,9 @@ class FaultInjector:
             try:
                 spec = json.loads(raw or b"{}")
                 fault = Fault(**spec)
-                if fault.kind not in ("429", "500", "502", "503", "latency", "timeout"):
+                if fault.kind not in ("latency", "timeout") and not (
+                    fault.kind.isdigit() and 400 <= int(fault.kind) <= 599
+                ):
                     raise ValueError(f"unknown fault kind {fault.kind!r}")
             except (TypeError, ValueError) as exc:
                 await self._respond(send, 400, {"error": str(exc)})

@@ -19,8 +19,9 @@ class CallOptions(TypedDict):
 
 
 #: A call to a downstream system: ~10 minutes of retries with backoff, then it fails for good.
+#: 30 s per attempt: vendors count 20 s as long-running, and a lost worker is noticed sooner.
 SYSTEM_CALL = CallOptions(
-    start_to_close_timeout=timedelta(seconds=60),
+    start_to_close_timeout=timedelta(seconds=30),
     retry_policy=RetryPolicy(
         initial_interval=timedelta(seconds=1),
         backoff_coefficient=2.0,

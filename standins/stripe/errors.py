@@ -63,4 +63,8 @@ def injected_error_body(status: int, message: str) -> dict[str, Any]:
     """What the fault injector answers with, shaped as Stripe answers those statuses."""
     if status == 429:
         return ApiError(429, "invalid_request_error", message, code="rate_limit").body()
+    if status == 402:
+        return ApiError(402, "card_error", message, code="card_declined").body()
+    if status < 500:
+        return ApiError(status, "invalid_request_error", message).body()
     return ApiError(status, "api_error", message).body()
