@@ -1,0 +1,30 @@
+"""Every recorded history of every earlier version replays on today's workflow code: a change
+that would break runs in flight fails here, not in production."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from workflows.opportunity_to_project import OpportunityToProjectWorkflow
+
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("opportunity_to_project.*.json"))
+
+
+def test_histories_are_recorded_for_every_path() -> None:
+    names = {p.name.split(".")[2] for p in HISTORIES}
+    assert {"clean", "approved", "corrected", "compensated"} <= names
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=[p.name for p in HISTORIES])
+async def test_history_replays(path: Path) -> None:
+    history = WorkflowHistory.from_json(path.stem, path.read_text())  # noqa: ASYNC240 (small)
+    replayer = Replayer(
+        workflows=[OpportunityToProjectWorkflow], data_converter=pydantic_data_converter
+    )
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
