@@ -10,6 +10,7 @@ downstream     read-only views on what Tryton and Stripe hold
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -135,3 +136,16 @@ async def downstream(
     client = await tryton.logged_in_client()
     async with client, StripeBilling(stripe_standin.api_key, base_url=stripe_standin.url) as stripe:
         yield Downstream(tryton=client, stripe=stripe)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The `Q2C_` environment that gives another process these same settings."""
+    env: dict[str, str] = {}
+    for name in settings.model_fields_set:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, list):
+            value = json.dumps(value)
+        env[f"Q2C_{name.upper()}"] = str(value)
+    return env

@@ -143,7 +143,9 @@ async def test_clean_deal_closed_in_the_crm_is_provisioned_exactly_once(
     assert {a.json()["workflow_id"] for a in answers} == {expected_id}
     assert len({a.json()["run_id"] for a in answers}) == 1
 
-    handle = temporal_env.client.get_workflow_handle(expected_id)
+    handle = temporal_env.client.get_workflow_handle_for(
+        OpportunityToProjectWorkflow.run, expected_id
+    )
     result: OpportunityToProjectResult = await handle.result()
     assert result.status == Step.COMPLETED
 
