@@ -169,3 +169,8 @@ def store_migrate() -> None:
 
 def main() -> None:
     app()
+
+
+# Registers start, approve, reject, signal, status and list on `app` (imported last: it
+# imports `app`, `CliError` and `friendly_errors` from here).
+import cli.lifecycle  # noqa: E402, F401

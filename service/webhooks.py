@@ -36,13 +36,6 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from temporalio.client import WorkflowHandle
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
-)
 from temporalio.service import RPCError, RPCStatusCode
 
 from connectors.errors import ValidationFailed
@@ -57,19 +50,11 @@ from connectors.salesforce import (
     verify_webhook_signature,
 )
 from service.state import ServiceState
-from workflows import search_attributes as attrs
-from workflows.opportunity_to_project import (
-    LIFECYCLE,
-    OpportunityToProjectInput,
-    Step,
-    workflow_id,
-)
+from workflows.starters import StartedRun, start_opportunity_run
 
 log = logging.getLogger("q2c.service.webhooks")
 
 SOURCE = "salesforce"
-#: The type name the worker registers; the service starts runs, it never runs one.
-WORKFLOW_TYPE = "OpportunityToProjectWorkflow"
 CLOSED_WON_EVENT = "opportunity.closed_won"
 CLOSED_WON_STAGE = "Closed Won"
 #: A Closed Won event is well under 2 KB; anything near this is not one.
@@ -156,13 +141,13 @@ async def _intake(state: ServiceState, request: Request, fields: dict[str, Any])
         fields.update(outcome="duplicate", workflow_id=seen.workflow_id, run_id=seen.run_id)
         return _accepted(state, seen.workflow_id, seen.run_id, duplicate=True)
 
-    handle = await _start(state, event)
+    run = await _start(state, event)
     try:
         row, created = await state.store.record_inbound_event(
             source=SOURCE,
             event_id=event.event_id,
-            workflow_id=handle.id,
-            run_id=handle.result_run_id,
+            workflow_id=run.workflow_id,
+            run_id=run.run_id,
             correlation_id=opportunity_id,
         )
     except (SQLAlchemyError, OSError) as exc:
@@ -211,32 +196,18 @@ def _parse(body: bytes) -> ClosedWonEvent:
     return event
 
 
-async def _start(state: ServiceState, event: ClosedWonEvent) -> WorkflowHandle[Any, Any]:
+async def _start(state: ServiceState, event: ClosedWonEvent) -> StartedRun:
     opportunity_id = event.sobject.id
     try:
         client = await state.temporal()
         return await asyncio.wait_for(
-            client.start_workflow(
-                WORKFLOW_TYPE,
-                OpportunityToProjectInput(
-                    opportunity_id=opportunity_id,
-                    crm=SOURCE,
-                    trigger=f"salesforce-event:{event.event_id}",
-                ),
-                id=workflow_id(SOURCE, opportunity_id),
-                task_queue=state.settings.task_queue,
-                # Deliveries racing each other attach to the one running run...
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                # ...and a deal that is won again later gets a new run that updates what exists.
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(attrs.CORRELATION_ID, opportunity_id),
-                        SearchAttributePair(attrs.LIFECYCLE, LIFECYCLE),
-                        SearchAttributePair(attrs.STEP, Step.FETCH_DEAL.value),
-                    ]
-                ),
-                static_summary=f"Salesforce opportunity {opportunity_id} ({event.sobject.name})",
+            start_opportunity_run(
+                client,
+                state.settings,
+                opportunity_id,
+                crm=SOURCE,
+                trigger=f"salesforce-event:{event.event_id}",
+                summary=f"Salesforce opportunity {opportunity_id} ({event.sobject.name})",
             ),
             timeout=START_TIMEOUT_S,
         )
