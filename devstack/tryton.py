@@ -8,19 +8,25 @@ that folder, so the dev stack and the tests share one way of doing it (see
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+import tomllib
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+import settings
+from canonical import LegalEntity
+from connectors.tryton.mapping import LEGAL_ENTITY_PREFIX
 
 CONFIG_NAME = "trytond.conf"
 ADMIN_LOG_NAME = "trytond-admin.log"
@@ -31,17 +37,33 @@ MODULES = ("project_invoice", "sale_opportunity", "sale_project_task")
 ADMIN_TIMEOUT_S = 600.0
 HEALTH_TIMEOUT_S = 2.0
 
-COMPANY_NAME = "Northwind Consulting"
-COMPANY_CURRENCY = "USD"
-#: Other currencies a deal may be priced in, with a rate against USD (units per USD).
-OTHER_CURRENCIES: dict[str, tuple[str, str, Decimal]] = {
+#: The firm's legal entities, one Tryton company each (the dev stack may pass another file).
+DEFAULT_LEGAL_ENTITIES = Path(settings.__file__).parent / "demo" / "legal_entities.toml"
+#: Currencies a deal may be priced in: name, symbol, demo rate against USD (units per USD).
+CURRENCIES: dict[str, tuple[str, str, Decimal]] = {
+    "USD": ("US Dollar", "$", Decimal(1)),
     "EUR": ("Euro", "€", Decimal("0.92")),
     "GBP": ("Pound Sterling", "£", Decimal("0.79")),
     "CAD": ("Canadian Dollar", "$", Decimal("1.37")),
     "AUD": ("Australian Dollar", "$", Decimal("1.52")),
 }
-CURRENCY_NAMES = {"USD": ("US Dollar", "$"), **{k: v[:2] for k, v in OTHER_CURRENCIES.items()}}
-#: Service products, billed by the hour, with their list price in the company currency.
+#: Where a company of each country has its office (street, city, postal code).
+COMPANY_ADDRESSES: dict[str, tuple[str, str, str]] = {
+    "US": ("1 Market Street", "San Francisco", "94105"),
+    "CA": ("100 King Street West", "Toronto", "M5X 1A9"),
+    "GB": ("10 Finsbury Square", "London", "EC2A 1AF"),
+    "DE": ("Friedrichstraße 68", "Berlin", "10117"),
+    "AU": ("1 Macquarie Place", "Sydney", "2000"),
+}
+#: The demo's people, two per legal entity.
+EMPLOYEES: dict[str, tuple[str, ...]] = {
+    "NW-US": ("Ada Lovelace", "Grace Hopper"),
+    "NW-CA": ("Beatrice Worsley", "Calvin Gotlieb"),
+    "NW-UK": ("Alan Turing", "Karen Sparck Jones"),
+    "NW-DE": ("Edsger Dijkstra", "Konrad Zuse"),
+    "NW-AU": ("Trevor Pearcey", "Maston Beard"),
+}
+#: Service products, billed by the hour; list prices in USD, converted for other companies.
 SERVICE_PRODUCTS: dict[str, Decimal] = {
     "Consulting": Decimal("150"),
     "Project Management": Decimal("140"),
@@ -50,7 +72,6 @@ SERVICE_PRODUCTS: dict[str, Decimal] = {
     "Training": Decimal("120"),
 }
 DEFAULT_PRODUCT = "Consulting"
-EMPLOYEES = ("Ada Lovelace", "Grace Hopper", "Alan Turing", "Edsger Dijkstra")
 PAYMENT_TERMS = {"Net 30": 30, "Net 45": 45, "Net 60": 60}
 #: The country list is not loaded by `trytond-admin`; addresses need the countries q2c sells to.
 COUNTRIES = {
@@ -259,22 +280,57 @@ def _marker_for_snapshot(snapshot_file: Path) -> Path:
 # -- bootstrap ---------------------------------------------------------------------------------
 
 
+def load_legal_entities(path: Path = DEFAULT_LEGAL_ENTITIES) -> dict[str, LegalEntity]:
+    """The firm's legal entities (`[entities.<code>]` of the file), in the file's order."""
+    with path.open("rb") as f:
+        document = tomllib.load(f)
+    entities = {
+        str(code): LegalEntity.model_validate({"code": code, **values})
+        for code, values in document.get("entities", {}).items()
+    }
+    if not entities:
+        raise ValueError(f"{path}: no [entities.<code>] table")
+    return entities
+
+
+def legal_entities_digest(path: Path = DEFAULT_LEGAL_ENTITIES) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 @dataclass(frozen=True)
-class BootstrapResult:
-    """The records q2c relies on, by the names it knows them by."""
+class CompanyResult:
+    """One legal entity as a Tryton company, with its own ledger and people."""
 
     company_id: int
-    company_party_id: int
-    currency_ids: dict[str, int]
-    product_ids: dict[str, int]
+    party_id: int
+    currency: str
     employee_ids: dict[str, int]
-    payment_term_ids: dict[str, int]
     revenue_account_id: int
     expense_account_id: int
     receivable_account_id: int
     payable_account_id: int
-    hour_uom_id: int
     fiscal_year_ids: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """The records q2c relies on, by the names it knows them by."""
+
+    #: Legal entity code -> its company, in the order of the legal entities file.
+    companies: dict[str, CompanyResult]
+    currency_ids: dict[str, int]
+    product_ids: dict[str, int]
+    payment_term_ids: dict[str, int]
+    hour_uom_id: int
+    #: The legal entities file the database was set up from (a changed file re-runs it).
+    legal_entities_sha256: str = ""
+
+    @property
+    def company_ids(self) -> dict[str, int]:
+        return {code: c.company_id for code, c in self.companies.items()}
+
+    def company(self, code: str) -> CompanyResult:
+        return self.companies[code]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -282,8 +338,16 @@ class BootstrapResult:
     @classmethod
     def from_json(cls, text: str) -> BootstrapResult:
         data = json.loads(text)
-        data["fiscal_year_ids"] = {int(k): v for k, v in data.get("fiscal_year_ids", {}).items()}
-        return cls(**data)
+        companies = {
+            code: CompanyResult(
+                **{
+                    **values,
+                    "fiscal_year_ids": {int(k): v for k, v in values["fiscal_year_ids"].items()},
+                }
+            )
+            for code, values in data.pop("companies").items()
+        }
+        return cls(companies=companies, **data)
 
 
 def is_bootstrapped(folder: Path, database: str) -> bool:
@@ -305,126 +369,194 @@ async def bootstrap(
     *,
     login: str = "admin",
     today: date | None = None,
+    legal_entities: Path = DEFAULT_LEGAL_ENTITIES,
 ) -> BootstrapResult:
     """Make a fresh database usable for q2c; a second run finds and reuses everything."""
     from connectors.tryton.client import TrytonClient
 
+    entities = load_legal_entities(legal_entities)
     async with TrytonClient(url, database, login, admin_password) as client:
         await client.login()
-        return await _Bootstrap(client, today or datetime.now().astimezone().date()).run()
+        result = await _Bootstrap(
+            client, today or datetime.now().astimezone().date(), entities
+        ).run()
+    return replace(result, legal_entities_sha256=legal_entities_digest(legal_entities))
 
 
 class _Bootstrap:
-    def __init__(self, client: Any, today: date) -> None:
+    def __init__(self, client: Any, today: date, entities: dict[str, LegalEntity]) -> None:
         from connectors.tryton.client import TrytonClient
 
         self.c: TrytonClient = client
         self.today = today
+        self.entities = entities
 
     async def run(self) -> BootstrapResult:
         currency_ids = await self.currencies()
-        await self.countries()
-        company_id, company_party_id = await self.company(currency_ids[COMPANY_CURRENCY])
-        accounts = await self.chart(company_id)
-        years = [self.today.year, self.today.year + 1]
-        fiscal_year_ids = {y: await self.fiscal_year(company_id, y) for y in years}
-        hour = await self.c.model("ir.model.data", "get_id", "product", "uom_hour")
-        category = await self.category(accounts)
-        product_ids = {
-            name: await self.product(name, price, category, hour)
-            for name, price in SERVICE_PRODUCTS.items()
+        countries = await self.countries()
+        company_ids = {
+            code: await self.company(entity, currency_ids[entity.currency], countries)
+            for code, entity in self.entities.items()
         }
+        await self.user_companies([cid for cid, _ in company_ids.values()])
+        move_type, invoice_type = await self.sequence_types()
+        companies: dict[str, CompanyResult] = {}
+        for code, (company_id, party_id) in company_ids.items():
+            accounts = await self.chart(company_id)
+            years = [self.today.year, self.today.year + 1]
+            companies[code] = CompanyResult(
+                company_id=company_id,
+                party_id=party_id,
+                currency=self.entities[code].currency,
+                employee_ids={
+                    name: await self.employee(company_id, name) for name in employees_of(code)
+                },
+                revenue_account_id=accounts["revenue"],
+                expense_account_id=accounts["expense"],
+                receivable_account_id=accounts["receivable"],
+                payable_account_id=accounts["payable"],
+                fiscal_year_ids={
+                    y: await self.fiscal_year(code, company_id, y, move_type, invoice_type)
+                    for y in years
+                },
+            )
+        hour = int(await self.c.model("ir.model.data", "get_id", "product", "uom_hour"))
+        category = await self.category(companies)
+        product_ids = await self.products(category, hour, companies)
         payment_term_ids = {
             name: await self.payment_term(name, days) for name, days in PAYMENT_TERMS.items()
         }
-        employee_ids = {name: await self.employee(company_id, name) for name in EMPLOYEES}
         return BootstrapResult(
-            company_id=company_id,
-            company_party_id=company_party_id,
+            companies=companies,
             currency_ids=currency_ids,
             product_ids=product_ids,
-            employee_ids=employee_ids,
             payment_term_ids=payment_term_ids,
-            revenue_account_id=accounts["revenue"],
-            expense_account_id=accounts["expense"],
-            receivable_account_id=accounts["receivable"],
-            payable_account_id=accounts["payable"],
-            hour_uom_id=int(hour),
-            fiscal_year_ids=fiscal_year_ids,
+            hour_uom_id=hour,
         )
 
     async def currencies(self) -> dict[str, int]:
-        ids: dict[str, int] = {}
-        rates = {COMPANY_CURRENCY: Decimal(1), **{k: v[2] for k, v in OTHER_CURRENCIES.items()}}
-        for code, (name, symbol) in CURRENCY_NAMES.items():
-            found = await self.c.search("currency.currency", [("code", "=", code)], limit=1)
-            if found:
-                ids[code] = found[0]
-                continue
-            ids[code] = await self.c.create_one(
-                "currency.currency",
-                {
-                    "name": name,
-                    "code": code,
-                    "symbol": symbol,
-                    "rounding": Decimal("0.01"),
-                    "digits": 2,
-                    "rates": [
-                        [
-                            "create",
-                            [{"date": date(self.today.year, 1, 1), "rate": rates[code]}],
-                        ]
-                    ],
-                },
+        wanted = dict.fromkeys([*CURRENCIES, *(e.currency for e in self.entities.values())])
+        rows = await self.c.search_read(
+            "currency.currency", [("code", "in", list(wanted))], ["code"]
+        )
+        ids = {str(r["code"]): int(r["id"]) for r in rows}
+        missing = [code for code in wanted if code not in ids]
+        if missing:
+            values = []
+            for code in missing:
+                name, symbol, rate = CURRENCIES.get(code, (code, code, None))
+                rates = [{"date": date(self.today.year, 1, 1), "rate": rate}] if rate else []
+                values.append(
+                    {
+                        "name": name,
+                        "code": code,
+                        "symbol": symbol,
+                        "rounding": Decimal("0.01"),
+                        "digits": 2,
+                        "rates": [["create", rates]],
+                    }
+                )
+            created = await self.c.create("currency.currency", values)
+            ids.update(zip(missing, created, strict=True))
+        return {code: ids[code] for code in wanted}
+
+    async def countries(self) -> dict[str, int]:
+        wanted = {e.country: e.country for e in self.entities.values()} | COUNTRIES
+        rows = await self.c.search_read("country.country", [], ["code"])
+        ids = {str(r["code"]): int(r["id"]) for r in rows}
+        missing = [code for code in wanted if code not in ids]
+        if missing:
+            created = await self.c.create(
+                "country.country", [{"code": code, "name": wanted[code]} for code in missing]
             )
+            ids.update(zip(missing, created, strict=True))
         return ids
 
-    async def countries(self) -> None:
-        rows = await self.c.search_read("country.country", [], ["code"])
-        known = {r["code"] for r in rows}
-        missing = [
-            {"code": code, "name": name} for code, name in COUNTRIES.items() if code not in known
-        ]
-        if missing:
-            await self.c.create("country.country", missing)
-
-    async def company(self, currency_id: int) -> tuple[int, int]:
+    async def company(
+        self, entity: LegalEntity, currency_id: int, countries: dict[str, int]
+    ) -> tuple[int, int]:
+        """The entity's company, found by the identifier on its party (else by name)."""
+        identifier = f"{LEGAL_ENTITY_PREFIX}{entity.code}"
+        fields = ["party", "currency"]
         found = await self.c.search_read(
-            "company.company", [("party.name", "=", COMPANY_NAME)], ["party"], limit=1
+            "company.company", [("party.identifiers.code", "=", identifier)], fields, limit=1
         )
+        if not found:
+            # A company made by hand under the entity's name is adopted, not duplicated.
+            found = await self.c.search_read(
+                "company.company", [("party.name", "=", entity.name)], fields, limit=1
+            )
+            if found:
+                await self.c.write(
+                    "party.party",
+                    [int(found[0]["party"])],
+                    {"identifiers": [["create", [{"type": None, "code": identifier}]]]},
+                )
         if found:
-            company_id, party_id = int(found[0]["id"]), int(found[0]["party"])
-        else:
-            party_id = await self.c.create_one(
-                "party.party",
-                {
-                    "name": COMPANY_NAME,
-                    "addresses": [
+            if found[0]["currency"] != currency_id:
+                # A company's currency is fixed once it has books: a person must decide.
+                raise RuntimeError(
+                    f"Tryton company {found[0]['id']} of legal entity {entity.code} does not "
+                    f"keep its books in {entity.currency}"
+                )
+            return int(found[0]["id"]), int(found[0]["party"])
+        street, city, postal_code = COMPANY_ADDRESSES.get(entity.country, ("Head Office", "-", ""))
+        party_id = await self.c.create_one(
+            "party.party",
+            {
+                "name": entity.name,
+                "addresses": [
+                    [
+                        "create",
                         [
-                            "create",
-                            [
-                                {
-                                    "street": "1 Market Street",
-                                    "city": "San Francisco",
-                                    "postal_code": "94105",
-                                }
-                            ],
-                        ]
-                    ],
-                },
-            )
-            company_id = await self.c.create_one(
-                "company.company", {"party": party_id, "currency": currency_id}
-            )
-        assert self.c.user_id is not None
-        await self.c.model(
-            "res.user",
-            "write",
-            [self.c.user_id],
-            {"companies": [["add", [company_id]]], "company": company_id},
+                            {
+                                "street": street,
+                                "city": city,
+                                "postal_code": postal_code,
+                                "country": countries[entity.country],
+                            }
+                        ],
+                    ]
+                ],
+                "identifiers": [["create", [{"type": None, "code": identifier}]]],
+            },
         )
-        await self.c.refresh_context()
+        company_id = await self.c.create_one(
+            "company.company", {"party": party_id, "currency": currency_id}
+        )
         return company_id, party_id
+
+    async def user_companies(self, company_ids: list[int]) -> None:
+        """Give the user every company, working in the first, seeing the records of all.
+
+        Tryton 8.2 filters records by the companies of `res.user.get_companies()`, cached
+        per user whatever the context says: with the filter on "Current" a call made for
+        another company would not see that company's records.
+        """
+        assert self.c.user_id is not None
+        (user,) = await self.c.read(
+            "res.user", [self.c.user_id], ["companies", "company", "company_filter"]
+        )
+        values: dict[str, Any] = {}
+        missing = [cid for cid in company_ids if cid not in user["companies"]]
+        if missing:
+            values["companies"] = [["add", missing]]
+        if user["company"] not in company_ids:
+            values["company"] = company_ids[0]
+        if user["company_filter"] != "all":
+            values["company_filter"] = "all"
+        if values:
+            await self.c.model("res.user", "write", [self.c.user_id], values)
+            await self.c.refresh_context()
+
+    async def sequence_types(self) -> tuple[int, int]:
+        move_type = await self.c.model(
+            "ir.model.data", "get_id", "account", "sequence_type_account_move"
+        )
+        invoice_type = await self.c.model(
+            "ir.model.data", "get_id", "account_invoice", "sequence_type_account_invoice"
+        )
+        return int(move_type), int(invoice_type)
 
     async def chart(self, company_id: int) -> dict[str, int]:
         existing = await self.c.search("account.account", [("company", "=", company_id)], limit=1)
@@ -433,14 +565,16 @@ class _Bootstrap:
                 "ir.model.data", "get_id", "account", "account_template_root_en"
             )
             wizard = "wizard.account.create_chart"
-            session, _, _ = await self.c.call(f"{wizard}.create")
+            context = {"company": company_id}
+            session, _, _ = await self.c.call(f"{wizard}.create", context=context)
             try:
-                await self.c.call(f"{wizard}.execute", session, {}, "account")
+                await self.c.call(f"{wizard}.execute", session, {}, "account", context=context)
                 await self.c.call(
                     f"{wizard}.execute",
                     session,
                     {"account": {"company": company_id, "account_template": template}},
                     "create_account",
+                    context=context,
                 )
                 receivable, payable = await self._party_accounts(company_id)
                 await self.c.call(
@@ -454,9 +588,10 @@ class _Bootstrap:
                         }
                     },
                     "create_properties",
+                    context=context,
                 )
             finally:
-                await self.c.call(f"{wizard}.delete", session)
+                await self.c.call(f"{wizard}.delete", session, context=context)
         receivable, payable = await self._party_accounts(company_id)
         return {
             "receivable": receivable,
@@ -495,7 +630,10 @@ class _Bootstrap:
             raise RuntimeError(f"no account with {flag} in the chart of company {company_id}")
         return found[0]
 
-    async def fiscal_year(self, company_id: int, year: int) -> int:
+    async def fiscal_year(
+        self, code: str, company_id: int, year: int, move_type: int, invoice_type: int
+    ) -> int:
+        """The company's fiscal year `year`; its numbers carry the entity code."""
         start, end = date(year, 1, 1), date(year, 12, 31)
         found = await self.c.search(
             "account.fiscalyear",
@@ -504,96 +642,173 @@ class _Bootstrap:
         )
         if found:
             return found[0]
-        move_type = await self.c.model(
-            "ir.model.data", "get_id", "account", "sequence_type_account_move"
-        )
-        invoice_type = await self.c.model(
-            "ir.model.data", "get_id", "account_invoice", "sequence_type_account_invoice"
-        )
-
-        async def strict(name: str, prefix: str, type_id: int) -> int:
-            return await self.c.create_one(
-                "ir.sequence.strict",
+        context = {"company": company_id}
+        kinds = {
+            "move": (f"{code} moves {year}", f"{code}-MV{year}-", move_type),
+            "out_invoice": (f"{code} customer invoices {year}", f"{code}-INV{year}-", invoice_type),
+            "out_credit_note": (
+                f"{code} customer credit notes {year}",
+                f"{code}-CN{year}-",
+                invoice_type,
+            ),
+            "in_invoice": (f"{code} supplier invoices {year}", f"{code}-SINV{year}-", invoice_type),
+            "in_credit_note": (
+                f"{code} supplier credit notes {year}",
+                f"{code}-SCN{year}-",
+                invoice_type,
+            ),
+        }
+        sequence_ids = await self.c.create(
+            "ir.sequence.strict",
+            [
                 {
                     "name": name,
                     "sequence_type": type_id,
                     "company": company_id,
                     "prefix": prefix,
                     "padding": 4,
-                },
-            )
-
-        move_seq = await strict(f"Moves {year}", f"MV{year}-", move_type)
+                }
+                for name, prefix, type_id in kinds.values()
+            ],
+            context=context,
+        )
+        seq = dict(zip(kinds, sequence_ids, strict=True))
         fy = await self.c.create_one(
             "account.fiscalyear",
             {
-                "name": str(year),
+                "name": f"{code} {year}",
                 "company": company_id,
                 "start_date": start,
                 "end_date": end,
-                "move_sequence": move_seq,
+                "move_sequence": seq["move"],
                 "invoice_sequences": [
                     [
                         "create",
                         [
                             {
                                 "company": company_id,
-                                "out_invoice_sequence": await strict(
-                                    f"Customer invoices {year}", f"INV{year}-", invoice_type
-                                ),
-                                "out_credit_note_sequence": await strict(
-                                    f"Customer credit notes {year}", f"CN{year}-", invoice_type
-                                ),
-                                "in_invoice_sequence": await strict(
-                                    f"Supplier invoices {year}", f"SINV{year}-", invoice_type
-                                ),
-                                "in_credit_note_sequence": await strict(
-                                    f"Supplier credit notes {year}", f"SCN{year}-", invoice_type
-                                ),
+                                "out_invoice_sequence": seq["out_invoice"],
+                                "out_credit_note_sequence": seq["out_credit_note"],
+                                "in_invoice_sequence": seq["in_invoice"],
+                                "in_credit_note_sequence": seq["in_credit_note"],
                             }
                         ],
                     ]
                 ],
             },
+            context=context,
         )
-        await self.c.model("account.fiscalyear", "create_period", [fy])
+        await self.c.model("account.fiscalyear", "create_period", [fy], context=context)
         return fy
 
-    async def category(self, accounts: dict[str, int]) -> int:
+    async def category(self, companies: dict[str, CompanyResult]) -> int:
+        """The services' category, with revenue and expense accounts in every company."""
         found = await self.c.search("product.category", [("name", "=", PRODUCT_CATEGORY)], limit=1)
-        if found:
-            return found[0]
-        return await self.c.create_one(
+        category = (
+            found[0]
+            if found
+            else await self.c.create_one(
+                "product.category", {"name": PRODUCT_CATEGORY, "accounting": True}
+            )
+        )
+        await self._per_company(
             "product.category",
+            category,
+            "accounts",
             {
-                "name": PRODUCT_CATEGORY,
-                "accounting": True,
-                "account_revenue": accounts["revenue"],
-                "account_expense": accounts["expense"],
+                c.company_id: {
+                    "account_revenue": c.revenue_account_id,
+                    "account_expense": c.expense_account_id,
+                }
+                for c in companies.values()
             },
         )
+        return category
 
-    async def product(self, name: str, price: Decimal, category: int, hour: int) -> int:
-        found = await self.c.search(
-            "product.product", [("template.name", "=", name), ("type", "=", "service")], limit=1
+    async def products(
+        self, category: int, hour: int, companies: dict[str, CompanyResult]
+    ) -> dict[str, int]:
+        """The service products, shared, with a list price per company in its currency."""
+        product_ids: dict[str, int] = {}
+        for name, usd_price in SERVICE_PRODUCTS.items():
+            found = await self.c.search_read(
+                "product.product",
+                [("template.name", "=", name), ("type", "=", "service")],
+                ["template"],
+                limit=1,
+            )
+            if found:
+                product_ids[name] = int(found[0]["id"])
+                template = int(found[0]["template"])
+            else:
+                template = await self.c.create_one(
+                    "product.template",
+                    {
+                        "name": name,
+                        "type": "service",
+                        "default_uom": hour,
+                        "sale_uom": hour,
+                        "salable": True,
+                        "account_category": category,
+                        "products": [["create", [{}]]],
+                    },
+                )
+                (row,) = await self.c.read("product.template", [template], ["products"])
+                product_ids[name] = int(row["products"][0])
+            await self._per_company(
+                "product.template",
+                template,
+                "list_prices",
+                {
+                    c.company_id: {"list_price": list_price(usd_price, c.currency)}
+                    for c in companies.values()
+                },
+                keep_existing=True,
+            )
+        return product_ids
+
+    async def _per_company(
+        self,
+        model: str,
+        record_id: int,
+        values_field: str,
+        wanted: dict[int, dict[str, Any]],
+        *,
+        keep_existing: bool = False,
+    ) -> None:
+        """Set company-dependent values (Tryton's "MultiValue" fields) in every company.
+
+        They live in a child model, one row per company, that RPC reads only through its
+        parent. Creating the parent may already have made an empty row for the current
+        company: rows are completed, not duplicated. `keep_existing` leaves values someone
+        set (a price edited by hand) alone.
+        """
+        names = sorted({name for values in wanted.values() for name in values})
+        (row,) = await self.c.read(
+            model, [record_id], [f"{values_field}.{n}" for n in ["company", *names]]
         )
-        if found:
-            return found[0]
-        template = await self.c.create_one(
-            "product.template",
-            {
-                "name": name,
-                "type": "service",
-                "default_uom": hour,
-                "sale_uom": hour,
-                "salable": True,
-                "list_price": price,
-                "account_category": category,
-                "products": [["create", [{}]]],
-            },
-        )
-        (row,) = await self.c.read("product.template", [template], ["products"])
-        return int(row["products"][0])
+        by_company: dict[int, dict[str, Any]] = {}
+        for existing in row[f"{values_field}."]:
+            if existing["company"] is not None:
+                by_company.setdefault(int(existing["company"]), existing)
+        actions: list[Any] = []
+        missing = []
+        for company_id, values in wanted.items():
+            current = by_company.get(company_id)
+            if current is None:
+                missing.append({"company": company_id, **values})
+                continue
+            stale = {
+                k: v
+                for k, v in values.items()
+                if current[k] != v and not (keep_existing and current[k] is not None)
+            }
+            if stale:
+                actions.append(["write", [current["id"]], stale])
+        if missing:
+            actions.append(["create", missing])
+        if actions:
+            await self.c.write(model, [record_id], {values_field: actions})
 
     async def payment_term(self, name: str, days: int) -> int:
         found = await self.c.search("account.invoice.payment_term", [("name", "=", name)], limit=1)
@@ -625,8 +840,25 @@ class _Bootstrap:
         )
         if found:
             return found[0]
-        party = await self.c.create_one("party.party", {"name": name})
-        return await self.c.create_one("company.employee", {"party": party, "company": company_id})
+        return await self.c.create_one(
+            "company.employee",
+            {
+                "party": await self.c.create_one("party.party", {"name": name}),
+                "company": company_id,
+            },
+            context={"company": company_id},
+        )
+
+
+def employees_of(code: str) -> tuple[str, ...]:
+    """The demo people of a legal entity; an entity the demo does not know gets two."""
+    return EMPLOYEES.get(code, (f"{code} Consultant", f"{code} Project Manager"))
+
+
+def list_price(usd_price: Decimal, currency: str) -> Decimal:
+    """A service's list price in `currency`: the USD price at the demo rate, whole units."""
+    rate = CURRENCIES.get(currency, ("", "", Decimal(1)))[2]
+    return (usd_price * rate).quantize(Decimal(1))
 
 
 # -- the dev stack's entry points -------------------------------------------------------------
@@ -647,11 +879,27 @@ def prepare(folder: Path, *, port: int, database: str, admin_password: str) -> P
 
 
 async def ensure_bootstrapped(
-    folder: Path, url: str, *, database: str, admin_password: str
+    folder: Path,
+    url: str,
+    *,
+    database: str,
+    admin_password: str,
+    legal_entities: Path = DEFAULT_LEGAL_ENTITIES,
 ) -> BootstrapResult:
-    """Bootstrap a running server once; later calls read the marker."""
+    """Bootstrap a running server once; later calls read the marker.
+
+    A marker of an older shape, or one made from another legal entities file, runs the
+    bootstrap again: it reuses what exists and adds what is missing.
+    """
     if is_bootstrapped(folder, database):
-        return read_bootstrap(folder, database)
-    result = await bootstrap(url, database, admin_password)
+        try:
+            known = read_bootstrap(folder, database)
+        except (KeyError, TypeError, ValueError):
+            known = None
+        if known is not None and known.legal_entities_sha256 == legal_entities_digest(
+            legal_entities
+        ):
+            return known
+    result = await bootstrap(url, database, admin_password, legal_entities=legal_entities)
     mark_bootstrapped(folder, database, result)
     return result

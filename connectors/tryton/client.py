@@ -7,12 +7,18 @@ The call is replayed only when the server refused it before running it (401), so
 replay cannot apply a change twice.
 
 Every call carries the user's context (company, employee, language) the way the Tryton
-client does: the server reads company-dependent values from it.
+client does: the server reads company-dependent values from it. `for_company` gives a
+view of the same session whose calls run in another company (legal entity): Tryton 8.2
+takes the company from the `company` key of the context, so a company-scoped view sends
+that key (and `companies`, the client's list of the companies being worked in). Records
+of other companies stay visible only when the user's company filter is "All", which the
+dev-stack bootstrap sets.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import itertools
 import re
 from collections.abc import Mapping, Sequence
@@ -69,16 +75,17 @@ class TrytonClient:
         self.login_name = login
         self._password = password if isinstance(password, SecretStr) else SecretStr(password)
         self.language = language
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            transport=transport,
-            timeout=timeout,
-            headers={"Accept": "application/json"},
+        self._session = _Session(
+            httpx.AsyncClient(
+                base_url=self.base_url,
+                transport=transport,
+                timeout=timeout,
+                headers={"Accept": "application/json"},
+            )
         )
-        self._ids = itertools.count(1)
-        self._authorization: str | None = None
-        self.user_id: int | None = None
-        self._context: dict[str, Any] = {}
+        #: Context keys this client (or company view) puts over the user's context.
+        self._overrides: dict[str, Any] = {}
+        self._owns_session = True
 
     async def __aenter__(self) -> TrytonClient:
         return self
@@ -87,16 +94,45 @@ class TrytonClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        """Close the connection; a company view leaves it to the client it came from."""
+        if self._owns_session:
+            await self._session.http.aclose()
 
     @property
     def rpc_path(self) -> str:
         return f"/{self.database}/rpc/"
 
     @property
+    def user_id(self) -> int | None:
+        return self._session.user_id
+
+    @property
+    def company_id(self) -> int | None:
+        """The company calls run in: the view's, else the user's current company."""
+        company = self.context.get("company")
+        return int(company) if company else None
+
+    @property
     def context(self) -> dict[str, Any]:
-        """The user's context as the server gave it at login (company, employee, ...)."""
-        return dict(self._context)
+        """The context calls carry: the user's (as given at login) with this view's keys."""
+        return {**self._session.context, **self._overrides}
+
+    def for_company(self, company_id: int) -> TrytonClient:
+        """A view of this session whose calls run in `company_id` (one legal entity).
+
+        The view shares the session (a new login by either serves both) and the
+        connection; closing it closes nothing. The user's current employee belongs to
+        the user's current company, so the view carries none.
+        """
+        view = copy.copy(self)
+        view._overrides = {
+            **self._overrides,
+            "company": company_id,
+            "companies": [company_id],
+            "employee": None,
+        }
+        view._owns_session = False
+        return view
 
     # -- session ---------------------------------------------------------------------------
 
@@ -111,8 +147,8 @@ class TrytonClient:
             raise PermanentError(f"unexpected login answer: {result!r}", system=SYSTEM)
         uid, key = int(result[0]), str(result[1])
         token = base64.b64encode(f"{self.login_name}:{uid}:{key}".encode()).decode()
-        self._authorization = f"Session {token}"
-        self.user_id = uid
+        self._session.authorization = f"Session {token}"
+        self._session.user_id = uid
         await self.refresh_context()
         return uid
 
@@ -121,16 +157,16 @@ class TrytonClient:
         prefs = await self._call_authorized("model.res.user.get_preferences", [True, {}])
         if not isinstance(prefs, dict):
             raise PermanentError(f"unexpected preferences: {prefs!r}", system=SYSTEM)
-        self._context = prefs
+        self._session.context = prefs
         return self.context
 
     async def logout(self) -> None:
-        if self._authorization is None:
+        if self._session.authorization is None:
             return
         try:
             await self._post("common.db.logout", [], authorized=True)
         finally:
-            self._authorization = None
+            self._session.authorization = None
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -140,10 +176,10 @@ class TrytonClient:
         *args: Any,
         context: Mapping[str, Any] | None = None,
     ) -> Any:
-        """Call `method` (e.g. `model.party.party.search`) with the user's context appended."""
-        if self._authorization is None:
+        """Call `method` (e.g. `model.party.party.search`) with the context appended."""
+        if self._session.authorization is None:
             await self.login()
-        full_context = {**self._context, **(context or {})}
+        full_context = {**self.context, **(context or {})}
         return await self._call_authorized(method, [*args, full_context])
 
     async def _call_authorized(self, method: str, params: list[Any]) -> Any:
@@ -269,11 +305,11 @@ class TrytonClient:
 
     async def _post(self, method: str, params: list[Any], *, authorized: bool) -> Any:
         headers = {}
-        if authorized and self._authorization:
-            headers["Authorization"] = self._authorization
-        body = {"id": next(self._ids), "method": method, "params": encode(params)}
+        if authorized and self._session.authorization:
+            headers["Authorization"] = self._session.authorization
+        body = {"id": next(self._session.ids), "method": method, "params": encode(params)}
         try:
-            response = await self._http.post(self.rpc_path, json=body, headers=headers)
+            response = await self._session.http.post(self.rpc_path, json=body, headers=headers)
         except httpx.TimeoutException as exc:
             raise TransientError(f"{method}: timed out: {exc}", system=SYSTEM) from exc
         except httpx.TransportError as exc:
@@ -291,6 +327,17 @@ class TrytonClient:
         if payload.get("error") is not None:
             raise classify_rpc_error(method, payload["error"])
         return decode(payload.get("result"))
+
+
+class _Session:
+    """What a client and its company views share: the connection and the login."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+        self.ids = itertools.count(1)
+        self.authorization: str | None = None
+        self.user_id: int | None = None
+        self.context: dict[str, Any] = {}
 
 
 def _http_error(method: str, response: httpx.Response) -> ConnectorError:

@@ -10,6 +10,13 @@ Where q2c keeps its keys in Tryton, and why there:
 - Timesheet line key: `[q2c:<hash of key and entry id>]` at the end of the line's
   `description` (its `uuid` field is read-only over RPC).
 - Invoice idempotency key: a `q2c-key: <key>` line in the invoice's `comment`.
+- Legal entity of a company: an identifier `q2c-legal-entity:<code>` on the company's
+  party (companies have no code of their own; their party's identifiers are searchable).
+- A customer's legal entities: the companies in which its party has a receivable account
+  (`party.party.account`, Tryton's company-dependent party accounts).
+- Project budget and opportunity: `q2c-budget: 120000.00 GBP` and `q2c-opportunity: <id>`
+  lines in the project's `comment`. `project.work` has no money field that means a budget:
+  `list_price` is the hourly price, `effort_duration` planned time, `revenue` computed.
 """
 
 from __future__ import annotations
@@ -20,20 +27,31 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
+from pydantic import ValidationError
+
 from canonical import (
     Address,
+    Contact,
+    Customer,
     Invoice,
     InvoiceLine,
     InvoiceStatus,
+    LegalEntity,
     Money,
+    PaymentTerms,
+    Project,
     TimeEntry,
 )
+from connectors.errors import ValidationFailed
 from connectors.tryton.wire import InvoiceLineRecord, InvoiceRecord, TimesheetLineRecord
 
 REF_PREFIX = "q2c-ref:"
 KEY_LABEL = "q2c-key:"
 ROLE_LABEL = "q2c-role:"
 PROJECT_LABEL = "q2c-project:"
+BUDGET_LABEL = "q2c-budget:"
+OPPORTUNITY_LABEL = "q2c-opportunity:"
+LEGAL_ENTITY_PREFIX = "q2c-legal-entity:"
 _LINE_TAG = re.compile(r"\s*\[q2c:([0-9a-f]+)\]\s*$")
 
 DEFAULT_PRODUCT = "Consulting"
@@ -105,6 +123,24 @@ def tax_identifier_type(country: str) -> str | None:
     return TAX_ID_TYPES.get(country)
 
 
+def tax_id_from_identifier(identifier: dict[str, Any] | None) -> str | None:
+    """A party's tax id the way invoices and CRMs write it.
+
+    VAT numbers compact with their country prefix (`GB980780684`; Tryton keeps UK ones
+    formatted and without it, `980 7806 84`); other tax ids as Tryton formats them
+    (`04-2103594`).
+    """
+    if not identifier or not identifier.get("code"):
+        return None
+    kind = str(identifier.get("type") or "")
+    if not kind.endswith("_vat"):
+        return str(identifier["code"])
+    compact = str(identifier.get("code_compact") or identifier["code"]).replace(" ", "")
+    if kind != "eu_vat" and not compact[:2].isalpha():
+        compact = kind.removesuffix("_vat").upper() + compact
+    return compact
+
+
 def same_code(stored: str | None, given: str | None) -> bool:
     """Tryton stores identifiers formatted ("980 7806 84"); compare them compacted."""
 
@@ -145,6 +181,16 @@ def address_values(address: Address, country_id: int | None) -> dict[str, Any]:
     }
 
 
+def email_values(contact: Contact) -> dict[str, Any]:
+    """A contact's email; billing contacts are the ones Tryton sends invoices to."""
+    return {
+        "type": "email",
+        "value": contact.email,
+        "name": contact.name,
+        "invoice": (contact.role or "").casefold() == "billing",
+    }
+
+
 def _norm(value: Any) -> str:
     return " ".join(str(value or "").split()).casefold()
 
@@ -164,6 +210,27 @@ def label_value(comment: str | None, label: str) -> str | None:
         if line.startswith(label):
             return line[len(label) :].strip()
     return None
+
+
+def project_comment(project: Project, idempotency_key: str) -> str:
+    """The project's comment: its key, the q2c project id, its budget and opportunity."""
+    comment = with_label(None, KEY_LABEL, idempotency_key)
+    comment = with_label(comment, PROJECT_LABEL, project.id)
+    comment = with_label(comment, BUDGET_LABEL, format_money(project.budget))
+    if project.opportunity_id:
+        comment = with_label(comment, OPPORTUNITY_LABEL, project.opportunity_id)
+    return comment
+
+
+def format_money(money: Money) -> str:
+    """`120000.00 GBP`: to the minor unit when that loses nothing, else as given."""
+    rounded = money.rounded()
+    return str(rounded if rounded.amount == money.amount else money)
+
+
+def parse_money(text: str) -> Money:
+    amount, currency = text.split()
+    return Money.of(amount, currency)
 
 
 def like_pattern(text: str) -> str:
@@ -224,11 +291,76 @@ def to_time_entry(
     )
 
 
+def to_customer(
+    *,
+    party_id: int,
+    name: str,
+    legal_entity: LegalEntity,
+    currency: str,
+    addresses: list[dict[str, Any]],
+    tax_id: str | None,
+    net_days: int,
+    mechanisms: list[dict[str, Any]],
+    external_ref: str | None,
+) -> Customer:
+    """The party as a customer. Its id is the external reference q2c gave it, if any.
+
+    The tax id is returned as Tryton stores it (formatted, e.g. `980 7806 84` for a UK
+    VAT number): compare tax ids with `same_code`.
+    """
+    ordered = sorted(
+        (a for a in addresses if a.get("country.")),
+        key=lambda a: (not a["invoice"], a["sequence"] is None, a["sequence"] or 0, a["id"]),
+    )
+    if not ordered:
+        raise ValidationFailed(
+            f"party {party_id} has no address with a country", system="tryton", field="addresses"
+        )
+    contacts = []
+    for m in mechanisms:
+        if m["type"] != "email":
+            continue
+        try:
+            contacts.append(
+                Contact(
+                    name=m["name"] or name,
+                    email=m["value"],
+                    role="billing" if m.get("invoice") else None,
+                    id=str(m["id"]),
+                )
+            )
+        except ValidationError:
+            continue  # Tryton does not validate emails; a malformed one is no contact
+    return Customer(
+        id=external_ref or f"tryton-party:{party_id}",
+        name=name,
+        legal_entity=legal_entity,
+        addresses=[_to_address(a) for a in ordered],
+        tax_id=tax_id or None,
+        currency=currency,
+        payment_terms=PaymentTerms(net_days=net_days),
+        contacts=contacts,
+        external_ids={"tryton": str(party_id)},
+    )
+
+
+def _to_address(row: dict[str, Any]) -> Address:
+    street, _, street2 = str(row["street"] or "").partition("\n")
+    return Address(
+        street=street.strip() or "-",
+        street2=street2.strip() or None,
+        city=str(row["city"] or "").strip() or "-",
+        postal_code=row["postal_code"] or None,
+        country=row["country."]["code"],
+    )
+
+
 def to_invoice(
     record: InvoiceRecord,
     lines: list[InvoiceLineRecord],
     *,
     currency: str,
+    legal_entity_code: str | None = None,
     customer_id: str,
     tax_rates: dict[int, Decimal],
     due_date: date | None,
@@ -261,5 +393,6 @@ def to_invoice(
         due_date=due_date if issued_at else None,
         memo=record.description,
         po_number=record.reference or None,
+        legal_entity_code=legal_entity_code,
         external_ids={"tryton": str(record.id)},
     )

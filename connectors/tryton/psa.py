@@ -1,4 +1,9 @@
-"""Tryton as the PSA: projects with tasks and rates, employees, timesheets."""
+"""Tryton as the PSA: projects with tasks and rates, employees, timesheets.
+
+A project lives in the company of its legal entity and is priced in that company's
+currency (project invoicing bills in the company currency only); its tasks, time and
+invoices follow it into that company.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +12,26 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from canonical import NoRate, Project, Task, TimeEntry
+from canonical import Money, NoRate, Project, Task, TimeEntry
 from connectors.errors import NotFound, ValidationFailed
 from connectors.tryton import mapping
-from connectors.tryton.catalog import Catalog
+from connectors.tryton.catalog import Catalog, Company
 from connectors.tryton.client import SYSTEM, TrytonClient
-from connectors.tryton.wire import Employee, ProjectRef, TimesheetLineRecord, WorkRecord
+from connectors.tryton.wire import (
+    Employee,
+    ProjectInfo,
+    ProjectRef,
+    TaskInfo,
+    TimesheetLineRecord,
+    WorkRecord,
+)
 
 _WORK_FIELDS = [
     "name",
     "type",
+    "company",
+    "status",
+    "progress",
     "parent",
     "party",
     "product",
@@ -41,11 +56,16 @@ class TrytonPsa:
 
     # -- employees -----------------------------------------------------------------------------
 
-    async def list_employees(self) -> list[Employee]:
+    async def list_employees(self, legal_entity_code: str | None = None) -> list[Employee]:
+        """The employees of every legal entity, or of one."""
         cat = await self.catalog()
+        companies = (
+            [cat.company(legal_entity_code)] if legal_entity_code else list(cat.companies.values())
+        )
+        codes = {c.company_id: c.code for c in companies}
         rows = await self.client.search_read(
             "company.employee",
-            [("company", "=", cat.company_id)],
+            [("company", "in", list(codes))],
             ["party", "party.name", "company"],
             order=[("id", "ASC")],
         )
@@ -55,6 +75,7 @@ class TrytonPsa:
                 name=str(r["party."]["name"]),
                 party_id=int(r["party"]),
                 company_id=int(r["company"]),
+                legal_entity_code=codes[int(r["company"])],
             )
             for r in rows
         ]
@@ -80,18 +101,19 @@ class TrytonPsa:
     ) -> ProjectRef:
         """A timesheet-invoiced project with one task per canonical task, priced per task.
 
-        The project and its tasks are created in one call, so one transaction: a retry
-        either finds the whole project by its key or creates it afresh.
+        It is made in the company of `project.legal_entity_code`, whose currency must be
+        the project's. The project and its tasks are created in one call, so one
+        transaction: a retry either finds the whole project by its key or creates it afresh.
         """
         existing = await self.find_project(idempotency_key)
         if existing is not None:
             return existing
-        cat = await self.catalog()
-        if project.currency != cat.company_currency:
+        company = await self._company(project.legal_entity_code)
+        if project.currency != company.currency:
             # project_invoice invoices in the company currency only.
             raise ValidationFailed(
-                f"project {project.id} is in {project.currency}; the Tryton company invoices "
-                f"in {cat.company_currency}",
+                f"project {project.id} is in {project.currency}; {company.code} "
+                f"({company.name}) invoices in {company.currency}",
                 system=SYSTEM,
                 field="currency",
             )
@@ -102,32 +124,52 @@ class TrytonPsa:
                 system=SYSTEM,
                 field="tasks",
             )
+        cat = await self.catalog()
+        prices = await cat.product_prices(self.client, company)
         default_product = mapping.product_for_role(None, set(cat.product_ids))
-        comment = mapping.with_label(None, mapping.KEY_LABEL, idempotency_key)
-        comment = mapping.with_label(comment, mapping.PROJECT_LABEL, project.id)
         values: dict[str, Any] = {
             "name": project.name,
             "type": "project",
-            "company": cat.company_id,
+            "company": company.company_id,
             "party": party_id,
             "project_invoice_method": "timesheet",
             "timesheet_available": True,
             "product": self._product_id(cat, default_product),
-            "list_price": self._price(cat, project, None, default_product),
-            "comment": comment,
-            "children": [["create", [self._task_values(cat, project, t) for t in project.tasks]]],
+            "list_price": self._price(prices, project, None, default_product),
+            "comment": mapping.project_comment(project, idempotency_key),
+            "children": [
+                [
+                    "create",
+                    [self._task_values(cat, company, prices, project, t) for t in project.tasks],
+                ]
+            ],
         }
-        project_id = await self.client.create_one("project.work", values)
+        project_id = await self.client.for_company(company.company_id).create_one(
+            "project.work", values
+        )
         return await self._project_ref(project_id, created=True)
 
-    def _task_values(self, cat: Catalog, project: Project, task: Task) -> dict[str, Any]:
+    async def _company(self, code: str) -> Company:
+        cat = await self.catalog()
+        if code not in cat.companies:
+            cat = await self.catalog(refresh=True)  # a legal entity added since we loaded
+        return cat.company(code, field="legal_entity_code")
+
+    def _task_values(
+        self,
+        cat: Catalog,
+        company: Company,
+        prices: dict[str, Decimal | None],
+        project: Project,
+        task: Task,
+    ) -> dict[str, Any]:
         product = mapping.product_for_role(task.role, set(cat.product_ids))
         values: dict[str, Any] = {
             "name": task.name,
             "type": "task",
-            "company": cat.company_id,
+            "company": company.company_id,
             "product": self._product_id(cat, product),
-            "list_price": self._price(cat, project, task, product),
+            "list_price": self._price(prices, project, task, product),
             "timesheet_available": True,
             "comment": mapping.with_label(None, mapping.ROLE_LABEL, task.role or product),
         }
@@ -148,7 +190,9 @@ class TrytonPsa:
             ) from None
 
     @staticmethod
-    def _price(cat: Catalog, project: Project, task: Task | None, product: str) -> Decimal:
+    def _price(
+        prices: dict[str, Decimal | None], project: Project, task: Task | None, product: str
+    ) -> Decimal:
         """The task's own rate, else the rate card's for its role, else the product's price."""
         if task is not None and task.rate is not None:
             return task.rate.amount
@@ -157,7 +201,16 @@ class TrytonPsa:
                 return project.rate_card.rate_for(task.role, project.start_date).amount
             except NoRate:
                 pass
-        return Decimal(cat.product_prices[product])
+        price = prices.get(product)
+        if price is None:
+            what = f"task {task.name!r}" if task is not None else f"project {project.id}"
+            raise ValidationFailed(
+                f"{what} has no rate, and {product!r} has no list price in "
+                f"{project.legal_entity_code}",
+                system=SYSTEM,
+                field="rate",
+            )
+        return price
 
     async def _project_ref(self, project_id: int, *, created: bool) -> ProjectRef:
         works = await self.works(project_id)
@@ -179,6 +232,61 @@ class TrytonPsa:
             raise NotFound(f"no project {project_id} in Tryton", system=SYSTEM)
         return [WorkRecord.model_validate(r) for r in rows]
 
+    async def get_project(self, project_id: int) -> ProjectInfo:
+        """The project as Tryton holds it: company, currency, state, budget, tasks."""
+        works = await self.works(project_id)
+        cat = await self.catalog()
+        done = await cat.done_status(self.client)
+        project = works[0]
+        if project.id != project_id or project.type != "project":
+            raise NotFound(f"Tryton work {project_id} is not a project", system=SYSTEM)
+        company = cat.company_by_id(project.company)
+        products = {v: k for k, v in cat.product_ids.items()}
+        budget = mapping.label_value(project.comment, mapping.BUDGET_LABEL)
+        return ProjectInfo(
+            id=project.id,
+            name=project.name,
+            party_id=project.party,
+            company_id=company.company_id,
+            legal_entity_code=company.code,
+            currency=company.currency,
+            state="done" if project.status == done else "open",
+            budget=mapping.parse_money(budget) if budget else None,
+            opportunity_id=mapping.label_value(project.comment, mapping.OPPORTUNITY_LABEL),
+            project_ref=mapping.label_value(project.comment, mapping.PROJECT_LABEL),
+            tasks=[
+                TaskInfo(
+                    id=w.id,
+                    name=w.name,
+                    role=mapping.label_value(w.comment, mapping.ROLE_LABEL),
+                    product=products.get(w.product or 0),
+                    rate=Money(amount=w.list_price or Decimal(0), currency=company.currency),
+                    planned_hours=mapping.hours(w.effort_duration) if w.effort_duration else None,
+                    state="done" if w.status == done else "open",
+                )
+                for w in works
+                if w.parent == project_id
+            ],
+        )
+
+    async def close_project(self, project_id: int) -> None:
+        """Set the project and everything under it to Done (the saga's compensation).
+
+        Closing a closed project changes nothing, and a project that is gone counts as
+        closed: a compensation retried after it succeeded must succeed again.
+        """
+        try:
+            works = await self.works(project_id)
+        except NotFound:
+            return
+        done = await (await self.catalog()).done_status(self.client)
+        # A Done status asks for full progress, of the work and of all its children.
+        still_open = [w.id for w in works if w.status != done or (w.progress or 0) < 1]
+        if still_open:
+            await self.client.for_company(works[0].company).write(
+                "project.work", still_open, {"status": done, "progress": 1.0}
+            )
+
     # -- time ----------------------------------------------------------------------------------
 
     async def create_timesheet_lines(
@@ -187,37 +295,43 @@ class TrytonPsa:
         """Book `entries`; returns the Tryton line id for each entry id.
 
         Each line carries a key derived from the batch key and the entry id; lines whose key
-        is already booked are not booked again, and the rest go in one call (one transaction).
+        is already booked are not booked again, and the rest go in one call per company
+        (one transaction; a batch is normally one project, so one company). Each line is
+        booked in the company of its project, by an employee of that company.
         """
         cat = await self.catalog()
         keys = {e.id: mapping.line_key(idempotency_key, e.id) for e in entries}
         if len(keys) != len(entries):
             raise ValidationFailed("two time entries share an id", system=SYSTEM, field="id")
         booked = await self._lines_by_key(list(keys.values()))
-        to_create: list[tuple[str, dict[str, Any]]] = []
-        work_cache: dict[int, int] = {}
+        to_create: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+        work_cache: dict[int, tuple[int, int]] = {}
         for entry in entries:
             if keys[entry.id] in booked:
                 continue
-            if entry.employee not in cat.employees:
+            work, company_id = await self._timesheet_work(entry, work_cache)
+            if entry.employee not in cat.company_by_id(company_id).employees:
                 cat = await self.catalog(refresh=True)
-            to_create.append(
+            company = cat.company_by_id(company_id)
+            to_create.setdefault(company_id, []).append(
                 (
                     entry.id,
                     {
-                        "company": cat.company_id,
-                        "employee": cat.employee_id(entry.employee),
-                        "work": await self._timesheet_work(entry, work_cache),
+                        "company": company_id,
+                        "employee": company.employee_id(entry.employee),
+                        "work": work,
                         "date": entry.work_date,
                         "duration": timedelta(seconds=float(entry.hours * 3600)),
                         "description": mapping.tag_description(entry.description, keys[entry.id]),
                     },
                 )
             )
-        if to_create:
-            ids = await self.client.create("timesheet.line", [v for _, v in to_create])
+        for company_id, lines in to_create.items():
+            ids = await self.client.for_company(company_id).create(
+                "timesheet.line", [v for _, v in lines]
+            )
             booked.update(
-                {keys[eid]: line_id for (eid, _), line_id in zip(to_create, ids, strict=True)}
+                {keys[eid]: line_id for (eid, _), line_id in zip(lines, ids, strict=True)}
             )
         return {e.id: booked[keys[e.id]] for e in entries}
 
@@ -234,20 +348,21 @@ class TrytonPsa:
                 found[key] = int(row["id"])
         return found
 
-    async def _timesheet_work(self, entry: TimeEntry, cache: dict[int, int]) -> int:
-        """The `timesheet.work` of the task (or of the project when the entry has no task)."""
+    async def _timesheet_work(
+        self, entry: TimeEntry, cache: dict[int, tuple[int, int]]
+    ) -> tuple[int, int]:
+        """The `timesheet.work` of the task (or of the project when the entry has no task),
+        and its company."""
         work_id = int(entry.task_id) if entry.task_id else int(entry.project_id)
         if work_id not in cache:
-            rows = await self.client.read(
-                "project.work", [work_id], ["timesheet_works", "parent", "type"]
-            )
+            rows = await self.client.read("project.work", [work_id], ["timesheet_works", "company"])
             if not rows or not rows[0]["timesheet_works"]:
                 raise ValidationFailed(
                     f"project work {work_id} does not take time",
                     system=SYSTEM,
                     field="task_id",
                 )
-            cache[work_id] = int(rows[0]["timesheet_works"][0])
+            cache[work_id] = (int(rows[0]["timesheet_works"][0]), int(rows[0]["company"]))
         return cache[work_id]
 
     async def list_time_entries(self, project_id: int) -> list[TimeEntry]:

@@ -11,6 +11,8 @@ from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from canonical import Money
+
 _WIRE = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
 
@@ -31,6 +33,39 @@ class Employee(BaseModel):
     name: str
     party_id: int
     company_id: int
+    legal_entity_code: str
+
+
+class TaskInfo(BaseModel):
+    """A task of a project as Tryton holds it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    name: str
+    role: str | None
+    product: str | None
+    rate: Money  # the hourly list price, in the project's currency
+    planned_hours: Decimal | None
+    state: str  # "open" or "done"
+
+
+class ProjectInfo(BaseModel):
+    """A project as Tryton holds it: what q2c created, readable back."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    name: str
+    party_id: int | None
+    company_id: int
+    legal_entity_code: str
+    currency: str
+    state: str  # "open" or "done"
+    budget: Money | None
+    opportunity_id: str | None
+    project_ref: str | None  # the canonical project id q2c created it for
+    tasks: list[TaskInfo]
 
 
 class WorkRecord(BaseModel):
@@ -41,8 +76,11 @@ class WorkRecord(BaseModel):
     id: int
     name: str
     type: str
+    company: int
     parent: int | None = None
     party: int | None = None
+    status: int | None = None
+    progress: float | None = None
     product: int | None = None
     list_price: Decimal | None = None
     comment: str | None = None
@@ -84,6 +122,7 @@ class InvoiceRecord(BaseModel):
     state: str
     number: str | None = None
     party: int
+    company: int
     currency: int
     invoice_date: date | None = None
     untaxed_amount: Decimal

@@ -174,3 +174,22 @@ def test_typed_values_round_trip() -> None:
     assert wire["day"] == {"__class__": "date", "year": 2026, "month": 11, "day": 21}
     assert wire["spent"] == {"__class__": "timedelta", "seconds": 10800.0}
     assert decode(json.loads(json.dumps(wire))) == value
+
+
+async def test_a_company_view_runs_calls_in_that_company_on_the_same_session() -> None:
+    fake = FakeTryton(lambda body: _rpc([]))
+    async with _client(fake) as client:
+        uk = client.for_company(3)
+        await uk.search("party.party", [])
+        await client.search("party.party", [])
+        fake.logins += 1  # the server forgot the session: the view logs in again...
+        await uk.search("party.party", [])
+        await client.search("party.party", [])  # ...and the client uses that login
+        await uk.aclose()  # a view closes nothing
+        await client.search("party.party", [])
+    assert fake.logins == 3
+    contexts = [call["params"][-1] for call in fake.calls]
+    in_uk = {**PREFERENCES, "company": 3, "companies": [3], "employee": None}
+    assert contexts == [in_uk, PREFERENCES, in_uk, PREFERENCES, PREFERENCES]
+    assert uk.company_id == 3
+    assert client.company_id == 1

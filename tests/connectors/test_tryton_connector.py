@@ -28,7 +28,13 @@ from connectors.errors import AuthFailed, ValidationFailed
 from connectors.tryton import TrytonClient, TrytonErp, TrytonPsa
 from tests.fixtures.tryton import TrytonServer
 
-NORTHWIND = LegalEntity(code="NW-US", name="Northwind Consulting", country="US", currency="USD")
+NORTHWIND = LegalEntity(
+    code="NW-US",
+    name="Northwind Consulting Inc.",
+    country="US",
+    currency="USD",
+    tax_regime="US-SALES-TAX",
+)
 
 
 @pytest.fixture
@@ -92,7 +98,7 @@ def _entries(project_id: int, tasks: dict[str, int], day: date) -> list[TimeEntr
     spec = [
         ("te-1", "Discovery", "Ada Lovelace", "Consultant", "3"),
         ("te-2", "Discovery", "Grace Hopper", "Consultant", "2.5"),
-        ("te-3", "Architecture", "Alan Turing", "Solution Architect", "4"),
+        ("te-3", "Architecture", "Grace Hopper", "Solution Architect", "4"),
     ]
     return [
         TimeEntry(
@@ -178,8 +184,8 @@ async def test_customer_project_time_and_posted_invoice_land_in_tryton(
     entries = await psa.list_time_entries(ref_project.project_id)
     assert sorted((e.employee, e.hours, e.billed) for e in entries) == [
         ("Ada Lovelace", Decimal("3"), True),
-        ("Alan Turing", Decimal("4"), True),
         ("Grace Hopper", Decimal("2.5"), True),
+        ("Grace Hopper", Decimal("4"), True),
     ]
 
     # The invoice: posted, numbered, total = hours x rate.
@@ -188,7 +194,7 @@ async def test_customer_project_time_and_posted_invoice_land_in_tryton(
         "account.invoice", [invoice_id], ["state", "number", "total_amount", "party"]
     )
     assert invoice["state"] == "posted"
-    assert invoice["number"].startswith(f"INV{today.year}-")
+    assert invoice["number"].startswith(f"NW-US-INV{today.year}-")
     assert invoice["total_amount"] == expected
     assert invoice["party"] == party_id
     assert posted.status is InvoiceStatus.OPEN
@@ -360,8 +366,16 @@ async def test_bad_password_is_auth_failed(tryton: TrytonServer) -> None:
 
 
 async def test_employees_are_listed(client: TrytonClient, tryton: TrytonServer) -> None:
-    employees = await TrytonPsa(client).list_employees()
-    assert {e.name: e.id for e in employees} == tryton.bootstrap.employee_ids
+    psa = TrytonPsa(client)
+    employees = await psa.list_employees()
+    assert {(e.legal_entity_code, e.name): e.id for e in employees} == {
+        (code, name): employee_id
+        for code, company in tryton.bootstrap.companies.items()
+        for name, employee_id in company.employee_ids.items()
+    }
+    uk = await psa.list_employees("NW-UK")
+    assert sorted(e.name for e in uk) == ["Alan Turing", "Karen Sparck Jones"]
+    assert {e.company_id for e in uk} == {tryton.bootstrap.company_ids["NW-UK"]}
 
 
 async def test_bootstrap_again_reuses_everything(tryton: TrytonServer) -> None:

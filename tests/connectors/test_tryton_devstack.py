@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def test_restored_snapshot_is_bootstrapped_and_not_recreated(
     with sqlite3.connect(db) as conn:
         (companies,) = conn.execute("SELECT count(*) FROM company_company").fetchone()
     conn.close()
-    assert companies == 1
+    assert companies == len(devtryton.load_legal_entities()) == 5
 
 
 async def test_ensure_bootstrapped_trusts_the_marker(
@@ -54,3 +55,32 @@ async def test_ensure_bootstrapped_trusts_the_marker(
         tryton.folder, "http://127.0.0.1:9", database=DATABASE, admin_password="unused"
     )
     assert result == tryton.bootstrap
+
+
+def test_legal_entities_come_from_the_settings_file() -> None:
+    entities = devtryton.load_legal_entities()
+    assert {code: e.currency for code, e in entities.items()} == {
+        "NW-US": "USD",
+        "NW-CA": "CAD",
+        "NW-UK": "GBP",
+        "NW-DE": "EUR",
+        "NW-AU": "AUD",
+    }
+    assert entities["NW-UK"].name == "Northwind Consulting Ltd"
+    assert entities["NW-UK"].country == "GB"
+
+
+async def test_a_marker_of_an_older_shape_runs_the_bootstrap_again(
+    tryton: TrytonServer, tmp_path: Path
+) -> None:
+    # A dev stack set up before legal entities: one company, its marker of that time.
+    folder = tmp_path / "stack"
+    folder.mkdir()
+    devtryton.database_path(folder, DATABASE).touch()
+    old = {"company_id": 1, "company_party_id": 1, "employee_ids": {"Ada Lovelace": 1}}
+    devtryton.marker_path(folder, DATABASE).write_text(json.dumps(old))
+    result = await devtryton.ensure_bootstrapped(
+        folder, tryton.url, database=DATABASE, admin_password=tryton.password
+    )
+    assert result == tryton.bootstrap
+    assert devtryton.read_bootstrap(folder, DATABASE) == tryton.bootstrap

@@ -1,0 +1,102 @@
+"""Canonical <-> Tryton mapping that needs no server."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import pytest
+
+from canonical import BillingType, LegalEntity, Money, Project
+from connectors.errors import ValidationFailed
+from connectors.tryton import mapping
+
+
+@pytest.mark.parametrize(
+    ("identifier", "tax_id"),
+    [
+        ({"type": "gb_vat", "code": "980 7806 84", "code_compact": "980780684"}, "GB980780684"),
+        ({"type": "eu_vat", "code": "DE136695976", "code_compact": "DE136695976"}, "DE136695976"),
+        ({"type": "us_ein", "code": "04-2103594", "code_compact": "042103594"}, "04-2103594"),
+        ({"type": None, "code": "12345", "code_compact": "12345"}, "12345"),
+        (None, None),
+    ],
+)
+def test_tax_ids_read_back_the_way_invoices_write_them(
+    identifier: dict[str, Any] | None, tax_id: str | None
+) -> None:
+    assert mapping.tax_id_from_identifier(identifier) == tax_id
+
+
+def test_project_comment_carries_key_budget_and_opportunity() -> None:
+    project = Project(
+        id="prj-1",
+        name="Rollout",
+        customer_id="acct-1",
+        legal_entity_code="NW-UK",
+        currency="GBP",
+        budget=Money.of("120000", "GBP"),
+        billing_type=BillingType.TIME_AND_MATERIALS,
+        start_date=date(2026, 11, 2),
+        opportunity_id="006ABC",
+    )
+    comment = mapping.project_comment(project, "otp:sf:006ABC:create_project")
+    assert comment.splitlines() == [
+        "q2c-key: otp:sf:006ABC:create_project",
+        "q2c-project: prj-1",
+        "q2c-budget: 120000.00 GBP",
+        "q2c-opportunity: 006ABC",
+    ]
+    budget = mapping.label_value(comment, mapping.BUDGET_LABEL)
+    assert budget is not None and mapping.parse_money(budget) == Money.of("120000", "GBP")
+    # Nothing is rounded away: a budget finer than the minor unit is kept as given.
+    assert mapping.format_money(Money.of("10.005", "GBP")) == "10.005 GBP"
+
+
+def _address(**values: Any) -> dict[str, Any]:
+    row = {"id": 1, "street": "1 Dock Road", "city": "London", "postal_code": "E14 5AB"}
+    row |= {"country.": {"code": "GB"}, "invoice": False, "sequence": 1}
+    return row | values
+
+
+def test_customer_puts_the_invoice_address_first_and_skips_bad_emails() -> None:
+    uk = LegalEntity(code="NW-UK", name="Northwind Consulting Ltd", country="GB", currency="GBP")
+    customer = mapping.to_customer(
+        party_id=7,
+        name="Globex",
+        legal_entity=uk,
+        currency="GBP",
+        addresses=[
+            _address(id=1, sequence=1),
+            _address(id=2, street="Unit 4\nTrafford Park", city="Manchester", invoice=True),
+        ],
+        tax_id=None,
+        net_days=30,
+        mechanisms=[
+            {"id": 1, "type": "email", "value": "not an email", "name": None, "invoice": True},
+            {"id": 2, "type": "phone", "value": "+44 20 7946 0000", "name": None},
+            {"id": 3, "type": "email", "value": "ap@globex.example", "name": None, "invoice": 1},
+        ],
+        external_ref=None,
+    )
+    assert [(a.street, a.street2, a.city) for a in customer.addresses] == [
+        ("Unit 4", "Trafford Park", "Manchester"),
+        ("1 Dock Road", None, "London"),
+    ]
+    assert [(c.name, c.email, c.role) for c in customer.contacts] == [
+        ("Globex", "ap@globex.example", "billing")
+    ]
+    assert customer.id == "tryton-party:7"
+    with pytest.raises(ValidationFailed) as caught:
+        mapping.to_customer(
+            party_id=7,
+            name="Globex",
+            legal_entity=uk,
+            currency="GBP",
+            addresses=[_address(**{"country.": None})],
+            tax_id=None,
+            net_days=30,
+            mechanisms=[],
+            external_ref="sf:001",
+        )
+    assert caught.value.field == "addresses"
