@@ -208,6 +208,7 @@ async def _start(state: ServiceState, event: ClosedWonEvent) -> StartedRun:
                 crm=SOURCE,
                 trigger=f"salesforce-event:{event.event_id}",
                 summary=f"Salesforce opportunity {opportunity_id} ({event.sobject.name})",
+                refetch=True,  # a fresh CRM change: a run waiting for corrections looks again
             ),
             timeout=START_TIMEOUT_S,
         )

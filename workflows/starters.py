@@ -21,7 +21,9 @@ from temporalio.common import (
 from settings import Settings
 from workflows import search_attributes as attrs
 from workflows.opportunity_to_project import (
+    DATA_CORRECTED,
     LIFECYCLE,
+    DataCorrected,
     OpportunityToProjectInput,
     Step,
     workflow_id,
@@ -50,9 +52,13 @@ async def start_opportunity_run(
     trigger: str,
     summary: str | None = None,
     rpc_timeout: timedelta | None = None,
+    refetch: bool = False,
 ) -> StartedRun:
     """Start the deal's opportunity-to-project run, or attach to the one already running.
 
+    With `refetch` (a fresh change in the CRM), a run already waiting for corrected data is
+    told to fetch the deal again: signal-with-start delivers `data_corrected` to the running
+    run, or to the new one before its first step (where it changes nothing).
     The caller checks the opportunity id's format first: it becomes part of the workflow id.
     """
     handle = await client.start_workflow(
@@ -74,6 +80,8 @@ async def start_opportunity_run(
         ),
         static_summary=summary or f"{_CRM_NAMES.get(crm, crm)} opportunity {opportunity_id}",
         rpc_timeout=rpc_timeout,
+        start_signal=DATA_CORRECTED if refetch else None,
+        start_signal_args=[DataCorrected(corrected_by=crm, note=trigger)] if refetch else [],
     )
     return StartedRun(workflow_id=handle.id, run_id=handle.result_run_id, started=_started(handle))
 

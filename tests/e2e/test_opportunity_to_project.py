@@ -349,3 +349,44 @@ async def test_a_deal_that_re_enters_closed_won_updates_what_exists(
     assert len(await downstream.billing_customers(deal.account_id)) == 1
     [party] = await downstream.erp_customers(deal.account_id)
     assert (await downstream.erp.get_customer(party)).name == "Initech UK Holdings"
+
+
+async def test_a_fresh_crm_change_wakes_a_run_waiting_for_corrections(
+    temporal_env: WorkflowEnvironment,
+    e2e_settings: Settings,
+    crm: SalesforceClient,
+    salesforce_standin: SalesforceStandin,
+) -> None:
+    deal = await seed_deal(crm, uk_deal(tax_id=None))
+    await close_won(crm, deal.opportunity_id)
+    wid = workflow_id("salesforce", deal.opportunity_id)
+
+    async def deliver(delivery) -> None:
+        answer = await service.post(
+            "/webhooks/salesforce",
+            content=delivery.body,
+            headers={
+                "content-type": "application/json",
+                "x-salesforce-signature": delivery.signature,
+            },
+        )
+        assert answer.status_code == 202 and answer.json()["workflow_id"] == wid
+
+    async with running_service(e2e_settings) as service:
+        [first] = salesforce_standin.wait_for_webhooks(for_opportunity(deal.opportunity_id))
+        await deliver(first)
+        handle = temporal_env.client.get_workflow_handle_for(OpportunityToProjectWorkflow.run, wid)
+        await wait_for_step(handle, Step.AWAITING_CORRECTION)
+
+        # Sales fixes the account and wins the deal again: the CRM's new event wakes the run.
+        await crm.update("Account", deal.account_id, {"Tax_Id__c": "GB980780684"})
+        await crm.update("Opportunity", deal.opportunity_id, {"StageName": "Negotiation/Review"})
+        await close_won(crm, deal.opportunity_id)
+        second = salesforce_standin.wait_for_webhooks(
+            for_opportunity(deal.opportunity_id), count=2
+        )[-1]
+        assert second.json()["eventId"] != first.json()["eventId"]
+        await deliver(second)
+        result: OpportunityToProjectResult = await handle.result()
+
+    assert result.status == Step.COMPLETED

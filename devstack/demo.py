@@ -1,0 +1,207 @@
+"""The demo scenario: three deals closed in the CRM stand-in, as a firm would see them.
+
+1. A clean UK deal: provisioned within seconds of Closed Won.
+2. A large US deal: waits for finance, and is approved from the `q2c` CLI.
+3. A German deal without the customer's VAT number: waits, is corrected in the CRM, and
+   completes after `q2c signal data-corrected`.
+
+Each deal reaches q2c the way it would in production: Salesforce's Closed Won webhook to the
+q2c service. The scenario is idempotent: run it again and it reports the same runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError
+
+from connectors.salesforce import SalesforceClient
+from connectors.stripe import StripeBilling
+from connectors.tryton import TrytonClient, TrytonPsa
+from devstack.salesforce_seed import DealLine, DealSpec, SeededDeal, close_won, seed_deal
+from settings import Settings
+from workflows.client import connect
+from workflows.opportunity_to_project import (
+    STATUS,
+    DealStatus,
+    Step,
+    workflow_id,
+)
+
+STEP_WAIT_S = 90
+Say = Callable[[str], None]
+
+CLEAN = DealSpec(
+    key="demo-initech-uk",
+    account_name="Initech UK Ltd",
+    street="10 Finsbury Square",
+    city="London",
+    postal_code="EC2A 1AF",
+    country="GB",
+    tax_id="GB980780684",
+    deal_name="Initech finance transformation",
+    currency="GBP",
+    lines=[
+        DealLine(
+            product="Solution Architecture", quantity=Decimal("80"), unit_price=Decimal("210")
+        ),
+        DealLine(product="Development", quantity=Decimal("320"), unit_price=Decimal("160")),
+        DealLine(product="Project Management", quantity=Decimal("60"), unit_price=Decimal("140")),
+    ],
+    contact_email="ap@initech.example",
+    po_number="PO-44120",
+)
+RISKY = DealSpec(
+    key="demo-globex-us",
+    account_name="Globex Corporation",
+    street="1 Globex Way",
+    city="Cypress Creek",
+    postal_code="97201",
+    country="US",
+    deal_name="Globex ERP program (multi-year)",
+    currency="USD",
+    lines=[
+        DealLine(product="Development", quantity=Decimal("1500"), unit_price=Decimal("175")),
+        DealLine(product="Project Management", quantity=Decimal("400"), unit_price=Decimal("150")),
+        DealLine(product="Training", quantity=Decimal("1"), unit_price=Decimal("18000")),
+    ],
+    payment_terms="Net 45",
+    contact_email="payables@globex.example",
+)
+BAD = DealSpec(
+    key="demo-hooli-de",
+    account_name="Hooli Deutschland GmbH",
+    street="Friedrichstrasse 68",
+    city="Berlin",
+    postal_code="10117",
+    country="DE",
+    tax_id=None,  # the VAT id is missing: EU-VAT customers need one
+    deal_name="Hooli data platform migration",
+    currency="EUR",
+    lines=[
+        DealLine(product="Data Migration", quantity=Decimal("200"), unit_price=Decimal("150")),
+        DealLine(product="Consulting", quantity=Decimal("40"), unit_price=Decimal("180")),
+    ],
+    contact_email="kreditoren@hooli.example",
+)
+CORRECT_VAT_ID = "DE136695976"
+
+
+@dataclass
+class Demo:
+    settings: Settings
+    say: Say
+    temporal: Client
+    crm: SalesforceClient
+
+    def q2c(self, *args: str) -> None:
+        """Run a `q2c` command as a person would, showing it first."""
+        command = [str(Path(sys.executable).parent / "q2c"), *args]
+        self.say(f"  $ q2c {shlex.join(args)}")
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        for line in (done.stdout + done.stderr).strip().splitlines():
+            self.say(f"    {line}")
+        if done.returncode != 0:
+            raise RuntimeError(f"q2c {args[0]} failed (exit {done.returncode})")
+
+    async def status(self, wid: str) -> DealStatus | None:
+        try:
+            result: DealStatus = await self.temporal.get_workflow_handle(wid).query(
+                STATUS, result_type=DealStatus
+            )
+            return result
+        except RPCError:
+            return None
+
+    async def wait_for(self, wid: str, *steps: Step) -> DealStatus:
+        async with asyncio.timeout(STEP_WAIT_S):
+            while True:
+                status = await self.status(wid)
+                if status is not None and status.step in steps:
+                    return status
+                await asyncio.sleep(0.3)
+
+    async def close(self, spec: DealSpec) -> tuple[SeededDeal, str]:
+        deal = await seed_deal(self.crm, spec)
+        await close_won(self.crm, deal.opportunity_id)
+        self.say(f"• {spec.account_name}: '{spec.deal_name}' closed won ({deal.opportunity_id})")
+        return deal, workflow_id("salesforce", deal.opportunity_id)
+
+
+async def run_demo(settings: Settings, say: Say) -> None:
+    approver = settings.finance_approvers[0]
+    temporal = await connect(settings)
+    async with SalesforceClient(
+        settings.salesforce_base_url,
+        settings.salesforce_client_id,
+        settings.salesforce_client_secret,
+    ) as crm:
+        demo = Demo(settings, say, temporal, crm)
+        say("Closing three deals in the Salesforce stand-in; its webhooks start the runs.\n")
+        clean, clean_id = await demo.close(CLEAN)
+        risky, risky_id = await demo.close(RISKY)
+        bad, bad_id = await demo.close(BAD)
+
+        say("\nThe Globex deal is over the approval threshold; finance approves it:")
+        status = await demo.wait_for(risky_id, Step.AWAITING_APPROVAL, Step.COMPLETED)
+        if status.step == Step.AWAITING_APPROVAL:
+            assert status.pending_approval is not None
+            say(f"  waiting because: {'; '.join(status.pending_approval.reasons)}")
+            demo.q2c("approve", risky_id, "--approver", approver, "--reason", "Margin reviewed")
+        else:
+            say("  (approved in an earlier demo run)")
+
+        say("\nThe Hooli deal lacks the customer's VAT id; it is fixed in the CRM:")
+        status = await demo.wait_for(bad_id, Step.AWAITING_CORRECTION, Step.COMPLETED)
+        if status.step == Step.AWAITING_CORRECTION:
+            say(f"  waiting because: {'; '.join(status.validation_issues)}")
+            await crm.update("Account", bad.account_id, {"Tax_Id__c": CORRECT_VAT_ID})
+            say(f"  Account.Tax_Id__c set to {CORRECT_VAT_ID} in Salesforce")
+            demo.q2c("signal", "data-corrected", bad_id, "--note", "VAT id added")
+        else:
+            say("  (corrected in an earlier demo run)")
+
+        say("\nResults:")
+        for deal, wid in ((clean, clean_id), (risky, risky_id), (bad, bad_id)):
+            await report(demo, deal, wid)
+
+
+async def report(demo: Demo, deal: SeededDeal, wid: str) -> None:
+    settings, say = demo.settings, demo.say
+    status = await demo.wait_for(wid, Step.COMPLETED, Step.FAILED, Step.REJECTED, Step.EXPIRED)
+    description = await demo.temporal.get_workflow_handle(wid).describe()
+    state = description.status.name if description.status else "?"
+    if description.status == WorkflowExecutionStatus.COMPLETED:
+        state = "completed"
+    say(f"\n  {status.customer_name} ({deal.opportunity_id}): {status.step} [{state}]")
+    say(f"    Temporal Web UI : {settings.run_link(wid)}")
+    project_id = status.ids.get("psa_project")
+    if project_id:
+        async with TrytonClient(
+            settings.tryton_base_url,
+            settings.tryton_database,
+            settings.tryton_user,
+            settings.tryton_password,
+        ) as tryton:
+            project = await TrytonPsa(tryton).get_project(int(project_id))
+        tasks = ", ".join(f"{t.name} @ {t.rate.amount} {t.rate.currency}/h" for t in project.tasks)
+        say(
+            f"    Tryton project  : #{project.id} '{project.name}' in {project.legal_entity_code}"
+            f" ({project.currency}), budget {project.budget.amount if project.budget else '-'}"
+        )
+        say(f"    Tryton tasks    : {tasks}")
+    customer_id = status.ids.get("billing_customer")
+    if customer_id:
+        async with StripeBilling(
+            settings.stripe_api_key.get_secret_value(), base_url=settings.stripe_base_url
+        ) as stripe:
+            customer = await stripe.get_customer(customer_id)
+        say(f"    Stripe customer : {customer.id} '{customer.name}'")
