@@ -14,9 +14,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## The main job: install into .venv and bring the whole dev stack up in the background.
+## The main job: install into .venv, bring the whole dev stack up in the background, and run
+## the demo scenario on it.
 demo: install
 	$(BIN)/q2c dev up
+	$(BIN)/q2c demo
 
 down:
 	$(BIN)/q2c dev down

@@ -167,6 +167,19 @@ def store_migrate() -> None:
     console.print(f"store migrated: {settings.store_url.split('@')[-1]}", highlight=False)
 
 
+@app.command("demo")
+@friendly_errors
+def run_demo(state_dir: StateDir = None) -> None:
+    """Run the demo scenario on a running dev stack (`q2c dev up` first)."""
+    from devstack.demo import run_demo as scenario
+
+    stack = load_stack(state_dir)
+    unhealthy = [s.name for s in stack.status() if not s.healthy]
+    if unhealthy:
+        raise CliError(f"the dev stack is not up ({', '.join(unhealthy)}): run `q2c dev up`")
+    asyncio.run(scenario(stack.settings, lambda line: console.print(line, highlight=False)))
+
+
 def main() -> None:
     app()
 

@@ -30,7 +30,7 @@ from settings import SECRETS_FILE_NAME, Settings, load_settings
 from workflows.search_attributes import server_flags
 
 STACK_FILE = "stack.json"
-#: The first Tryton start creates and bootstraps its database (~40 s); later ones ~3 s.
+#: The first Tryton start creates and bootstraps its database (~25 s); later ones ~3 s.
 TRYTON_START_TIMEOUT_S = 300.0
 START_TIMEOUT_S = 90.0
 
@@ -165,6 +165,7 @@ class Stack:
                     s.tryton_base_url,
                     database=s.tryton_database,
                     admin_password=tryton_password,
+                    legal_entities=s.legal_entities_file,
                 )
             )
 
