@@ -177,7 +177,9 @@ def run_demo(state_dir: StateDir = None) -> None:
     unhealthy = [s.name for s in stack.status() if not s.healthy]
     if unhealthy:
         raise CliError(f"the dev stack is not up ({', '.join(unhealthy)}): run `q2c dev up`")
-    asyncio.run(scenario(stack.settings, lambda line: console.print(line, highlight=False)))
+    asyncio.run(
+        scenario(stack.settings, lambda line: console.print(line, highlight=False, soft_wrap=True))
+    )
 
 
 def main() -> None:
