@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from connectors.errors import ConnectorError
 from devstack.process import PartFailed
 from devstack.stack import Stack, load_stack
 
@@ -53,7 +54,7 @@ def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
-        except (CliError, PartFailed) as exc:
+        except (CliError, PartFailed, ConnectorError) as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:

@@ -11,6 +11,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
+from connectors.errors import NotFound
 from connectors.salesforce import SalesforceClient
 
 EXTERNAL_ID = "Q2C_External_Id__c"
@@ -96,9 +97,8 @@ async def seed_deal(sf: SalesforceClient, spec: DealSpec) -> SeededDeal:
     ).id
     products = await ensure_products(sf, {line.product for line in spec.lines})
     for n, line in enumerate(spec.lines):
+        line_key = f"{spec.key}:line:{n}"
         fields: dict[str, Any] = {
-            "OpportunityId": opportunity_id,
-            "Product2Id": products[line.product],
             "Quantity": line.quantity,  # Decimals go out as exact JSON numbers
             "UnitPrice": line.unit_price,
         }
@@ -106,8 +106,19 @@ async def seed_deal(sf: SalesforceClient, spec: DealSpec) -> SeededDeal:
             fields["Discount"] = line.discount_percent
         if line.role is not None:
             fields["Role__c"] = line.role
-        await sf.upsert("OpportunityLineItem", EXTERNAL_ID, f"{spec.key}:line:{n}", fields)
+        if not await _exists(sf, "OpportunityLineItem", line_key):
+            # The parent and the product can be set on create only, as in Salesforce.
+            fields |= {"OpportunityId": opportunity_id, "Product2Id": products[line.product]}
+        await sf.upsert("OpportunityLineItem", EXTERNAL_ID, line_key, fields)
     return SeededDeal(account_id=account_id, opportunity_id=opportunity_id)
+
+
+async def _exists(sf: SalesforceClient, sobject: str, key: str) -> bool:
+    try:
+        await sf.get_by_external_id(sobject, EXTERNAL_ID, key, fields=["Id"])
+    except NotFound:
+        return False
+    return True
 
 
 async def close_won(sf: SalesforceClient, opportunity_id: str) -> None:
