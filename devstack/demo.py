@@ -192,7 +192,12 @@ async def report(demo: Demo, deal: SeededDeal, wid: str) -> None:
             settings.tryton_password,
         ) as tryton:
             project = await TrytonPsa(tryton).get_project(int(project_id))
-        tasks = ", ".join(f"{t.name} @ {t.rate.amount} {t.rate.currency}/h" for t in project.tasks)
+        tasks = ", ".join(
+            f"{t.name} @ {t.rate.rounded().amount} {t.rate.currency}/h"
+            if t.planned_hours
+            else f"{t.name} (fixed fee)"
+            for t in project.tasks
+        )
         say(
             f"    Tryton project  : #{project.id} '{project.name}' in {project.legal_entity_code}"
             f" ({project.currency}), budget {project.budget.amount if project.budget else '-'}"
