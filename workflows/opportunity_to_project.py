@@ -288,6 +288,7 @@ class OpportunityToProjectWorkflow:
             f"{plan.project.currency}) and billing account {billing.billing_customer_id} ready"
         )
         await self._write_back(Step.WRITE_BACK, CRM_STATUS[Step.COMPLETED], message)
+        await self._audit(Step.WRITE_BACK, "updated", system="crm", detail={"message": message})
         self._set_step(Step.COMPLETED)
         await self._audit(Step.COMPLETED, "completed", detail=dict(self._ids))
         return OpportunityToProjectResult(
