@@ -424,6 +424,14 @@ class OpportunityToProjectWorkflow:
             else "Finance approval expired; nothing was created"
         )
         await self._write_back(step, CRM_STATUS[step], message)
+        if decision is None:
+            await self._record_exception(
+                "approval-expired",
+                kind="approval_expired",
+                message=f"Opportunity {self._request.opportunity_id} ({self._customer_name}): "
+                "finance did not decide in time; win the deal again to ask anew",
+                step=Step.AWAITING_APPROVAL,
+            )
         self._set_step(step)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return OpportunityToProjectResult(status=step, ids=dict(self._ids), message=message)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
@@ -14,7 +16,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from connectors.salesforce import SalesforceClient
-from devstack.salesforce_seed import DealLine, DealSpec, SeededDeal, close_won, seed_deal
+from devstack.demo import CLEAN, RISKY
+from devstack.salesforce_seed import DealSpec, SeededDeal, close_won, seed_deal
 from settings import Settings
 from store import Store
 from tests.e2e.conftest import APPROVER, Downstream
@@ -42,52 +45,16 @@ pytestmark = pytest.mark.usefixtures("e2e_worker")
 STEP_WAIT_S = 30
 
 
-def uk_deal(**overrides: object) -> DealSpec:
+def uk_deal(**overrides: Any) -> DealSpec:
+    """The demo's clean UK deal, as a fresh account and opportunity."""
     key = f"e2e-{uuid.uuid4().hex[:10]}"
-    spec = DealSpec(
-        key=key,
-        account_name=f"Initech UK {key[-4:]}",
-        street="10 Finsbury Square",
-        city="London",
-        postal_code="EC2A 1AF",
-        country="GB",
-        tax_id="GB980780684",
-        deal_name="Initech finance transformation",
-        currency="GBP",
-        lines=[
-            DealLine(
-                product="Solution Architecture", quantity=Decimal("80"), unit_price=Decimal("210")
-            ),
-            DealLine(product="Development", quantity=Decimal("320"), unit_price=Decimal("160")),
-            DealLine(
-                product="Project Management", quantity=Decimal("60"), unit_price=Decimal("140")
-            ),
-        ],
-        payment_terms="Net 30",
-        contact_email="ap@initech.example",
-    )
-    return DealSpec(**{**spec.__dict__, **overrides})
+    return replace(CLEAN, key=key, account_name=f"Initech UK {key[-4:]}", **overrides)
 
 
 def us_big_deal() -> DealSpec:
-    """Over the 250,000 USD threshold: finance must approve."""
+    """The demo's deal over the 250,000 USD threshold (and on longer terms): finance decides."""
     key = f"e2e-{uuid.uuid4().hex[:10]}"
-    return DealSpec(
-        key=key,
-        account_name=f"Globex Corporation {key[-4:]}",
-        street="1 Globex Way",
-        city="Cypress Creek",
-        postal_code="97201",
-        country="US",
-        deal_name="Globex ERP program",
-        currency="USD",
-        lines=[
-            DealLine(product="Development", quantity=Decimal("1500"), unit_price=Decimal("175")),
-            DealLine(
-                product="Project Management", quantity=Decimal("400"), unit_price=Decimal("150")
-            ),
-        ],
-    )
+    return replace(RISKY, key=key, account_name=f"Globex Corporation {key[-4:]}")
 
 
 async def start(client: Client, settings: Settings, deal: SeededDeal):
@@ -207,7 +174,8 @@ async def test_risky_deal_waits_for_finance_and_a_listed_approver_releases_it(
     status = await wait_for_step(handle, Step.AWAITING_APPROVAL)
     assert status.pending_approval is not None
     assert status.pending_approval.reasons == [
-        "amount 322,500.00 USD exceeds the approval threshold 250,000.00 USD"
+        "amount 340,500.00 USD exceeds the approval threshold 250,000.00 USD",
+        "payment terms net 45 days exceed the standard 30 days",
     ]
     assert (await crm.get("Opportunity", deal.opportunity_id))[
         "Q2C_Status__c"

@@ -254,6 +254,7 @@ async def test_unanswered_approval_reminds_then_expires(
     assert len(reminders) == 2  # at 4 h and 8 h; expired at 10 h
     assert "reminder 2" in reminders[1].message
     assert systems.statuses() == ["awaiting_approval", "approval_expired"]
+    assert systems.called("record_exception")[-1].kind == "approval_expired"
     assert not systems.called("upsert_customer")
 
 
