@@ -1,6 +1,6 @@
 """q2c's own database: cross-reference ids, the audit trail, exceptions."""
 
-from store.models import AuditEntry, CrossReference, ExceptionRecord
+from store.models import AuditEntry, CrossReference, ExceptionRecord, InboundEvent, InvoiceDraft
 from store.repository import CrossReferenceConflict, Store, create_engine
 
 __all__ = [
@@ -8,6 +8,8 @@ __all__ = [
     "CrossReference",
     "CrossReferenceConflict",
     "ExceptionRecord",
+    "InboundEvent",
+    "InvoiceDraft",
     "Store",
     "create_engine",
 ]

@@ -115,3 +115,30 @@ class InboundEvent(SQLModel, table=True):
     run_id: str | None = Field(default=None, max_length=64)
     correlation_id: str | None = Field(default=None, max_length=255, index=True)
     received_at: datetime = _at()
+
+
+class InvoiceDraft(SQLModel, table=True):
+    """A time-to-invoice run's draft: the rated period with every entry it bills.
+
+    Kept here, not in the run's history: a period of 20,000 time entries is megabytes, and
+    a workflow payload may not exceed 2 MB. The run holds the id and a small summary.
+    """
+
+    __tablename__ = "invoice_draft"
+
+    id: str = Field(primary_key=True, max_length=255)  # "<workflow id>/<run id>"
+    workflow_id: str = Field(max_length=255, index=True)
+    project_id: str = Field(max_length=64, index=True)
+    period: str = Field(max_length=7)
+    status: str = Field(default="draft", max_length=16)
+    currency: str = Field(max_length=3)
+    #: `canonical.RatedPeriod` as JSON: lines, the entry ids billed, rejections, overage.
+    rated: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON, nullable=False)
+    #: Finance's adjustments (`InvoiceAdjustment` as JSON), in the order they came.
+    adjustments: list[Any] = Field(default_factory=list, sa_type=sa.JSON, nullable=False)
+    billing_invoice_id: str | None = Field(default=None, max_length=255)
+    invoice_number: str | None = Field(default=None, max_length=255)
+    erp_invoice_id: str | None = Field(default=None, max_length=64)
+    erp_line_ids: list[Any] = Field(default_factory=list, sa_type=sa.JSON, nullable=False)
+    created_at: datetime = _at()
+    updated_at: datetime = _at()

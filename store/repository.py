@@ -13,7 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from store.models import AuditEntry, CrossReference, ExceptionRecord, InboundEvent, utcnow
+from store.models import (
+    AuditEntry,
+    CrossReference,
+    ExceptionRecord,
+    InboundEvent,
+    InvoiceDraft,
+    utcnow,
+)
 
 RowT = TypeVar("RowT", CrossReference, AuditEntry, ExceptionRecord, InboundEvent)
 
@@ -301,6 +308,37 @@ class Store:
                 if conflict is not None:
                     raise conflict() from None
                 raise
+            await session.refresh(row)
+            return row
+
+    # Invoice drafts ------------------------------------------------------------------
+
+    async def save_draft(self, draft: InvoiceDraft) -> InvoiceDraft:
+        """Write the draft whole: a retried drafting activity replaces what it wrote before."""
+        async with self._sessions() as session:
+            existing = await session.get(InvoiceDraft, draft.id)
+            if existing is not None:
+                await session.delete(existing)
+                await session.flush()
+            session.add(draft)
+            await session.commit()
+            await session.refresh(draft)
+            return draft
+
+    async def draft(self, draft_id: str) -> InvoiceDraft | None:
+        async with self._sessions() as session:
+            return await session.get(InvoiceDraft, draft_id)
+
+    async def update_draft(self, draft_id: str, **changes: Any) -> InvoiceDraft:
+        async with self._sessions() as session:
+            row = await session.get(InvoiceDraft, draft_id)
+            if row is None:
+                raise LookupError(f"no invoice draft {draft_id!r}")
+            for name, value in changes.items():
+                setattr(row, name, value)
+            row.updated_at = utcnow()
+            session.add(row)
+            await session.commit()
             await session.refresh(row)
             return row
 
