@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import date
+from decimal import Decimal
+
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities._base import ActivityModel
 from activities.errors import translate_connector_errors
-from activities.ports import BillingPort
+from activities.invoicing import stored_invoice
+from activities.ports import BillingPort, InvoiceBillingPort
 from canonical import Customer
 from store import Store
 
@@ -69,4 +74,99 @@ class BillingActivities:
         )
         await self.billing.set_customer_status(
             request.billing_customer_id, INACTIVE, idempotency_key=request.idempotency_key
+        )
+
+
+class CreateBillingInvoiceInput(ActivityModel):
+    draft_id: str
+    billing_customer_id: str
+    #: What billing keeps on the invoice: its payment webhooks name the run through it.
+    metadata: dict[str, str]
+    days_until_due: int
+    idempotency_key: str
+
+
+class BillingInvoiceResult(ActivityModel):
+    billing_invoice_id: str
+
+
+class FinalizeBillingInvoiceInput(ActivityModel):
+    draft_id: str
+    billing_invoice_id: str
+    idempotency_key: str
+
+
+class FinalizedInvoice(ActivityModel):
+    billing_invoice_id: str
+    number: str
+    total: Decimal
+    currency: str
+    due_date: date | None
+
+
+class VoidBillingInvoiceInput(ActivityModel):
+    billing_invoice_id: str
+    reason: str
+    idempotency_key: str
+
+
+class InvoiceBillingActivities:
+    """Billing's side of time-to-invoice: the invoice from the approved draft."""
+
+    def __init__(self, billing: InvoiceBillingPort, store: Store) -> None:
+        self.billing = billing
+        self.store = store
+
+    @activity.defn
+    @translate_connector_errors
+    async def create_billing_invoice(
+        self, request: CreateBillingInvoiceInput
+    ) -> BillingInvoiceResult:
+        _, invoice = await stored_invoice(self.store, request.draft_id)
+        invoice_id = await self.billing.create_invoice(
+            invoice,
+            customer_id=request.billing_customer_id,
+            idempotency_key=request.idempotency_key,
+            days_until_due=request.days_until_due,
+            metadata=request.metadata,
+        )
+        await self.store.update_draft(request.draft_id, billing_invoice_id=invoice_id)
+        return BillingInvoiceResult(billing_invoice_id=invoice_id)
+
+    @activity.defn
+    @translate_connector_errors
+    async def finalize_billing_invoice(
+        self, request: FinalizeBillingInvoiceInput
+    ) -> FinalizedInvoice:
+        """Numbered and open; its total must be the draft's, or billing and q2c disagree."""
+        _, draft = await stored_invoice(self.store, request.draft_id)
+        final = await self.billing.finalize_invoice(
+            request.billing_invoice_id, idempotency_key=request.idempotency_key
+        )
+        if final.total != draft.total:
+            raise ApplicationError(
+                f"billing invoice {request.billing_invoice_id} totals {final.total.amount} "
+                f"{final.currency}, the approved draft {draft.total.amount} {draft.currency}",
+                type="TotalsDisagree",
+                non_retryable=True,
+            )
+        assert final.number is not None  # a finalized invoice is numbered
+        await self.store.update_draft(
+            request.draft_id, status="billed", invoice_number=final.number
+        )
+        return FinalizedInvoice(
+            billing_invoice_id=request.billing_invoice_id,
+            number=final.number,
+            total=final.total.amount,
+            currency=final.currency,
+            due_date=final.due_date,
+        )
+
+    @activity.defn
+    @translate_connector_errors
+    async def void_billing_invoice(self, request: VoidBillingInvoiceInput) -> None:
+        """Compensation: the customer must not be asked to pay what the ERP does not hold."""
+        activity.logger.info("voiding %s: %s", request.billing_invoice_id, request.reason)
+        await self.billing.void_invoice(
+            request.billing_invoice_id, idempotency_key=request.idempotency_key
         )

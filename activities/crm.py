@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import Decimal
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -10,7 +11,7 @@ from temporalio.exceptions import ApplicationError
 from activities._base import ActivityModel
 from activities.errors import translate_connector_errors
 from activities.ports import CrmPort
-from canonical import Account, Opportunity
+from canonical import Account, Money, Opportunity
 from connectors.errors import ValidationFailed
 
 
@@ -77,4 +78,35 @@ class CrmActivities:
             billing_customer_id=request.billing_customer_id,
             run_url=self.run_link.format(workflow_id=request.workflow_id),
             message=request.message,
+        )
+
+
+class CrmInvoiceInput(ActivityModel):
+    crm: str
+    opportunity_id: str
+    number: str
+    amount: Decimal
+    currency: str
+    status: str
+
+
+class CrmInvoiceActivities:
+    def __init__(self, crms: Mapping[str, CrmPort]) -> None:
+        self.crms = crms
+
+    @activity.defn
+    @translate_connector_errors
+    async def write_invoice_status(self, request: CrmInvoiceInput) -> None:
+        crm = self.crms.get(request.crm)
+        if crm is None:
+            raise ApplicationError(
+                f"crm: no adapter configured for {request.crm!r}",
+                type="UnknownCrm",
+                non_retryable=True,
+            )
+        await crm.write_invoice(
+            request.opportunity_id,
+            number=request.number,
+            amount=Money.of(request.amount, request.currency),
+            status=request.status,
         )

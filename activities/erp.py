@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import date
+from decimal import Decimal
+
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities._base import ActivityModel
 from activities.errors import translate_connector_errors
-from activities.ports import ErpPort
-from canonical import Customer, Entity, System, survive
+from activities.invoicing import stored_invoice
+from activities.ports import ErpPort, InvoiceErpPort
+from canonical import Customer, Entity, Money, System, survive
+from store import Store
 
 
 class UpsertCustomerInput(ActivityModel):
@@ -40,3 +46,75 @@ class ErpActivities:
             merged = survive(Entity.CUSTOMER, current, incoming, request.source)
         party_id = await self.erp.upsert_customer(merged, incoming.id)
         return UpsertCustomerResult(erp_customer_id=str(party_id), created=current is None)
+
+
+class PostErpInvoiceInput(ActivityModel):
+    draft_id: str
+    erp_customer_id: str
+    #: The billing invoice's number: the ERP invoice refers to it.
+    reference: str
+    payment_net_days: int
+    idempotency_key: str
+
+
+class ErpPosted(ActivityModel):
+    erp_invoice_id: str
+    number: str | None
+    total: Decimal
+
+
+class RecordErpPaymentInput(ActivityModel):
+    draft_id: str
+    erp_invoice_id: str
+    amount: Decimal
+    currency: str
+    paid_on: date
+    reference: str
+    idempotency_key: str
+
+
+class InvoiceErpActivities:
+    """The ERP's side of time-to-invoice: the receivable, then its payment."""
+
+    def __init__(self, erp: InvoiceErpPort, store: Store) -> None:
+        self.erp = erp
+        self.store = store
+
+    @activity.defn
+    @translate_connector_errors
+    async def post_erp_invoice(self, request: PostErpInvoiceInput) -> ErpPosted:
+        """The customer invoice with the same lines as billing's, posted; totals must agree."""
+        _, invoice = await stored_invoice(self.store, request.draft_id)
+        created = await self.erp.create_invoice(
+            invoice,
+            party_id=int(request.erp_customer_id),
+            reference=request.reference,
+            idempotency_key=request.idempotency_key,
+            payment_net_days=request.payment_net_days,
+        )
+        await self.store.update_draft(
+            request.draft_id, erp_invoice_id=str(created.id), erp_line_ids=list(created.line_ids)
+        )
+        posted = await self.erp.post_invoice(created.id)
+        if posted.total != invoice.total:
+            raise ApplicationError(
+                f"ERP invoice {created.id} totals {posted.total.amount} {posted.currency}, "
+                f"billing {invoice.total.amount} {invoice.currency}",
+                type="TotalsDisagree",
+                non_retryable=True,
+            )
+        return ErpPosted(
+            erp_invoice_id=str(created.id), number=posted.number, total=posted.total.amount
+        )
+
+    @activity.defn
+    @translate_connector_errors
+    async def record_erp_payment(self, request: RecordErpPaymentInput) -> None:
+        await self.erp.record_payment(
+            int(request.erp_invoice_id),
+            amount=Money.of(request.amount, request.currency),
+            paid_on=request.paid_on,
+            reference=request.reference,
+            idempotency_key=request.idempotency_key,
+        )
+        await self.store.update_draft(request.draft_id, status="paid")

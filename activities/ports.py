@@ -4,9 +4,10 @@ structurally; a deployment picks one per role in `worker.py`."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import date
 from typing import Protocol
 
-from canonical import Account, Customer, LegalEntity, Opportunity, Project
+from canonical import Account, Customer, Invoice, LegalEntity, Money, Opportunity, Project
 
 
 class CrmPort(Protocol):
@@ -23,6 +24,10 @@ class CrmPort(Protocol):
         billing_customer_id: str | None = None,
         run_url: str | None = None,
         message: str | None = None,
+    ) -> None: ...
+
+    async def write_invoice(
+        self, opportunity_id: str, *, number: str, amount: Money, status: str
     ) -> None: ...
 
 
@@ -60,3 +65,57 @@ class BillingPort(Protocol):
     async def set_customer_status(
         self, customer_id: str, status: str, *, idempotency_key: str
     ) -> None: ...
+
+
+class InvoiceBillingPort(Protocol):
+    async def create_invoice(
+        self,
+        invoice: Invoice,
+        *,
+        customer_id: str,
+        idempotency_key: str,
+        days_until_due: int,
+        metadata: Mapping[str, str] | None = None,
+    ) -> str: ...
+
+    async def finalize_invoice(self, invoice_id: str, *, idempotency_key: str) -> Invoice: ...
+
+    async def void_invoice(self, invoice_id: str, *, idempotency_key: str) -> Invoice: ...
+
+
+class ErpInvoiceHandle(Protocol):
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def line_ids(self) -> list[int]: ...
+
+
+class InvoiceErpPort(Protocol):
+    async def create_invoice(
+        self,
+        invoice: Invoice,
+        *,
+        party_id: int,
+        reference: str,
+        idempotency_key: str,
+        payment_net_days: int,
+    ) -> ErpInvoiceHandle: ...
+
+    async def post_invoice(self, invoice_id: int) -> Invoice: ...
+
+    async def record_payment(
+        self,
+        invoice_id: int,
+        *,
+        amount: Money,
+        paid_on: date,
+        reference: str,
+        idempotency_key: str,
+    ) -> None: ...
+
+
+class TimeBillingPort(Protocol):
+    async def mark_time_billed(self, links: dict[int, int]) -> None: ...
+
+    async def unmark_time_billed(self, line_ids: list[int]) -> None: ...

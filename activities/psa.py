@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities._base import ActivityModel
 from activities.errors import translate_connector_errors
-from activities.ports import PsaPort
-from canonical import Project
+from activities.invoicing import stored_invoice
+from activities.ports import PsaPort, TimeBillingPort
+from canonical import Project, RatedPeriod
+from store import Store
+
+#: Time entries marked (or unmarked) per PSA request; each batch is heartbeated.
+MARK_BATCH = 1000
 
 
 class CreateProjectInput(ActivityModel):
@@ -49,3 +55,47 @@ class PsaActivities:
         """Compensation: closing twice, or a project already gone, is fine."""
         activity.logger.info("closing project %s: %s", request.project_id, request.reason)
         await self.psa.close_project(int(request.project_id))
+
+
+class TimeBillingInput(ActivityModel):
+    draft_id: str
+
+
+class TimeBillingActivities:
+    """The PSA's side of time-to-invoice: the time a draft bills is marked billed, or not."""
+
+    def __init__(self, psa: TimeBillingPort, store: Store) -> None:
+        self.psa = psa
+        self.store = store
+
+    async def _entry_ids(self, draft_id: str) -> tuple[list[int], list[int]]:
+        row, _ = await stored_invoice(self.store, draft_id)
+        rated = RatedPeriod.model_validate(row.rated["period"])
+        return [int(e) for e in rated.billed_time_entry_ids], [int(i) for i in row.erp_line_ids]
+
+    @activity.defn
+    @translate_connector_errors
+    async def mark_time_billed(self, request: TimeBillingInput) -> int:
+        """Link each billed time entry to the ERP invoice: the PSA then counts it invoiced."""
+        entries, line_ids = await self._entry_ids(request.draft_id)
+        if not line_ids:
+            raise ApplicationError(
+                f"draft {request.draft_id} has no ERP invoice lines to link time to",
+                type="NotPosted",
+                non_retryable=True,
+            )
+        for start in range(0, len(entries), MARK_BATCH):
+            batch = entries[start : start + MARK_BATCH]
+            await self.psa.mark_time_billed(dict.fromkeys(batch, line_ids[0]))
+            activity.heartbeat(start + len(batch))
+        return len(entries)
+
+    @activity.defn
+    @translate_connector_errors
+    async def unmark_time_billed(self, request: TimeBillingInput) -> int:
+        """Compensation: the time returns to unbilled, to be invoiced again."""
+        entries, _ = await self._entry_ids(request.draft_id)
+        for start in range(0, len(entries), MARK_BATCH):
+            await self.psa.unmark_time_billed(entries[start : start + MARK_BATCH])
+            activity.heartbeat(start)
+        return len(entries)

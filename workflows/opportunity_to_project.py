@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio import workflow
@@ -30,13 +29,12 @@ with workflow.unsafe.imports_passed_through():
     from activities.ledger import (
         LedgerActivities,
         LinkReferenceInput,
-        RecordAuditInput,
-        RecordExceptionInput,
     )
     from activities.psa import CloseProjectInput, CreateProjectInput, PsaActivities
     from canonical import DealPlan, DealPolicy
     from workflows import presets
     from workflows import search_attributes as sa
+    from workflows._lifecycle import LifecycleSteps, StepFailed, reason_of
 
 
 LIFECYCLE = "opportunity-to-project"
@@ -164,20 +162,14 @@ CRM_STATUS = {
 }
 
 
-class _Failed(Exception):
-    """A step failed for good; carries which step and the reason a person should read."""
-
-    def __init__(self, step: Step, reason: str) -> None:
-        super().__init__(reason)
-        self.step = step
-        self.reason = reason
-
-
 @workflow.defn
-class OpportunityToProjectWorkflow:
+class OpportunityToProjectWorkflow(LifecycleSteps):
+    LIFECYCLE = LIFECYCLE
+
     @workflow.init
     def __init__(self, request: OpportunityToProjectInput) -> None:
         self._request = request
+        self._correlation_id = request.opportunity_id
         self._step = Step.FETCH_DEAL
         self._ids: dict[str, str] = {}
         self._issues: list[str] = []
@@ -205,7 +197,7 @@ class OpportunityToProjectWorkflow:
         await self._audit("start", "started", detail={"trigger": request.trigger})
         try:
             result = await self._provision()
-        except _Failed as failure:
+        except StepFailed as failure:
             await self._fail(failure)
             raise ApplicationError(
                 f"{failure.step}: {failure.reason}", type="ProvisioningFailed", non_retryable=True
@@ -353,7 +345,7 @@ class OpportunityToProjectWorkflow:
                     timeout=remaining,
                 )
             except TimeoutError:
-                raise _Failed(
+                raise StepFailed(
                     Step.AWAITING_CORRECTION,
                     f"deal data not corrected within {policy.correction_deadline}: {summary}",
                 ) from None
@@ -527,7 +519,7 @@ class OpportunityToProjectWorkflow:
 
         return undo
 
-    async def _fail(self, failure: _Failed) -> None:
+    async def _fail(self, failure: StepFailed) -> None:
         """Undo what was done, newest first; tell the CRM and a person; then the run fails."""
         self._last_error = f"{failure.step}: {failure.reason}"
         undone: list[str] = []
@@ -539,7 +531,7 @@ class OpportunityToProjectWorkflow:
                 await undo()
                 undone.append(name)
             except ActivityError as exc:
-                not_undone.append(f"{name}: {_reason(exc)}")
+                not_undone.append(f"{name}: {reason_of(exc)}")
         self._set_step(Step.FAILED)
         message = f"Provisioning failed at {failure.step}: {failure.reason}"
         if undone:
@@ -548,7 +540,7 @@ class OpportunityToProjectWorkflow:
             message += f". NOT undone: {'; '.join(not_undone)}"
         try:
             await self._write_back(Step.FAILED, CRM_STATUS[Step.FAILED], message)
-        except _Failed as exc:
+        except StepFailed as exc:
             not_undone.append(f"CRM status: {exc.reason}")
         await self._record_exception(
             "failed",
@@ -559,28 +551,6 @@ class OpportunityToProjectWorkflow:
         )
 
     # -- helpers ----------------------------------------------------------------------------
-
-    def _set_step(self, step: Step) -> None:
-        self._step = step
-        workflow.upsert_search_attributes([sa.STEP.value_set(step.value)])
-
-    def _key(self, step: str) -> str:
-        """Idempotency key of a mutating step: the same for every attempt and every run."""
-        return f"{workflow.info().workflow_id}:{step}"
-
-    async def _call(
-        self,
-        step: Step,
-        activity: Callable[..., Awaitable[Any]],
-        arg: Any,
-        options: presets.CallOptions = presets.SYSTEM_CALL,
-    ) -> Any:
-        """Run a step's activity; a failure for good becomes `_Failed` naming the step."""
-        try:
-            return await workflow.execute_activity_method(activity, arg, **options)
-        except ActivityError as exc:
-            self._last_error = f"{step}: {_reason(exc)}"
-            raise _Failed(step, _reason(exc)) from exc
 
     async def _write_back(self, step: Step, status: str, message: str) -> None:
         await self._call(
@@ -606,60 +576,3 @@ class OpportunityToProjectWorkflow:
             ),
             presets.LOCAL_CALL,
         )
-
-    async def _audit(
-        self,
-        step: str,
-        action: str,
-        *,
-        system: str | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> None:
-        info = workflow.info()
-        await self._call(
-            self._step,
-            LedgerActivities.record_audit,
-            RecordAuditInput(
-                idempotency_key=f"{info.workflow_id}:{info.run_id}:{step}:{action}",
-                workflow_id=info.workflow_id,
-                step=str(step),
-                action=action,
-                system=system,
-                correlation_id=self._request.opportunity_id,
-                lifecycle=LIFECYCLE,
-                detail=detail or {},
-            ),
-            presets.LOCAL_CALL,
-        )
-
-    async def _record_exception(
-        self,
-        key: str,
-        *,
-        kind: str,
-        message: str,
-        step: Step,
-        detail: dict[str, Any] | None = None,
-    ) -> None:
-        info = workflow.info()
-        await workflow.execute_activity_method(
-            LedgerActivities.record_exception,
-            RecordExceptionInput(
-                dedupe_key=f"{info.workflow_id}:{info.run_id}:{key}",
-                kind=kind,
-                message=message,
-                workflow_id=info.workflow_id,
-                correlation_id=self._request.opportunity_id,
-                lifecycle=LIFECYCLE,
-                step=step.value,
-                detail=detail or {},
-            ),
-            **presets.LOCAL_CALL,
-        )
-
-
-def _reason(exc: BaseException) -> str:
-    """The innermost message: what the system actually said."""
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    return str(exc)

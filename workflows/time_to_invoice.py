@@ -16,6 +16,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from canonical import DraftView
+
 LIFECYCLE = "time-to-invoice"
 
 
@@ -65,26 +67,6 @@ class InvoiceDecision(_Message):
     reason: str = Field(min_length=1, max_length=1000)
 
 
-class AdjustmentKind(StrEnum):
-    WRITE_OFF = "write_off"
-    DISCOUNT = "discount"
-
-
-class AdjustmentLine(_Message):
-    kind: AdjustmentKind
-    description: str = Field(min_length=1, max_length=200)
-    #: What the customer is not charged, as a positive amount in the draft's currency.
-    amount: Decimal = Field(gt=0)
-
-
-class InvoiceAdjustment(_Message):
-    """Write-off or discount lines added to the draft by finance: the `adjust` signal/update."""
-
-    approver: str = Field(min_length=3, max_length=254)
-    reason: str = Field(min_length=1, max_length=1000)
-    lines: list[AdjustmentLine] = Field(min_length=1)
-
-
 class PaymentEvent(_Message):
     """What billing told q2c about the invoice (from its webhook): the `payment` signal."""
 
@@ -94,31 +76,6 @@ class PaymentEvent(_Message):
     amount: Decimal | None = None  # in the invoice's currency, for "paid"
     occurred_at: datetime
     reason: str | None = None  # why a payment failed
-
-
-class DraftLine(_Message):
-    description: str
-    quantity: Decimal
-    unit_price: Decimal
-    net: Decimal
-    tax: Decimal
-    total: Decimal
-
-
-class DraftView(_Message):
-    """The draft invoice as finance reviews it (small: lines are grouped by task and role)."""
-
-    draft_id: str
-    currency: str
-    lines: list[DraftLine]
-    subtotal: Decimal
-    tax: Decimal
-    total: Decimal
-    hours: Decimal
-    overage: Decimal
-    time_entries: int
-    rejected_entries: int
-    adjustments: list[InvoiceAdjustment] = Field(default_factory=list)
 
 
 class InvoiceRecord(_Message):

@@ -25,7 +25,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr, ValidationError
 
-from canonical import Account, Opportunity
+from canonical import Account, Money, Opportunity
 from connectors.errors import (
     AuthFailed,
     ConnectorError,
@@ -467,6 +467,26 @@ class SalesforceClient:
                 run_url=run_url,
                 message=message,
             ),
+        )
+
+
+    async def write_invoice(
+        self,
+        opportunity_id: str,
+        *,
+        number: str,
+        amount: Money,
+        status: str,
+    ) -> None:
+        """The deal's latest invoice as billing holds it (number, total, status)."""
+        await self.update(
+            "Opportunity",
+            opportunity_id,
+            {
+                "Q2C_Invoice_Number__c": number,
+                "Q2C_Invoice_Amount__c": amount.amount,
+                "Q2C_Invoice_Status__c": status,
+            },
         )
 
 

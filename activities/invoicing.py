@@ -1,0 +1,351 @@
+"""Invoicing a project's period: its billing contract, the rated draft, finance's adjustments.
+
+The draft lives in q2c's store (`InvoiceDraft`): a period of 20,000 time entries would not fit
+in a workflow payload. Activities hand the workflow a small `DraftView` and the draft's id;
+billing and the ERP build their invoices from the stored draft, so both get the same lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date
+from decimal import Decimal
+from typing import Any, Protocol
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities._base import ActivityModel
+from activities.errors import translate_connector_errors
+from activities.ports import CrmPort
+from canonical import (
+    AdjustmentKind,
+    BillingContract,
+    BillingPeriod,
+    BillingType,
+    ContractTask,
+    Customer,
+    DealRules,
+    DraftLine,
+    DraftView,
+    Invoice,
+    InvoiceAdjustment,
+    InvoiceLine,
+    LegalEntity,
+    Money,
+    Project,
+    RatedPeriod,
+    Rater,
+    RejectedEntry,
+    plan_deal,
+    sum_money,
+)
+from connectors.errors import ConnectorError
+from store import InvoiceDraft, Store
+
+#: Time entries per PSA request while drafting; each page is heartbeated.
+PAGE_SIZE = 1000
+#: Rejected entries listed in an exception's detail (the count is always complete).
+REJECTED_LISTED = 200
+ERP = "erp"
+BILLING = "billing"
+
+
+class InvoicingPsaPort(Protocol):
+    """The PSA as invoicing reads it: a project with its tasks, and its time page by page."""
+
+    async def get_project(self, project_id: int) -> Any: ...
+
+    async def list_time_page(
+        self, project_id: int, *, start: date, end: date, after_id: int | None = None, limit: int
+    ) -> Any: ...
+
+
+class CustomerSource(Protocol):
+    async def get_customer(
+        self, party_id: int, legal_entity: LegalEntity | None = None
+    ) -> Customer: ...
+
+
+class LoadContractInput(ActivityModel):
+    project_id: str
+
+
+class ContractContext(ActivityModel):
+    contract: BillingContract
+    crm: str | None
+    opportunity_id: str | None
+    erp_customer_id: str
+    billing_customer_id: str
+    customer_country: str
+
+
+class DraftInput(ActivityModel):
+    draft_id: str
+    workflow_id: str
+    period: str
+    context: ContractContext
+
+
+class AdjustInput(ActivityModel):
+    draft_id: str
+    adjustment: InvoiceAdjustment
+
+
+class InvoicingActivities:
+    def __init__(
+        self,
+        *,
+        psa: InvoicingPsaPort,
+        erp: CustomerSource,
+        crms: Mapping[str, CrmPort],
+        rules: DealRules,
+        tax_rates: Mapping[str, Decimal],
+        store: Store,
+    ) -> None:
+        self.psa = psa
+        self.erp = erp
+        self.crms = crms
+        self.rules = rules
+        self.tax_rates = tax_rates
+        self.store = store
+
+    @activity.defn
+    @translate_connector_errors
+    async def load_billing_contract(self, request: LoadContractInput) -> ContractContext:
+        """What invoicing this project needs, from where each fact is owned: the project and
+        its tasks from the PSA, the customer (terms, country) from the ERP, the commercial
+        terms (rate card) from the CRM deal, the tax from the customer's jurisdiction."""
+        project = await self.psa.get_project(int(request.project_id))
+        if project.party_id is None:
+            raise _permanent(f"project {project.id} has no customer", "NoCustomer")
+        erp_customer_id = str(project.party_id)
+        customer_id = await self.store.canonical_id("customer", ERP, erp_customer_id)
+        billing_customer_id = (
+            await self.store.external_id("customer", customer_id, BILLING) if customer_id else None
+        )
+        if customer_id is None or billing_customer_id is None:
+            raise _permanent(
+                f"project {project.id}'s customer has no billing account: provision it with "
+                "opportunity-to-project first",
+                "NoBillingAccount",
+            )
+        entity = self.rules.legal_entities.get(project.legal_entity_code)
+        customer = await self.erp.get_customer(project.party_id, entity)
+        country = customer.addresses[0].country
+        if country not in self.tax_rates:
+            raise _permanent(
+                f"tax_rates: no tax rate for customers in {country} (customer {customer.name})",
+                "NoTaxRate",
+            )
+        crm, sold = await self._commercial_terms(customer_id, project.opportunity_id)
+        rate_card = sold.rate_card if sold else None
+        card_roles = rate_card.roles() if rate_card else set()
+        contract = BillingContract(
+            project_id=str(project.id),
+            customer_id=customer_id,
+            customer_name=customer.name,
+            currency=project.currency,
+            billing_type=sold.billing_type if sold else BillingType.TIME_AND_MATERIALS,
+            rate_card=rate_card,
+            tasks=[
+                ContractTask(
+                    id=str(task.id),
+                    name=task.name,
+                    role=task.role,
+                    open=task.state != "done",
+                    # The rate card (effective-dated) wins; the PSA's price covers the rest.
+                    rate=None if task.role in card_roles else task.rate,
+                )
+                for task in project.tasks
+            ],
+            milestones=sold.milestones if sold else [],
+            billed_to_date=await self._billed_to_date(str(project.id), project.currency),
+            tax_rate=self.tax_rates[country],
+            payment_terms=customer.payment_terms,
+            legal_entity_code=project.legal_entity_code,
+            po_number=sold.po_number if sold else None,
+        )
+        return ContractContext(
+            contract=contract,
+            crm=crm,
+            opportunity_id=project.opportunity_id,
+            erp_customer_id=erp_customer_id,
+            billing_customer_id=billing_customer_id,
+            customer_country=country,
+        )
+
+    async def _commercial_terms(
+        self, customer_id: str, opportunity_id: str | None
+    ) -> tuple[str | None, Project | None]:
+        """The project as the deal sold it (rate card, milestones, PO); None without a deal."""
+        crm = customer_id.split(":", 1)[0]
+        port = self.crms.get(crm)
+        if port is None or opportunity_id is None:
+            return None, None
+        try:
+            opportunity = await port.fetch_opportunity(opportunity_id)
+            account = await port.fetch_account(opportunity.account_id)
+        except ConnectorError as exc:
+            if exc.retryable:
+                raise
+            activity.logger.warning("deal %s unreadable, using PSA rates: %s", opportunity_id, exc)
+            return crm, None
+        return crm, plan_deal(opportunity, account, self.rules).project
+
+    async def _billed_to_date(self, project_id: str, currency: str) -> Money:
+        """Net billed by earlier runs of this project (counts toward a not-to-exceed cap)."""
+        drafts = await self.store.billed_drafts(project_id)
+        return sum_money(
+            (Invoice.model_validate(d.rated["invoice"]).subtotal for d in drafts), currency
+        )
+
+    @activity.defn
+    @translate_connector_errors
+    async def draft_invoice(self, request: DraftInput) -> DraftView:
+        """Pull the period's unbilled time page by page, rate it, keep the draft in the store."""
+        context = request.context
+        contract = context.contract
+        period = BillingPeriod.parse(request.period)
+        rater = Rater(contract, period)
+        after: int | None = None
+        pulled = 0
+        while True:
+            page = await self.psa.list_time_page(
+                int(contract.project_id),
+                start=period.start,
+                end=period.end,
+                after_id=after,
+                limit=PAGE_SIZE,
+            )
+            rater.add_time(page.entries)
+            pulled += len(page.entries)
+            activity.heartbeat(pulled)
+            if page.next_after is None:
+                break
+            after = page.next_after
+        rated = rater.finish()
+        invoice = rated.to_invoice(
+            invoice_id=request.draft_id,
+            customer_id=contract.customer_id,
+            project_id=contract.project_id,
+            legal_entity_code=contract.legal_entity_code,
+            po_number=contract.po_number,
+        )
+        await self.store.save_draft(
+            InvoiceDraft(
+                id=request.draft_id,
+                workflow_id=request.workflow_id,
+                project_id=contract.project_id,
+                period=period.key,
+                currency=contract.currency,
+                rated={
+                    "period": rated.model_dump(mode="json"),
+                    "invoice": invoice.model_dump(mode="json"),
+                },
+            )
+        )
+        if rated.rejected:
+            await self._record_rejections(request, rated.rejected)
+        return draft_view(request.draft_id, rated, invoice, [])
+
+    async def _record_rejections(self, request: DraftInput, rejected: list[RejectedEntry]) -> None:
+        contract = request.context.contract
+        reasons = sorted({r.reason for r in rejected})
+        await self.store.record_exception(
+            dedupe_key=f"{request.draft_id}:rejected",
+            kind="rejected_time",
+            message=(
+                f"{len(rejected)} entries of project {contract.project_id} "
+                f"({contract.customer_name}) in {request.period} were not billed: "
+                + "; ".join(reasons[:5])
+            ),
+            workflow_id=request.workflow_id,
+            lifecycle="time-to-invoice",
+            step="draft",
+            detail={"rejected": [r.model_dump(mode="json") for r in rejected[:REJECTED_LISTED]]},
+        )
+
+    @activity.defn
+    async def adjust_draft(self, request: AdjustInput) -> DraftView:
+        """Add finance's write-off or discount lines; the adjusted draft must stay valid."""
+        row = await self.store.draft(request.draft_id)
+        if row is None:
+            raise _permanent(f"no invoice draft {request.draft_id}", "NoDraft")
+        rated = RatedPeriod.model_validate(row.rated["period"])
+        invoice = Invoice.model_validate(row.rated["invoice"])
+        adjustments = [InvoiceAdjustment.model_validate(a) for a in row.adjustments]
+        adjusted = with_adjustment(invoice, request.adjustment)
+        if adjusted.subtotal.amount < 0:
+            raise _permanent(
+                f"adjustment: the invoice would be negative ({adjusted.subtotal.amount} "
+                f"{adjusted.currency}); write off at most {invoice.subtotal.amount}",
+                "InvalidAdjustment",
+            )
+        adjustments.append(request.adjustment)
+        await self.store.update_draft(
+            request.draft_id,
+            status="adjusted",
+            rated={"period": row.rated["period"], "invoice": adjusted.model_dump(mode="json")},
+            adjustments=[a.model_dump(mode="json") for a in adjustments],
+        )
+        return draft_view(request.draft_id, rated, adjusted, adjustments)
+
+
+def with_adjustment(invoice: Invoice, adjustment: InvoiceAdjustment) -> Invoice:
+    """The invoice with a negative line per adjustment line, taxed like the rest."""
+    tax_rate = invoice.lines[0].tax_rate if invoice.lines else Decimal(0)
+    label = {AdjustmentKind.WRITE_OFF: "Write-off", AdjustmentKind.DISCOUNT: "Discount"}
+    extra = [
+        InvoiceLine(
+            description=f"{label[line.kind]}: {line.description} ({adjustment.reason})",
+            quantity=Decimal(1),
+            unit_price=Money.of(-line.amount, invoice.currency),
+            tax_rate=tax_rate,
+        )
+        for line in adjustment.lines
+    ]
+    return invoice.model_copy(update={"lines": [*invoice.lines, *extra]})
+
+
+def draft_view(
+    draft_id: str,
+    rated: RatedPeriod,
+    invoice: Invoice,
+    adjustments: list[InvoiceAdjustment],
+) -> DraftView:
+    return DraftView(
+        draft_id=draft_id,
+        currency=invoice.currency,
+        lines=[
+            DraftLine(
+                description=line.description,
+                quantity=line.quantity,
+                unit_price=line.unit_price.amount,
+                net=line.net.amount,
+                tax=line.tax.amount,
+                total=line.total.amount,
+            )
+            for line in invoice.lines
+        ],
+        subtotal=invoice.subtotal.amount,
+        tax=invoice.tax.amount,
+        total=invoice.total.amount,
+        hours=rated.hours,
+        overage=rated.overage.amount,
+        time_entries=len(rated.billed_time_entry_ids),
+        rejected_entries=len(rated.rejected),
+        adjustments=adjustments,
+    )
+
+
+async def stored_invoice(store: Store, draft_id: str) -> tuple[InvoiceDraft, Invoice]:
+    """The draft's invoice as finance approved it: what billing and the ERP both receive."""
+    row = await store.draft(draft_id)
+    if row is None:
+        raise _permanent(f"no invoice draft {draft_id}", "NoDraft")
+    return row, Invoice.model_validate(row.rated["invoice"])
+
+
+def _permanent(message: str, kind: str) -> ApplicationError:
+    return ApplicationError(message, type=kind, non_retryable=True)

@@ -1,0 +1,67 @@
+"""What finance sees of a draft invoice and what it may change on it.
+
+Small by design: a draft's lines are grouped by task and role, so a period of 20,000 time
+entries still fits in a workflow payload; the entries themselves stay in q2c's store.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import StrEnum
+
+from pydantic import Field
+
+from canonical._base import CanonicalModel
+
+__all__ = [
+    "AdjustmentKind",
+    "AdjustmentLine",
+    "DraftLine",
+    "DraftView",
+    "InvoiceAdjustment",
+]
+
+
+class AdjustmentKind(StrEnum):
+    WRITE_OFF = "write_off"
+    DISCOUNT = "discount"
+
+
+class AdjustmentLine(CanonicalModel):
+    kind: AdjustmentKind
+    description: str = Field(min_length=1, max_length=200)
+    #: What the customer is not charged, as a positive amount in the draft's currency.
+    amount: Decimal = Field(gt=0)
+
+
+class InvoiceAdjustment(CanonicalModel):
+    """Write-off or discount lines added to the draft by finance: the `adjust` signal/update."""
+
+    approver: str = Field(min_length=3, max_length=254)
+    reason: str = Field(min_length=1, max_length=1000)
+    lines: list[AdjustmentLine] = Field(min_length=1)
+
+
+class DraftLine(CanonicalModel):
+    description: str
+    quantity: Decimal
+    unit_price: Decimal
+    net: Decimal
+    tax: Decimal
+    total: Decimal
+
+
+class DraftView(CanonicalModel):
+    """The draft invoice as finance reviews it (small: lines are grouped by task and role)."""
+
+    draft_id: str
+    currency: str
+    lines: list[DraftLine]
+    subtotal: Decimal
+    tax: Decimal
+    total: Decimal
+    hours: Decimal
+    overage: Decimal
+    time_entries: int
+    rejected_entries: int
+    adjustments: list[InvoiceAdjustment] = Field(default_factory=list)
