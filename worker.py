@@ -20,36 +20,37 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.billing import BillingActivities
-from activities.crm import CrmActivities
+from activities.billing import BillingActivities, InvoiceBillingActivities
+from activities.crm import CrmActivities, CrmInvoiceActivities
 from activities.deal import DealActivities
-from activities.erp import ErpActivities
+from activities.erp import ErpActivities, InvoiceErpActivities
+from activities.invoicing import InvoicingActivities
 from activities.ledger import LedgerActivities
-from activities.ports import BillingPort, CrmPort, ErpPort, PsaPort
-from activities.psa import PsaActivities
+from activities.psa import PsaActivities, TimeBillingActivities
 from connectors.salesforce import SalesforceClient
 from connectors.stripe import StripeBilling
 from connectors.tryton import TrytonClient, TrytonErp, TrytonPsa
 from settings import Settings, load_settings
-from settings.rules import load_deal_rules
+from settings.rules import load_deal_rules, load_tax_rates
 from store import Store
 from workflows.client import connect
 from workflows.opportunity_to_project import OpportunityToProjectWorkflow
+from workflows.time_to_invoice import TimeToInvoiceWorkflow
 
 log = logging.getLogger("q2c.worker")
 
 GRACEFUL_SHUTDOWN = timedelta(seconds=10)
-WORKFLOWS: Sequence[type] = (OpportunityToProjectWorkflow,)
+WORKFLOWS: Sequence[type] = (OpportunityToProjectWorkflow, TimeToInvoiceWorkflow)
 
 
 @dataclass(frozen=True)
 class Adapters:
     """One adapter per role, as this deployment's settings pick them."""
 
-    crms: dict[str, CrmPort]
-    erp: ErpPort
-    psa: PsaPort
-    billing: BillingPort
+    crms: dict[str, SalesforceClient]
+    erp: TrytonErp
+    psa: TrytonPsa
+    billing: StripeBilling
 
 
 @asynccontextmanager
@@ -87,13 +88,37 @@ async def open_adapters(settings: Settings) -> AsyncIterator[Adapters]:
 def activities_for(
     settings: Settings, adapters: Adapters, store: Store
 ) -> list[Callable[..., Any]]:
+    rules = load_deal_rules(settings)
     crm = CrmActivities(adapters.crms, run_link=settings.run_link("{workflow_id}"))
-    deal = DealActivities(load_deal_rules(settings))
+    deal = DealActivities(rules)
     erp = ErpActivities(adapters.erp)
     psa = PsaActivities(adapters.psa)
     billing = BillingActivities(adapters.billing, store)
     ledger = LedgerActivities(store)
+    invoicing = InvoicingActivities(
+        psa=adapters.psa,
+        erp=adapters.erp,
+        crms=adapters.crms,
+        rules=rules,
+        tax_rates=load_tax_rates(settings),
+        store=store,
+    )
+    invoice_billing = InvoiceBillingActivities(adapters.billing, store)
+    invoice_erp = InvoiceErpActivities(adapters.erp, store)
+    time_billing = TimeBillingActivities(adapters.psa, store)
+    crm_invoice = CrmInvoiceActivities(adapters.crms)
     return [
+        invoicing.load_billing_contract,
+        invoicing.draft_invoice,
+        invoicing.adjust_draft,
+        invoice_billing.create_billing_invoice,
+        invoice_billing.finalize_billing_invoice,
+        invoice_billing.void_billing_invoice,
+        invoice_erp.post_erp_invoice,
+        invoice_erp.record_erp_payment,
+        time_billing.mark_time_billed,
+        time_billing.unmark_time_billed,
+        crm_invoice.write_invoice_status,
         crm.fetch_deal,
         crm.write_back_deal,
         deal.deal_policy,

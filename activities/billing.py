@@ -105,6 +105,7 @@ class FinalizedInvoice(ActivityModel):
 
 
 class VoidBillingInvoiceInput(ActivityModel):
+    draft_id: str
     billing_invoice_id: str
     reason: str
     idempotency_key: str
@@ -170,3 +171,4 @@ class InvoiceBillingActivities:
         await self.billing.void_invoice(
             request.billing_invoice_id, idempotency_key=request.idempotency_key
         )
+        await self.store.update_draft(request.draft_id, status="void")

@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     legal_entities_file: Path = DEMO_RULES / "legal_entities.toml"
     #: CRM product -> PSA role and billing type. Default: the demo's file.
     service_catalogue_file: Path = DEMO_RULES / "service_catalogue.toml"
+    #: Customer's country -> tax on services (a fraction). Default: the demo's file.
+    tax_rates_file: Path = DEMO_RULES / "tax_rates.toml"
     finance_approvers: list[str] = Field(
         default_factory=lambda: ["finance@northwind.example", "cfo@northwind.example"]
     )

@@ -6,6 +6,7 @@ Errors name the file and the entry, so a typo in a mapping file is found before 
 from __future__ import annotations
 
 import tomllib
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +65,20 @@ def load_deal_rules(settings: Settings) -> DealRules:
     except ValidationError as exc:
         files = f"{settings.legal_entities_file}, {settings.service_catalogue_file}"
         raise RulesFileError(f"deal rules ({files}): " + "; ".join(explain(exc))) from exc
+
+
+def load_tax_rates(settings: Settings) -> dict[str, Decimal]:
+    """Tax on services by the customer's billing country, as fractions (0.20 is 20 %)."""
+    path = settings.tax_rates_file
+    rates: dict[str, Decimal] = {}
+    for country, value in _read(path).get("countries", {}).items():
+        try:
+            rate = Decimal(str(value))
+        except ArithmeticError:
+            raise RulesFileError(
+                f"{path}: countries.{country}: {value!r} is not a number"
+            ) from None
+        if not Decimal(0) <= rate < Decimal(1):
+            raise RulesFileError(f"{path}: countries.{country}: {rate} is not a fraction in [0, 1)")
+        rates[str(country).upper()] = rate
+    return rates
