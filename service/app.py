@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from service.billing_webhooks import stripe_webhook
 from service.state import ServiceState
 from service.webhooks import salesforce_webhook
 from settings import Settings
@@ -60,6 +61,7 @@ def create_app(settings: Settings) -> Starlette:
         routes=[
             Route("/health", health),
             Route("/webhooks/salesforce", salesforce_webhook, methods=["POST"]),
+            Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
         ],
         lifespan=lifespan,
     )

@@ -30,13 +30,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from connectors.errors import ValidationFailed
 from connectors.salesforce import (
@@ -48,6 +47,14 @@ from connectors.salesforce import (
     check_id,
     parse_closed_won_event,
     verify_webhook_signature,
+)
+from service.intake import (
+    TRANSIENT_RPC,
+    Refused,
+    answer,
+    read_body,
+    store_down,
+    temporal_down,
 )
 from service.state import ServiceState
 from workflows.starters import StartedRun, start_opportunity_run
@@ -63,49 +70,10 @@ MAX_BODY_BYTES = 256 * 1024
 MAX_EVENT_ID = 255
 #: Longer than this and the sender's own timeout may fire first; it will retry anyway.
 START_TIMEOUT_S = 5.0
-RETRY_AFTER_S = 5
-#: Temporal statuses that mean "not now" rather than "never": answer 503.
-_TRANSIENT_RPC = frozenset(
-    {
-        RPCStatusCode.UNAVAILABLE,
-        RPCStatusCode.DEADLINE_EXCEEDED,
-        RPCStatusCode.RESOURCE_EXHAUSTED,
-        RPCStatusCode.ABORTED,
-        RPCStatusCode.CANCELLED,
-        RPCStatusCode.UNKNOWN,
-        RPCStatusCode.INTERNAL,
-    }
-)
-
-
-class Refused(Exception):
-    """The delivery gets an error answer; `outcome` names why in the log line."""
-
-    def __init__(self, status: int, error: str, *, outcome: str, field: str | None = None) -> None:
-        super().__init__(error)
-        self.status = status
-        self.error = error
-        self.outcome = outcome
-        self.field = field
 
 
 async def salesforce_webhook(request: Request) -> JSONResponse:
-    state: ServiceState = request.app.state.q2c
-    began = time.perf_counter()
-    fields: dict[str, Any] = {"source": SOURCE}
-    try:
-        response = await _intake(state, request, fields)
-    except Refused as refused:
-        fields.update(outcome=refused.outcome, field=refused.field, error=refused.error)
-        body: dict[str, Any] = {"error": refused.error}
-        if refused.field is not None:
-            body["field"] = refused.field
-        headers = {"Retry-After": str(RETRY_AFTER_S)} if refused.status == 503 else None
-        response = JSONResponse(body, status_code=refused.status, headers=headers)
-    fields["status"] = response.status_code
-    fields["ms"] = round((time.perf_counter() - began) * 1000, 1)
-    _log_delivery(fields)
-    return response
+    return await answer(_intake, request, SOURCE)
 
 
 async def _intake(state: ServiceState, request: Request, fields: dict[str, Any]) -> JSONResponse:
@@ -114,7 +82,7 @@ async def _intake(state: ServiceState, request: Request, fields: dict[str, Any])
     if not secret:
         raise Refused(503, "webhook secret not configured", outcome="misconfigured")
 
-    body = await _read_body(request)
+    body = await read_body(request, MAX_BODY_BYTES)
     try:
         verify_webhook_signature(body, request.headers.get(SIGNATURE_HEADER), secret)
     except StaleSignature as exc:
@@ -136,7 +104,7 @@ async def _intake(state: ServiceState, request: Request, fields: dict[str, Any])
     try:
         seen = await state.store.inbound_event(SOURCE, event.event_id)
     except (SQLAlchemyError, OSError) as exc:
-        raise _store_down(exc) from None
+        raise store_down(exc) from None
     if seen is not None:
         fields.update(outcome="duplicate", workflow_id=seen.workflow_id, run_id=seen.run_id)
         return _accepted(state, seen.workflow_id, seen.run_id, duplicate=True)
@@ -151,20 +119,10 @@ async def _intake(state: ServiceState, request: Request, fields: dict[str, Any])
             correlation_id=opportunity_id,
         )
     except (SQLAlchemyError, OSError) as exc:
-        raise _store_down(exc) from None
+        raise store_down(exc) from None
     outcome = "started" if created else "duplicate"
     fields.update(outcome=outcome, workflow_id=row.workflow_id, run_id=row.run_id)
     return _accepted(state, row.workflow_id, row.run_id, duplicate=not created)
-
-
-async def _read_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise Refused(413, f"body larger than {MAX_BODY_BYTES} bytes", outcome="too_large")
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise Refused(413, f"body larger than {MAX_BODY_BYTES} bytes", outcome="too_large")
-    return body
 
 
 def _not_closed_won(body: bytes) -> str | None:
@@ -213,23 +171,13 @@ async def _start(state: ServiceState, event: ClosedWonEvent) -> StartedRun:
             timeout=START_TIMEOUT_S,
         )
     except RPCError as exc:
-        if exc.status in _TRANSIENT_RPC:
-            raise Refused(
-                503, "Temporal unavailable, retry later", outcome="temporal_unavailable"
-            ) from None
+        if exc.status in TRANSIENT_RPC:
+            raise temporal_down(exc) from None
         log.error("Temporal refused the start of %s: %s", opportunity_id, exc.status.name)
         raise Refused(500, "could not start the run", outcome="start_refused") from None
     except (TimeoutError, RuntimeError, OSError) as exc:
         # RuntimeError: the SDK's "Failed client connect".
-        log.debug("Temporal unreachable: %s", exc)
-        raise Refused(
-            503, "Temporal unavailable, retry later", outcome="temporal_unavailable"
-        ) from None
-
-
-def _store_down(exc: Exception) -> Refused:
-    log.debug("store unavailable: %s", exc)
-    return Refused(503, "store unavailable, retry later", outcome="store_unavailable")
+        raise temporal_down(exc) from None
 
 
 def _accepted(
@@ -241,18 +189,3 @@ def _accepted(
         status_code=202,
         headers={"Location": run_url},
     )
-
-
-def _log_delivery(fields: dict[str, Any]) -> None:
-    """One logfmt line per delivery, keyed by the correlation id; no body, no signature."""
-    status = int(fields.get("status", 0))
-    level = logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO
-    text = " ".join(f"{key}={_logfmt(value)}" for key, value in fields.items() if value is not None)
-    log.log(level, "webhook %s", text, extra={"webhook": fields})
-
-
-def _logfmt(value: Any) -> str:
-    text = str(value).lower() if isinstance(value, bool) else str(value)
-    if not text or any(c in text for c in ' ="\\'):
-        return json.dumps(text)
-    return text
