@@ -1,0 +1,264 @@
+"""Fake systems for time-to-invoice workflow tests: the real workflow on the real dev server,
+with activities that record what they were asked and answer what a test scripts."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+from temporalio.worker import Worker
+
+from activities.billing import (
+    BillingInvoiceResult,
+    CreateBillingInvoiceInput,
+    FinalizeBillingInvoiceInput,
+    FinalizedInvoice,
+    VoidBillingInvoiceInput,
+)
+from activities.crm import CrmInvoiceInput
+from activities.deal import DealPolicyInput
+from activities.erp import ErpPosted, PostErpInvoiceInput, RecordErpPaymentInput
+from activities.invoicing import AdjustInput, ContractContext, DraftInput, LoadContractInput
+from activities.ledger import (
+    LinkReferenceInput,
+    RecordAuditInput,
+    RecordExceptionInput,
+    RecordExceptionResult,
+)
+from activities.psa import TimeBillingInput
+from canonical import (
+    ApprovalPolicy,
+    BillingContract,
+    BillingType,
+    ContractTask,
+    DealPolicy,
+    DraftLine,
+    DraftView,
+    Money,
+    PaymentTerms,
+)
+from workflows.time_to_invoice import TimeToInvoiceInput, TimeToInvoiceWorkflow, workflow_id
+
+APPROVER = "finance@northwind.example"
+
+
+def contract() -> BillingContract:
+    return BillingContract(
+        project_id="42",
+        customer_id="salesforce:001000000000001AAA",
+        customer_name="Initech UK Ltd",
+        currency="GBP",
+        billing_type=BillingType.TIME_AND_MATERIALS,
+        tasks=[
+            ContractTask(id="7", name="Development", role="Developer", rate=Money.of("160", "GBP"))
+        ],
+        tax_rate=Decimal("0.20"),
+        payment_terms=PaymentTerms(net_days=30),
+        legal_entity_code="NW-UK",
+    )
+
+
+def draft_view(draft_id: str, hours: str = "12.5") -> DraftView:
+    net = Decimal(hours) * 160
+    tax = (net * Decimal("0.20")).quantize(Decimal("0.01"))
+    return DraftView(
+        draft_id=draft_id,
+        currency="GBP",
+        lines=[
+            DraftLine(
+                description="Development — Developer",
+                quantity=Decimal(hours),
+                unit_price=Decimal(160),
+                net=net,
+                tax=tax,
+                total=net + tax,
+            )
+        ],
+        subtotal=net,
+        tax=tax,
+        total=net + tax,
+        hours=Decimal(hours),
+        overage=Decimal(0),
+        time_entries=3,
+        rejected_entries=0,
+    )
+
+
+@dataclass
+class FakeInvoicing:
+    hours: str = "12.5"
+    fail_erp: str | None = None
+    policy: DealPolicy = field(
+        default_factory=lambda: DealPolicy(
+            approval=ApprovalPolicy(
+                approvers=[APPROVER],
+                remind_after=timedelta(hours=4),
+                expire_after=timedelta(hours=10),
+            ),
+            correction_deadline=timedelta(hours=6),
+        )
+    )
+    calls: dict[str, list[Any]] = field(default_factory=dict)
+    view: DraftView | None = None
+
+    def _record(self, name: str, arg: Any) -> None:
+        self.calls.setdefault(name, []).append(arg)
+
+    def called(self, name: str) -> list[Any]:
+        return self.calls.get(name, [])
+
+    @activity.defn(name="deal_policy")
+    async def deal_policy(self, request: DealPolicyInput) -> DealPolicy:
+        return self.policy
+
+    @activity.defn(name="load_billing_contract")
+    async def load_billing_contract(self, request: LoadContractInput) -> ContractContext:
+        self._record("load_billing_contract", request)
+        return ContractContext(
+            contract=contract(),
+            crm="salesforce",
+            opportunity_id="006000000000001AAA",
+            erp_customer_id="17",
+            billing_customer_id="cus_TEST1",
+            customer_country="GB",
+        )
+
+    @activity.defn(name="draft_invoice")
+    async def draft_invoice(self, request: DraftInput) -> DraftView:
+        self._record("draft_invoice", request)
+        if self.hours == "0":
+            self.view = DraftView(
+                draft_id=request.draft_id,
+                currency="GBP",
+                lines=[],
+                subtotal=Decimal(0),
+                tax=Decimal(0),
+                total=Decimal(0),
+                hours=Decimal(0),
+                overage=Decimal(0),
+                time_entries=0,
+                rejected_entries=0,
+            )
+        else:
+            self.view = draft_view(request.draft_id, self.hours)
+        return self.view
+
+    @activity.defn(name="adjust_draft")
+    async def adjust_draft(self, request: AdjustInput) -> DraftView:
+        self._record("adjust_draft", request)
+        assert self.view is not None
+        cut = sum((line.amount for line in request.adjustment.lines), Decimal(0))
+        tax = (cut * Decimal("0.20")).quantize(Decimal("0.01"))
+        self.view = self.view.model_copy(
+            update={
+                "subtotal": self.view.subtotal - cut,
+                "tax": self.view.tax - tax,
+                "total": self.view.total - cut - tax,
+                "adjustments": [*self.view.adjustments, request.adjustment],
+            }
+        )
+        return self.view
+
+    @activity.defn(name="create_billing_invoice")
+    async def create_billing_invoice(
+        self, request: CreateBillingInvoiceInput
+    ) -> BillingInvoiceResult:
+        self._record("create_billing_invoice", request)
+        return BillingInvoiceResult(billing_invoice_id="in_TEST1")
+
+    @activity.defn(name="finalize_billing_invoice")
+    async def finalize_billing_invoice(
+        self, request: FinalizeBillingInvoiceInput
+    ) -> FinalizedInvoice:
+        self._record("finalize_billing_invoice", request)
+        assert self.view is not None
+        return FinalizedInvoice(
+            billing_invoice_id=request.billing_invoice_id,
+            number="Q2CTEST-0001",
+            total=self.view.total,
+            currency="GBP",
+            due_date=date(2026, 12, 31),
+        )
+
+    @activity.defn(name="void_billing_invoice")
+    async def void_billing_invoice(self, request: VoidBillingInvoiceInput) -> None:
+        self._record("void_billing_invoice", request)
+
+    @activity.defn(name="post_erp_invoice")
+    async def post_erp_invoice(self, request: PostErpInvoiceInput) -> ErpPosted:
+        self._record("post_erp_invoice", request)
+        if self.fail_erp:
+            raise ApplicationError(self.fail_erp, type="ValidationFailed", non_retryable=True)
+        assert self.view is not None
+        return ErpPosted(erp_invoice_id="88", number="NW-UK-INV2026-0001", total=self.view.total)
+
+    @activity.defn(name="record_erp_payment")
+    async def record_erp_payment(self, request: RecordErpPaymentInput) -> None:
+        self._record("record_erp_payment", request)
+
+    @activity.defn(name="mark_time_billed")
+    async def mark_time_billed(self, request: TimeBillingInput) -> int:
+        self._record("mark_time_billed", request)
+        return 3
+
+    @activity.defn(name="unmark_time_billed")
+    async def unmark_time_billed(self, request: TimeBillingInput) -> int:
+        self._record("unmark_time_billed", request)
+        return 3
+
+    @activity.defn(name="write_invoice_status")
+    async def write_invoice_status(self, request: CrmInvoiceInput) -> None:
+        self._record("write_invoice_status", request)
+
+    @activity.defn(name="record_audit")
+    async def record_audit(self, request: RecordAuditInput) -> None:
+        self._record("record_audit", request)
+
+    @activity.defn(name="record_exception")
+    async def record_exception(self, request: RecordExceptionInput) -> RecordExceptionResult:
+        self._record("record_exception", request)
+        return RecordExceptionResult(exception_id=len(self.called("record_exception")))
+
+    @activity.defn(name="link_reference")
+    async def link_reference(self, request: LinkReferenceInput) -> None:
+        self._record("link_reference", request)
+
+    def worker(self, client: Client, task_queue: str) -> Worker:
+        return Worker(
+            client,
+            task_queue=task_queue,
+            workflows=[TimeToInvoiceWorkflow],
+            activities=[
+                self.deal_policy,
+                self.load_billing_contract,
+                self.draft_invoice,
+                self.adjust_draft,
+                self.create_billing_invoice,
+                self.finalize_billing_invoice,
+                self.void_billing_invoice,
+                self.post_erp_invoice,
+                self.record_erp_payment,
+                self.mark_time_billed,
+                self.unmark_time_billed,
+                self.write_invoice_status,
+                self.record_audit,
+                self.record_exception,
+                self.link_reference,
+            ],
+        )
+
+    def crm_statuses(self) -> list[str]:
+        return [c.status for c in self.called("write_invoice_status")]
+
+
+def start_args() -> tuple[TimeToInvoiceInput, str]:
+    project = f"p{uuid.uuid4().hex[:8]}"
+    return TimeToInvoiceInput(project_id=project, period="2026-11", trigger="test"), workflow_id(
+        project, "2026-11"
+    )
