@@ -34,13 +34,19 @@ from settings import Settings, load_settings
 from settings.rules import load_deal_rules, load_tax_rates
 from store import Store
 from workflows.client import connect
+from workflows.invoice_cycle import InvoiceCycleWorkflow
 from workflows.opportunity_to_project import OpportunityToProjectWorkflow
+from workflows.starters import ensure_billing_schedules
 from workflows.time_to_invoice import TimeToInvoiceWorkflow
 
 log = logging.getLogger("q2c.worker")
 
 GRACEFUL_SHUTDOWN = timedelta(seconds=10)
-WORKFLOWS: Sequence[type] = (OpportunityToProjectWorkflow, TimeToInvoiceWorkflow)
+WORKFLOWS: Sequence[type] = (
+    OpportunityToProjectWorkflow,
+    TimeToInvoiceWorkflow,
+    InvoiceCycleWorkflow,
+)
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,7 @@ def activities_for(
     crm_invoice = CrmInvoiceActivities(adapters.crms)
     return [
         invoicing.load_billing_contract,
+        invoicing.list_invoiceable_projects,
         invoicing.draft_invoice,
         invoicing.adjust_draft,
         invoice_billing.create_billing_invoice,
@@ -151,6 +158,8 @@ async def run(settings: Settings) -> None:
     store = Store.from_url(settings.store_url)
     await store.migrate()
     client = await connect(settings)
+    schedules = await ensure_billing_schedules(client, settings)
+    log.info("billing schedules in place: %s", ", ".join(schedules))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -48,6 +48,7 @@ PAGE_SIZE = 1000
 #: Rejected entries listed in an exception's detail (the count is always complete).
 REJECTED_LISTED = 200
 ERP = "erp"
+PSA = "psa"
 BILLING = "billing"
 
 
@@ -85,6 +86,10 @@ class DraftInput(ActivityModel):
     workflow_id: str
     period: str
     context: ContractContext
+
+
+class ProjectsInput(ActivityModel):
+    calendar: str
 
 
 class AdjustInput(ActivityModel):
@@ -199,6 +204,11 @@ class InvoicingActivities:
         return sum_money(
             (Invoice.model_validate(d.rated["invoice"]).subtotal for d in drafts), currency
         )
+
+    @activity.defn
+    async def list_invoiceable_projects(self, request: ProjectsInput) -> list[str]:
+        """The PSA projects q2c provisioned (the store's cross-references), by PSA id."""
+        return sorted(await self.store.external_ids("project", PSA), key=_numeric_first)
 
     @activity.defn
     @translate_connector_errors
@@ -345,6 +355,10 @@ async def stored_invoice(store: Store, draft_id: str) -> tuple[InvoiceDraft, Inv
     if row is None:
         raise _permanent(f"no invoice draft {draft_id}", "NoDraft")
     return row, Invoice.model_validate(row.rated["invoice"])
+
+
+def _numeric_first(text: str) -> tuple[int, str]:
+    return (int(text), "") if text.isdigit() else (0, text)
 
 
 def _permanent(message: str, kind: str) -> ApplicationError:

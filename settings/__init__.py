@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     standard_net_days: int = 30
     approval_remind_after: timedelta = timedelta(hours=24)
     approval_expire_after: timedelta = timedelta(days=7)
+    #: Billing calendars: name -> cron (UTC). Each starts an invoice cycle for the period
+    #: that just ended; "monthly" runs at 06:00 on the 1st.
+    billing_calendars: dict[str, str] = Field(default_factory=lambda: {"monthly": "0 6 1 * *"})
     #: How long a run waits for bad deal data to be corrected in the CRM.
     correction_deadline: timedelta = timedelta(days=3)
 

@@ -119,6 +119,16 @@ class Store:
             )
             return {ref.system: ref.external_id for ref in result.all()}
 
+    async def external_ids(self, entity: str, system: str) -> list[str]:
+        """Every id `system` has for records of `entity` that q2c linked."""
+        async with self._sessions() as session:
+            result = await session.exec(
+                select(CrossReference.external_id).where(
+                    CrossReference.entity == entity, CrossReference.system == system
+                )
+            )
+            return list(result.all())
+
     async def _reference(
         self, entity: str, canonical_id: str, system: str
     ) -> CrossReference | None:
@@ -328,6 +338,17 @@ class Store:
     async def draft(self, draft_id: str) -> InvoiceDraft | None:
         async with self._sessions() as session:
             return await session.get(InvoiceDraft, draft_id)
+
+    async def billed_drafts(self, project_id: str) -> Sequence[InvoiceDraft]:
+        """The project's drafts that became invoices (billed, then perhaps paid)."""
+        async with self._sessions() as session:
+            result = await session.exec(
+                select(InvoiceDraft).where(
+                    InvoiceDraft.project_id == project_id,
+                    col(InvoiceDraft.status).in_(("billed", "paid")),
+                )
+            )
+            return result.all()
 
     async def update_draft(self, draft_id: str, **changes: Any) -> InvoiceDraft:
         async with self._sessions() as session:

@@ -10,7 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from temporalio.client import Client
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleState,
+    ScheduleUpdate,
+)
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -20,6 +30,7 @@ from temporalio.common import (
 
 from settings import Settings
 from workflows import search_attributes as attrs
+from workflows.invoice_cycle import InvoiceCycleInput
 from workflows.opportunity_to_project import (
     DATA_CORRECTED,
     LIFECYCLE,
@@ -29,8 +40,9 @@ from workflows.opportunity_to_project import (
     workflow_id,
 )
 
-#: The type name the worker registers: starters start runs by name, they never run one.
+#: The type names the worker registers: starters start runs by name, they never run one.
 OPPORTUNITY_TO_PROJECT = "OpportunityToProjectWorkflow"
+INVOICE_CYCLE = "InvoiceCycleWorkflow"
 
 _CRM_NAMES = {"salesforce": "Salesforce"}
 
@@ -94,3 +106,33 @@ def _started(handle: object) -> bool:
     """
     response = getattr(handle, "_start_workflow_response", None)
     return bool(getattr(response, "started", True))
+
+
+def schedule_id(calendar: str) -> str:
+    return f"q2c-billing-{calendar}"
+
+
+async def ensure_billing_schedules(client: Client, settings: Settings) -> list[str]:
+    """One Temporal Schedule per billing calendar; creating them again updates them."""
+    ids = []
+    for calendar, cron in settings.billing_calendars.items():
+        schedule = Schedule(
+            action=ScheduleActionStartWorkflow(
+                INVOICE_CYCLE,
+                InvoiceCycleInput(calendar=calendar),
+                id=f"invoice-cycle-{calendar}",
+                task_queue=settings.task_queue,
+            ),
+            spec=ScheduleSpec(cron_expressions=[cron]),
+            policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+            state=ScheduleState(note=f"q2c billing calendar {calendar!r}: {cron} (UTC)"),
+        )
+        sid = schedule_id(calendar)
+        try:
+            await client.create_schedule(sid, schedule)
+        except ScheduleAlreadyRunningError:
+            await client.get_schedule_handle(sid).update(
+                lambda _, schedule=schedule: ScheduleUpdate(schedule=schedule)  # type: ignore[misc]
+            )
+        ids.append(sid)
+    return ids

@@ -24,7 +24,13 @@ from activities.billing import (
 from activities.crm import CrmInvoiceInput
 from activities.deal import DealPolicyInput
 from activities.erp import ErpPosted, PostErpInvoiceInput, RecordErpPaymentInput
-from activities.invoicing import AdjustInput, ContractContext, DraftInput, LoadContractInput
+from activities.invoicing import (
+    AdjustInput,
+    ContractContext,
+    DraftInput,
+    LoadContractInput,
+    ProjectsInput,
+)
 from activities.ledger import (
     LinkReferenceInput,
     RecordAuditInput,
@@ -43,6 +49,7 @@ from canonical import (
     Money,
     PaymentTerms,
 )
+from workflows.invoice_cycle import InvoiceCycleWorkflow
 from workflows.time_to_invoice import TimeToInvoiceInput, TimeToInvoiceWorkflow, workflow_id
 
 APPROVER = "finance@northwind.example"
@@ -106,6 +113,7 @@ class FakeInvoicing:
     )
     calls: dict[str, list[Any]] = field(default_factory=dict)
     view: DraftView | None = None
+    projects: list[str] = field(default_factory=list)
 
     def _record(self, name: str, arg: Any) -> None:
         self.calls.setdefault(name, []).append(arg)
@@ -128,6 +136,10 @@ class FakeInvoicing:
             billing_customer_id="cus_TEST1",
             customer_country="GB",
         )
+
+    @activity.defn(name="list_invoiceable_projects")
+    async def list_invoiceable_projects(self, request: ProjectsInput) -> list[str]:
+        return list(self.projects)
 
     @activity.defn(name="draft_invoice")
     async def draft_invoice(self, request: DraftInput) -> DraftView:
@@ -233,10 +245,11 @@ class FakeInvoicing:
         return Worker(
             client,
             task_queue=task_queue,
-            workflows=[TimeToInvoiceWorkflow],
+            workflows=[TimeToInvoiceWorkflow, InvoiceCycleWorkflow],
             activities=[
                 self.deal_policy,
                 self.load_billing_contract,
+                self.list_invoiceable_projects,
                 self.draft_invoice,
                 self.adjust_draft,
                 self.create_billing_invoice,

@@ -1,0 +1,73 @@
+"""The billing calendar: on schedule, one time-to-invoice run per project for the period just
+ended. Started by a Temporal Schedule (`q2c schedules`); each run it starts has its business
+key, so a period is never invoiced twice however often the cycle runs."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import BaseModel, ConfigDict, Field
+from temporalio import workflow
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.workflow import ParentClosePolicy
+
+with workflow.unsafe.imports_passed_through():
+    from activities.invoicing import InvoicingActivities, ProjectsInput
+    from canonical import BillingPeriod
+    from workflows import presets
+    from workflows.time_to_invoice import (
+        TimeToInvoiceInput,
+        TimeToInvoiceWorkflow,
+    )
+    from workflows.time_to_invoice import workflow_id as invoice_workflow_id
+
+LIFECYCLE = "invoice-cycle"
+
+
+class InvoiceCycleInput(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    calendar: str = "monthly"
+    #: Invoice this period instead of the one that just ended ("2026-11").
+    period: str | None = Field(default=None, pattern=r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+class InvoiceCycleResult(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    period: str
+    started: list[str]
+    already_started: list[str]
+
+
+@workflow.defn
+class InvoiceCycleWorkflow:
+    @workflow.run
+    async def run(self, request: InvoiceCycleInput) -> InvoiceCycleResult:
+        period = request.period or BillingPeriod.of(workflow.now().date()).previous().key
+        projects = await workflow.execute_activity_method(
+            InvoicingActivities.list_invoiceable_projects,
+            ProjectsInput(calendar=request.calendar),
+            **presets.LOCAL_CALL,
+        )
+        started: list[str] = []
+        already: list[str] = []
+        for project_id in projects:
+            wid = invoice_workflow_id(project_id, period)
+            try:
+                await workflow.start_child_workflow(
+                    TimeToInvoiceWorkflow.run,
+                    TimeToInvoiceInput(
+                        project_id=project_id, period=period, trigger=f"schedule:{request.calendar}"
+                    ),
+                    id=wid,
+                    # The invoice runs outlive the cycle: they wait for finance and payment.
+                    parent_close_policy=ParentClosePolicy.ABANDON,
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    execution_timeout=timedelta(days=400),
+                )
+                started.append(wid)
+            except WorkflowAlreadyStartedError:
+                already.append(wid)
+        return InvoiceCycleResult(period=period, started=started, already_started=already)
