@@ -187,6 +187,8 @@ def main() -> None:
     app()
 
 
-# Registers start, approve, reject, signal, status and list on `app` (imported last: it
-# imports `app`, `CliError` and `friendly_errors` from here).
+# Register their commands on `app` (imported last: they import `app`, `CliError` and
+# `friendly_errors` from here): start, approve, reject, signal, status and list; invoice
+# run|show|approve|reject|adjust and schedules.
+import cli.invoicing  # noqa: E402
 import cli.lifecycle  # noqa: E402, F401

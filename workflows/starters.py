@@ -39,10 +39,14 @@ from workflows.opportunity_to_project import (
     Step,
     workflow_id,
 )
+from workflows.time_to_invoice import LIFECYCLE as INVOICE_LIFECYCLE
+from workflows.time_to_invoice import InvoiceStep, TimeToInvoiceInput
+from workflows.time_to_invoice import workflow_id as invoice_workflow_id
 
 #: The type names the worker registers: starters start runs by name, they never run one.
 OPPORTUNITY_TO_PROJECT = "OpportunityToProjectWorkflow"
 INVOICE_CYCLE = "InvoiceCycleWorkflow"
+TIME_TO_INVOICE = "TimeToInvoiceWorkflow"
 
 _CRM_NAMES = {"salesforce": "Salesforce"}
 
@@ -94,6 +98,40 @@ async def start_opportunity_run(
         rpc_timeout=rpc_timeout,
         start_signal=DATA_CORRECTED if refetch else None,
         start_signal_args=[DataCorrected(corrected_by=crm, note=trigger)] if refetch else [],
+    )
+    return StartedRun(workflow_id=handle.id, run_id=handle.result_run_id, started=_started(handle))
+
+
+async def start_invoice_run(
+    client: Client,
+    settings: Settings,
+    project_id: str,
+    period: str,
+    *,
+    trigger: str,
+    rpc_timeout: timedelta | None = None,
+) -> StartedRun:
+    """Start the project's time-to-invoice run for a period, or attach to the one running.
+
+    A period whose run was rejected, expired or failed may be run again: the PSA then offers
+    only what is still unbilled, so nothing is invoiced twice. The caller checks the project
+    id and the period first: both become part of the workflow id.
+    """
+    handle = await client.start_workflow(
+        TIME_TO_INVOICE,
+        TimeToInvoiceInput(project_id=project_id, period=period, trigger=trigger),
+        id=invoice_workflow_id(project_id, period),
+        task_queue=settings.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(attrs.LIFECYCLE, INVOICE_LIFECYCLE),
+                SearchAttributePair(attrs.STEP, InvoiceStep.LOAD_CONTRACT.value),
+            ]
+        ),
+        static_summary=f"Invoice project {project_id} for {period}",
+        rpc_timeout=rpc_timeout,
     )
     return StartedRun(workflow_id=handle.id, run_id=handle.result_run_id, started=_started(handle))
 
