@@ -9,6 +9,8 @@ that folder, so the dev stack and the tests share one way of doing it (see
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.metadata
 import json
 import os
 import sqlite3
@@ -26,13 +28,24 @@ import httpx
 
 import settings
 from canonical import LegalEntity
+from connectors.tryton import trytond_q2c
+from connectors.tryton.catalog import Catalog
+from connectors.tryton.client import TrytonClient
 from connectors.tryton.mapping import LEGAL_ENTITY_PREFIX
+from settings import Settings
+from settings.rules import load_tax_rates as load_tax_rates_by_country
 
 CONFIG_NAME = "trytond.conf"
 ADMIN_LOG_NAME = "trytond-admin.log"
 SERVER_LOG_NAME = "trytond.log"
+#: q2c's own Tryton module (`connectors/tryton/trytond_q2c`): lets q2c mark time billed.
+Q2C_MODULE = trytond_q2c.MODULE_NAME
+Q2C_MODULE_PACKAGE = trytond_q2c.__name__
 #: The modules q2c relies on; their dependencies come along with `--activate-dependencies`.
-MODULES = ("project_invoice", "sale_opportunity", "sale_project_task")
+MODULES = ("project_invoice", "sale_opportunity", "sale_project_task", Q2C_MODULE)
+#: The Tryton tools q2c runs, and their entry functions.
+_TOOLS = {"trytond": "trytond.cli:main", "trytond-admin": "trytond.cli.admin:main"}
+_MODULE_DISTRIBUTION = "q2c-trytond-module"
 #: Creating the schema and activating the modules takes ~20 s; leave room on a busy machine.
 ADMIN_TIMEOUT_S = 600.0
 HEALTH_TIMEOUT_S = 2.0
@@ -91,6 +104,15 @@ COUNTRIES = {
 PRODUCT_CATEGORY = "Professional Services"
 REVENUE_CODE = "4.2.2"
 EXPENSE_CODE = "5.1.3"
+#: Where customer taxes are booked, and where customers' payments arrive (universal chart).
+TAX_PAYABLE_CODE = "2.2.3"
+CASH_CODE = "1.1.1"
+#: Customer taxes are created in this group so the connector tells them from purchase taxes.
+SALE_TAX_GROUP = ("Sales taxes", "SALE")
+BANK_JOURNAL = ("Bank", "BANK")
+PAYMENT_METHOD = "Bank transfer"
+#: Tax on services by customer country; one Tryton tax per distinct rate in every company.
+DEFAULT_TAX_RATES = Path(settings.__file__).parent / "demo" / "tax_rates.toml"
 
 
 def config_path(folder: Path) -> Path:
@@ -105,9 +127,16 @@ def marker_path(folder: Path, database: str) -> Path:
     return folder / f"{database}.bootstrap.json"
 
 
-def _script(name: str) -> str:
-    """The console scripts live next to the interpreter running q2c (its virtualenv)."""
-    return str(Path(sys.executable).parent / name)
+def tool_argv(tool: str) -> list[str]:
+    """Run `trytond` or `trytond-admin` with q2c's Tryton module visible to it.
+
+    The interpreter running q2c runs the tool (its virtualenv holds trytond), through this
+    module's `__main__`, which declares the module to trytond first (see
+    `_expose_q2c_module`).
+    """
+    if tool not in _TOOLS:
+        raise ValueError(f"unknown Tryton tool {tool!r}")
+    return [sys.executable, "-m", "devstack.tryton", tool]
 
 
 def write_config(folder: Path, *, port: int, database: str) -> Path:
@@ -156,7 +185,7 @@ def create_database(
         passfile.write(admin_password)
     try:
         env = {**os.environ, "TRYTONPASSFILE": passfile.name}
-        admin = [_script("trytond-admin"), "-c", str(conf), "-d", database]
+        admin = [*tool_argv("trytond-admin"), "-c", str(conf), "-d", database]
         _run([*admin, "--all", "--email", admin_email], env=env, log_path=log_path)
         _run([*admin, "--activate-dependencies", "-u", *MODULES], env=env, log_path=log_path)
     finally:
@@ -177,12 +206,32 @@ def _run(argv: list[str], *, env: dict[str, str], log_path: Path) -> None:
             check=False,
         )
     if done.returncode != 0:
-        raise RuntimeError(f"{argv[0]} failed with code {done.returncode} (log: {log_path})")
+        tool = next((a for a in argv if a in _TOOLS), argv[0])
+        raise RuntimeError(f"{tool} failed with code {done.returncode} (log: {log_path})")
+
+
+def missing_modules(folder: Path, database: str) -> list[str]:
+    """q2c's modules not activated in an existing database (one made by an older q2c)."""
+    with sqlite3.connect(database_path(folder, database)) as conn:
+        rows = conn.execute("SELECT name FROM ir_module WHERE state = 'activated'").fetchall()
+    conn.close()
+    activated = {str(name) for (name,) in rows}
+    return [m for m in MODULES if m not in activated]
+
+
+def activate_modules(folder: Path, database: str, modules: list[str]) -> None:
+    """Activate `modules` (and what they need) in an existing database; server stopped."""
+    admin = [*tool_argv("trytond-admin"), "-c", str(config_path(folder)), "-d", database]
+    _run(
+        [*admin, "--activate-dependencies", "-u", *modules],
+        env=dict(os.environ),
+        log_path=folder / ADMIN_LOG_NAME,
+    )
 
 
 def server_argv(config: Path, database: str) -> list[str]:
     """`-d` matters: without it 8.2.1 registers the pool too early and logins fail."""
-    return [_script("trytond"), "-c", str(config), "-d", database]
+    return [*tool_argv("trytond"), "-c", str(config), "-d", database]
 
 
 # -- health ------------------------------------------------------------------------------------
@@ -293,8 +342,25 @@ def load_legal_entities(path: Path = DEFAULT_LEGAL_ENTITIES) -> dict[str, LegalE
     return entities
 
 
-def legal_entities_digest(path: Path = DEFAULT_LEGAL_ENTITIES) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def load_tax_rates(path: Path = DEFAULT_TAX_RATES) -> list[Decimal]:
+    """The distinct tax rates (fractions) of the tax rates file, lowest first."""
+    return sorted(set(load_tax_rates_by_country(Settings(tax_rates_file=path)).values()))
+
+
+def inputs_digest(
+    legal_entities: Path = DEFAULT_LEGAL_ENTITIES, tax_rates: Path = DEFAULT_TAX_RATES
+) -> str:
+    """The settings files a database is bootstrapped from: a change re-runs the bootstrap."""
+    digest = hashlib.sha256()
+    for path in (legal_entities, tax_rates):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def tax_name(rate: Decimal) -> str:
+    """`Tax 20%` for 0.20, `Tax 7.5%` for 0.075."""
+    percent = (rate * 100).normalize()
+    return f"Tax {percent:f}%"
 
 
 @dataclass(frozen=True)
@@ -309,7 +375,12 @@ class CompanyResult:
     expense_account_id: int
     receivable_account_id: int
     payable_account_id: int
+    tax_account_id: int
+    cash_account_id: int
+    payment_method_id: int
     fiscal_year_ids: dict[int, int] = field(default_factory=dict)
+    #: Customer taxes by rate (`"0.20"`).
+    tax_ids: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -322,8 +393,9 @@ class BootstrapResult:
     product_ids: dict[str, int]
     payment_term_ids: dict[str, int]
     hour_uom_id: int
-    #: The legal entities file the database was set up from (a changed file re-runs it).
-    legal_entities_sha256: str = ""
+    bank_journal_id: int
+    #: The settings files the database was set up from (a changed file re-runs it).
+    inputs_sha256: str = ""
 
     @property
     def company_ids(self) -> dict[str, int]:
@@ -370,26 +442,31 @@ async def bootstrap(
     login: str = "admin",
     today: date | None = None,
     legal_entities: Path = DEFAULT_LEGAL_ENTITIES,
+    tax_rates: Path = DEFAULT_TAX_RATES,
 ) -> BootstrapResult:
     """Make a fresh database usable for q2c; a second run finds and reuses everything."""
-    from connectors.tryton.client import TrytonClient
-
     entities = load_legal_entities(legal_entities)
+    rates = load_tax_rates(tax_rates)
     async with TrytonClient(url, database, login, admin_password) as client:
         await client.login()
         result = await _Bootstrap(
-            client, today or datetime.now().astimezone().date(), entities
+            client, today or datetime.now().astimezone().date(), entities, rates
         ).run()
-    return replace(result, legal_entities_sha256=legal_entities_digest(legal_entities))
+    return replace(result, inputs_sha256=inputs_digest(legal_entities, tax_rates))
 
 
 class _Bootstrap:
-    def __init__(self, client: Any, today: date, entities: dict[str, LegalEntity]) -> None:
-        from connectors.tryton.client import TrytonClient
-
-        self.c: TrytonClient = client
+    def __init__(
+        self,
+        client: TrytonClient,
+        today: date,
+        entities: dict[str, LegalEntity],
+        tax_rates: list[Decimal],
+    ) -> None:
+        self.c = client
         self.today = today
         self.entities = entities
+        self.tax_rates = tax_rates
 
     async def run(self) -> BootstrapResult:
         currency_ids = await self.currencies()
@@ -400,9 +477,12 @@ class _Bootstrap:
         }
         await self.user_companies([cid for cid, _ in company_ids.values()])
         move_type, invoice_type = await self.sequence_types()
+        tax_group = await self.sale_tax_group()
+        bank_journal = await self.bank_journal()
         companies: dict[str, CompanyResult] = {}
         for code, (company_id, party_id) in company_ids.items():
             accounts = await self.chart(company_id)
+            await self.tax_rounding(company_id)
             years = [self.today.year, self.today.year + 1]
             companies[code] = CompanyResult(
                 company_id=company_id,
@@ -415,9 +495,18 @@ class _Bootstrap:
                 expense_account_id=accounts["expense"],
                 receivable_account_id=accounts["receivable"],
                 payable_account_id=accounts["payable"],
+                tax_account_id=accounts["tax"],
+                cash_account_id=accounts["cash"],
+                payment_method_id=await self.payment_method(
+                    company_id, bank_journal, accounts["cash"]
+                ),
                 fiscal_year_ids={
                     y: await self.fiscal_year(code, company_id, y, move_type, invoice_type)
                     for y in years
+                },
+                tax_ids={
+                    str(rate): await self.tax(company_id, rate, tax_group, accounts["tax"])
+                    for rate in self.tax_rates
                 },
             )
         hour = int(await self.c.model("ir.model.data", "get_id", "product", "uom_hour"))
@@ -432,6 +521,7 @@ class _Bootstrap:
             product_ids=product_ids,
             payment_term_ids=payment_term_ids,
             hour_uom_id=hour,
+            bank_journal_id=bank_journal,
         )
 
     async def currencies(self) -> dict[str, int]:
@@ -599,7 +689,89 @@ class _Bootstrap:
             # Services recognised over time, and their cost, in the universal chart.
             "revenue": await self._account(company_id, "type.revenue", code=REVENUE_CODE),
             "expense": await self._account(company_id, "type.expense", code=EXPENSE_CODE),
+            "tax": await self._account_by_code(company_id, TAX_PAYABLE_CODE),
+            "cash": await self._account_by_code(company_id, CASH_CODE),
         }
+
+    async def _account_by_code(self, company_id: int, code: str) -> int:
+        found = await self.c.search(
+            "account.account",
+            [("company", "=", company_id), ("code", "=", code), ("closed", "!=", True)],
+            limit=1,
+        )
+        if not found:
+            raise RuntimeError(f"no account {code} in the chart of company {company_id}")
+        return found[0]
+
+    async def tax_rounding(self, company_id: int) -> None:
+        """Tax rounded per line, as q2c and the billing system do, so the totals agree."""
+        company = self.c.for_company(company_id)
+        (config,) = await company.read("account.configuration", [1], ["tax_rounding"])
+        if config["tax_rounding"] != "line":
+            await company.write("account.configuration", [1], {"tax_rounding": "line"})
+
+    async def sale_tax_group(self) -> int:
+        name, code = SALE_TAX_GROUP
+        found = await self.c.search("account.tax.group", [("code", "=", code)], limit=1)
+        if found:
+            return found[0]
+        return await self.c.create_one(
+            "account.tax.group", {"name": name, "code": code, "kind": "sale"}
+        )
+
+    async def tax(self, company_id: int, rate: Decimal, group: int, account: int) -> int:
+        """The company's customer tax at `rate` (percentage type; Tryton's rate is a fraction)."""
+        name = tax_name(rate)
+        found = await self.c.search(
+            "account.tax",
+            [("company", "=", company_id), ("name", "=", name), ("group", "=", group)],
+            limit=1,
+        )
+        if found:
+            return found[0]
+        return await self.c.for_company(company_id).create_one(
+            "account.tax",
+            {
+                "name": name,
+                "description": name,
+                "company": company_id,
+                "group": group,
+                "type": "percentage",
+                "rate": rate,
+                "invoice_account": account,
+                "credit_note_account": account,
+            },
+        )
+
+    async def bank_journal(self) -> int:
+        """Journals are shared by all companies in Tryton; their moves are numbered per year."""
+        name, code = BANK_JOURNAL
+        found = await self.c.search("account.journal", [("code", "=", code)], limit=1)
+        if found:
+            return found[0]
+        return await self.c.create_one(
+            "account.journal", {"name": name, "code": code, "type": "cash"}
+        )
+
+    async def payment_method(self, company_id: int, journal: int, cash_account: int) -> int:
+        """How customers' payments are recorded in the company: into its cash account."""
+        found = await self.c.search(
+            "account.invoice.payment.method",
+            [("company", "=", company_id), ("name", "=", PAYMENT_METHOD)],
+            limit=1,
+        )
+        if found:
+            return found[0]
+        return await self.c.for_company(company_id).create_one(
+            "account.invoice.payment.method",
+            {
+                "name": PAYMENT_METHOD,
+                "company": company_id,
+                "journal": journal,
+                "debit_account": cash_account,
+                "credit_account": cash_account,
+            },
+        )
 
     async def _party_accounts(self, company_id: int) -> tuple[int, int]:
         receivable = await self._account(company_id, "type.receivable", party_required=True)
@@ -850,6 +1022,52 @@ class _Bootstrap:
         )
 
 
+# -- accounting periods ------------------------------------------------------------------------
+
+
+async def close_period(client: TrytonClient, company_code: str, day: date) -> int:
+    """Close the legal entity's accounting period holding `day`, as finance closes a month.
+
+    Nothing can be posted into a closed period: posting an invoice dated in it fails for
+    good (a `ValidationFailed`) until `reopen_period`. Returns the period's id.
+    """
+    period = await _period(client, company_code, day)
+    await client.for_company(period["company"]).model("account.period", "close", [period["id"]])
+    return int(period["id"])
+
+
+async def reopen_period(client: TrytonClient, company_code: str, day: date) -> int:
+    """Reopen the period and its journals (closing the period closed them all)."""
+    period = await _period(client, company_code, day)
+    company = client.for_company(period["company"])
+    if period["state"] != "open":
+        await company.model("account.period", "reopen", [period["id"]])
+    journals = await company.search(
+        "account.journal.period", [("period", "=", period["id"]), ("state", "=", "closed")]
+    )
+    if journals:
+        await company.model("account.journal.period", "reopen", journals)
+    return int(period["id"])
+
+
+async def _period(client: TrytonClient, company_code: str, day: date) -> dict[str, Any]:
+    company = (await Catalog.load(client)).company(company_code)
+    found = await client.search_read(
+        "account.period",
+        [
+            ("company", "=", company.company_id),
+            ("type", "=", "standard"),
+            ("start_date", "<=", day),
+            ("end_date", ">=", day),
+        ],
+        ["company", "state"],
+        limit=1,
+    )
+    if not found:
+        raise LookupError(f"{company_code} has no accounting period for {day}")
+    return found[0]
+
+
 def employees_of(code: str) -> tuple[str, ...]:
     """The demo people of a legal entity; an entity the demo does not know gets two."""
     return EMPLOYEES.get(code, (f"{code} Consultant", f"{code} Project Manager"))
@@ -867,6 +1085,7 @@ def list_price(usd_price: Decimal, currency: str) -> Decimal:
 def prepare(folder: Path, *, port: int, database: str, admin_password: str) -> Path:
     """Write the config and create the database when absent; returns the config path.
 
+    A database made by an older q2c gets the modules it lacks (q2c's own among them).
     Start the server with `server_argv`, wait for `health_check`, then `await bootstrap`
     and `mark_bootstrapped` unless `is_bootstrapped` already says so.
     """
@@ -875,6 +1094,10 @@ def prepare(folder: Path, *, port: int, database: str, admin_password: str) -> P
     if not db.exists() or db.stat().st_size == 0:
         marker_path(folder, database).unlink(missing_ok=True)
         create_database(folder, database=database, admin_password=admin_password)
+    else:
+        missing = missing_modules(folder, database)
+        if missing:
+            activate_modules(folder, database, missing)
     return conf
 
 
@@ -885,10 +1108,11 @@ async def ensure_bootstrapped(
     database: str,
     admin_password: str,
     legal_entities: Path = DEFAULT_LEGAL_ENTITIES,
+    tax_rates: Path = DEFAULT_TAX_RATES,
 ) -> BootstrapResult:
     """Bootstrap a running server once; later calls read the marker.
 
-    A marker of an older shape, or one made from another legal entities file, runs the
+    A marker of an older shape, or one made from other settings files, runs the
     bootstrap again: it reuses what exists and adds what is missing.
     """
     if is_bootstrapped(folder, database):
@@ -896,10 +1120,64 @@ async def ensure_bootstrapped(
             known = read_bootstrap(folder, database)
         except (KeyError, TypeError, ValueError):
             known = None
-        if known is not None and known.legal_entities_sha256 == legal_entities_digest(
-            legal_entities
-        ):
+        if known is not None and known.inputs_sha256 == inputs_digest(legal_entities, tax_rates):
             return known
-    result = await bootstrap(url, database, admin_password, legal_entities=legal_entities)
+    result = await bootstrap(
+        url, database, admin_password, legal_entities=legal_entities, tax_rates=tax_rates
+    )
     mark_bootstrapped(folder, database, result)
     return result
+
+
+# -- running trytond with q2c's module --------------------------------------------------------
+
+
+def _expose_q2c_module() -> None:
+    """Declare q2c's module to trytond the way an installed module declares itself.
+
+    trytond finds modules in its own package folder and through `trytond.modules` entry
+    points. A distribution known to this process only carries that entry point: nothing
+    is installed or written anywhere, and plain `trytond` stays as it was.
+    """
+
+    class ModuleDistribution(importlib.metadata.Distribution):
+        def read_text(self, filename: str) -> str | None:
+            if filename == "METADATA":
+                return f"Metadata-Version: 2.1\nName: {_MODULE_DISTRIBUTION}\nVersion: 1\n"
+            if filename == "entry_points.txt":
+                return f"[trytond.modules]\n{Q2C_MODULE} = {Q2C_MODULE_PACKAGE}\n"
+            return None
+
+        def locate_file(self, path: str | os.PathLike[str]) -> Path:
+            return Path(__file__).parent / path
+
+    class ModuleFinder(importlib.metadata.DistributionFinder):
+        def find_spec(self, *args: object, **kwargs: object) -> None:
+            return None  # finds distributions, not imports
+
+        def find_distributions(
+            self, context: importlib.metadata.DistributionFinder.Context | None = None
+        ) -> list[importlib.metadata.Distribution]:
+            name = context.name if context is not None else None
+            if name is None or name.replace("_", "-").lower() == _MODULE_DISTRIBUTION:
+                return [ModuleDistribution()]
+            return []
+
+    sys.meta_path.append(ModuleFinder())
+
+
+def _main(argv: list[str]) -> int:
+    """`python -m devstack.tryton trytond|trytond-admin ARGS...`"""
+    if len(argv) < 2 or argv[1] not in _TOOLS:
+        print(f"usage: python -m devstack.tryton {{{'|'.join(_TOOLS)}}} ARGS...", file=sys.stderr)
+        return 2
+    tool = argv[1]
+    _expose_q2c_module()
+    module_name, _, function = _TOOLS[tool].partition(":")
+    main = getattr(importlib.import_module(module_name), function)
+    sys.argv = [tool, *argv[2:]]
+    return int(main() or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv))

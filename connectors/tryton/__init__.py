@@ -10,7 +10,15 @@ from connectors.tryton.mapping import (
     product_for_role,
 )
 from connectors.tryton.psa import TrytonPsa
-from connectors.tryton.wire import Employee, ProjectInfo, ProjectRef, TaskInfo
+from connectors.tryton.wire import (
+    Employee,
+    ErpInvoice,
+    ErpInvoiceInfo,
+    ProjectInfo,
+    ProjectRef,
+    TaskInfo,
+    TimePage,
+)
 
 __all__ = [
     "DEFAULT_PRODUCT",
@@ -20,9 +28,12 @@ __all__ = [
     "Catalog",
     "Company",
     "Employee",
+    "ErpInvoice",
+    "ErpInvoiceInfo",
     "ProjectInfo",
     "ProjectRef",
     "TaskInfo",
+    "TimePage",
     "TrytonClient",
     "TrytonErp",
     "TrytonPsa",

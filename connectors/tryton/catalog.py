@@ -13,7 +13,7 @@ from decimal import Decimal
 
 from connectors.errors import PermanentError, ValidationFailed
 from connectors.tryton.client import SYSTEM, TrytonClient
-from connectors.tryton.mapping import LEGAL_ENTITY_PREFIX
+from connectors.tryton.mapping import DEFAULT_PRODUCT, LEGAL_ENTITY_PREFIX
 
 
 @dataclass
@@ -30,6 +30,10 @@ class Company:
     #: Loaded on first use: list prices of the service products in this company.
     product_prices: dict[str, Decimal | None] | None = None
     receivable_account_id: int | None = None
+    revenue_account_id: int | None = None
+    payment_method_id: int | None = None
+    #: Customer taxes of this company by rate (a fraction, as Tryton and q2c keep it).
+    taxes: dict[Decimal, int] = field(default_factory=dict)
 
     def employee_id(self, name: str) -> int:
         try:
@@ -51,6 +55,7 @@ class Catalog:
     _payment_terms: dict[int, int] = field(default_factory=dict)
     _countries: dict[str, int] = field(default_factory=dict)
     _done_status: int | None = None
+    _revenue_journal: int | None = None
 
     @classmethod
     async def load(cls, client: TrytonClient) -> Catalog:
@@ -108,6 +113,21 @@ class Catalog:
             [("type", "=", "service"), ("salable", "=", True)],
             ["template.name"],
         )
+        taxes = await client.search_read(
+            "account.tax",
+            [
+                ("company", "in", list(staff)),
+                ("type", "=", "percentage"),
+                ("parent", "=", None),
+                ["OR", ("group", "=", None), ("group.kind", "in", ["sale", "both"])],
+            ],
+            ["company", "rate", "group"],
+            order=[("id", "ASC")],
+        )
+        by_rate: dict[int, dict[Decimal, int]] = {cid: {} for cid in staff}
+        # A tax of a customer tax group wins over one in no group at the same rate.
+        for t in sorted(taxes, key=lambda t: t["group"] is None):
+            by_rate[int(t["company"])].setdefault(Decimal(t["rate"]), int(t["id"]))
         companies = {}
         for r in rows:
             party = int(r["party"])
@@ -119,6 +139,7 @@ class Catalog:
                 country=countries.get(party),
                 currency=str(r["currency."]["code"]),
                 employees=staff[int(r["id"])],
+                taxes=by_rate[int(r["id"])],
             )
         return cls(
             companies=companies,
@@ -146,6 +167,77 @@ class Catalog:
             system=SYSTEM,
             field="company",
         )
+
+    def tax_id(self, company_code: str, rate: Decimal) -> int:
+        """The company's customer tax at `rate` (0.20 for 20 %)."""
+        company = self.company(company_code)
+        try:
+            return company.taxes[rate]
+        except KeyError:
+            known = ", ".join(f"{r:%}" for r in sorted(company.taxes)) or "none"
+            raise ValidationFailed(
+                f"{company.code} ({company.name}) has no customer tax at {rate:%} (has: {known})",
+                system=SYSTEM,
+                field="tax_rate",
+            ) from None
+
+    async def revenue_account(self, client: TrytonClient, company: Company) -> int:
+        """Where the company books service revenue: the default service product's account."""
+        if company.revenue_account_id is None:
+            product = self.product_ids.get(DEFAULT_PRODUCT)
+            in_company = client.for_company(company.company_id)
+            # Company-dependent: the accounting category's revenue account in this company.
+            rows = (
+                await in_company.read(
+                    "product.product", [product], ["account_category.account_revenue"]
+                )
+                if product is not None
+                else []
+            )
+            category = rows[0].get("account_category.") if rows else None
+            if not category or not category["account_revenue"]:
+                raise ValidationFailed(
+                    f"{company.code} ({company.name}) has no revenue account for "
+                    f"{DEFAULT_PRODUCT!r}",
+                    system=SYSTEM,
+                    field="account_revenue",
+                )
+            company.revenue_account_id = int(category["account_revenue"])
+        return company.revenue_account_id
+
+    async def revenue_journal(self, client: TrytonClient) -> int:
+        """The journal customer invoices are posted in (Tryton's client picks the same)."""
+        if self._revenue_journal is None:
+            found = await client.search(
+                "account.journal",
+                [("type", "=", "revenue")],
+                order=[("matching_sequence", "ASC"), ("id", "ASC")],
+                limit=1,
+            )
+            if not found:
+                raise ValidationFailed(
+                    "Tryton has no revenue journal", system=SYSTEM, field="journal"
+                )
+            self._revenue_journal = found[0]
+        return self._revenue_journal
+
+    async def payment_method(self, client: TrytonClient, company: Company) -> int:
+        """How the company records customer payments: its first active payment method."""
+        if company.payment_method_id is None:
+            found = await client.search(
+                "account.invoice.payment.method",
+                [("company", "=", company.company_id)],
+                order=[("id", "ASC")],
+                limit=1,
+            )
+            if not found:
+                raise ValidationFailed(
+                    f"{company.code} ({company.name}) has no invoice payment method",
+                    system=SYSTEM,
+                    field="payment_method",
+                )
+            company.payment_method_id = found[0]
+        return company.payment_method_id
 
     async def product_prices(
         self, client: TrytonClient, company: Company

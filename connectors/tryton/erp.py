@@ -2,7 +2,9 @@
 
 Parties are shared by all companies in Tryton; what makes a party a customer of one of
 the firm's legal entities is company-dependent: its receivable account in that company.
-Invoices are made and posted in the company of their project.
+Invoices are made and posted in the company of their project (`invoice_project`, Tryton
+rating the time) or of their legal entity (`create_invoice`, q2c rating it), and paid
+there.
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from canonical import Customer, Invoice, LegalEntity
-from connectors.errors import NotFound, ValidationFailed
+from canonical import Customer, Invoice, InvoiceStatus, LegalEntity, Money
+from connectors.errors import IdempotencyConflict, NotFound, ValidationFailed
 from connectors.tryton import mapping
 from connectors.tryton.catalog import Catalog, Company
 from connectors.tryton.client import SYSTEM, TrytonClient
-from connectors.tryton.wire import InvoiceLineRecord, InvoiceRecord
+from connectors.tryton.wire import ErpInvoice, ErpInvoiceInfo, InvoiceLineRecord, InvoiceRecord
 
 _INVOICE_FIELDS = [
     "type",
@@ -429,20 +431,300 @@ class TrytonErp:
 
     async def _project_invoices(self, project_id: int) -> dict[int, str | None]:
         """Draft customer invoices holding this project's time, with their comment."""
-        works = await self.client.search_read(
-            "project.work", [("parent", "child_of", [project_id])], ["timesheet_works"]
-        )
-        timesheet_works = [tw for w in works for tw in w["timesheet_works"]]
-        if not timesheet_works:
-            return {}
-        lines = await self.client.search_read(
-            "timesheet.line",
-            [("work", "in", timesheet_works), ("invoice_line", "!=", None)],
-            ["invoice_line.invoice"],
-        )
-        invoice_ids = sorted({int(ln["invoice_line."]["invoice"]) for ln in lines})
+        invoice_ids = sorted(await self._invoices_billing_time(project_id))
         rows = await self.client.read("account.invoice", invoice_ids, ["comment", "state"])
         return {int(r["id"]): r.get("comment") for r in rows if r["state"] == "draft"}
+
+    async def create_invoice(
+        self,
+        invoice: Invoice,
+        *,
+        party_id: int,
+        reference: str,
+        idempotency_key: str,
+        payment_net_days: int,
+    ) -> ErpInvoice:
+        """The customer invoice matching q2c's own (billing's), as a draft to post.
+
+        Made in the company of `invoice.legal_entity_code`: one line per canonical line, on
+        the company's revenue account, with the company's customer tax at the line's rate;
+        `reference` is the billing system's invoice number. The invoice and its lines are
+        created in one call (one transaction), so a retry finds it by its key (draft or
+        posted) or creates it afresh. The invoice date is the billing invoice's issue date;
+        without one, Tryton dates it when posting.
+
+        Tryton rounds half to even where q2c rounds half up: a line whose amount would
+        differ goes as one unit at q2c's net (see `mapping.invoice_line_values`), and tax
+        amounts Tryton rounded otherwise are set to q2c's while the invoice is a draft, so
+        Tryton's total is the canonical total to the minor unit.
+        """
+        if not invoice.lines:
+            raise ValidationFailed(
+                f"invoice {invoice.id} has no lines", system=SYSTEM, field="lines"
+            )
+        company = await self._invoice_company(invoice)
+        client = self.client.for_company(company.company_id)
+        tax_ids = await self._tax_ids(company, invoice)
+        invoice_id = await self.find_invoice(idempotency_key)
+        if invoice_id is None:
+            values = await self._invoice_values(
+                client, company, invoice, party_id, reference, idempotency_key, tax_ids
+            )
+            values["payment_term"] = await (await self.catalog()).payment_term(
+                client, payment_net_days
+            )
+            invoice_id = await client.create_one("account.invoice", values)
+        line_ids = await self._invoice_line_ids(invoice_id)
+        if len(line_ids) != len(invoice.lines):
+            raise IdempotencyConflict(
+                f"invoice {invoice_id} made under key {idempotency_key!r} has "
+                f"{len(line_ids)} lines; invoice {invoice.id} has {len(invoice.lines)}",
+                system=SYSTEM,
+            )
+        await self._match_taxes(client, invoice_id, invoice, tax_ids)
+        return ErpInvoice(id=invoice_id, line_ids=line_ids)
+
+    async def _invoice_company(self, invoice: Invoice) -> Company:
+        if not invoice.legal_entity_code:
+            raise ValidationFailed(
+                f"invoice {invoice.id} names no legal entity",
+                system=SYSTEM,
+                field="legal_entity_code",
+            )
+        cat = await self.catalog()
+        if invoice.legal_entity_code not in cat.companies:
+            cat = await self.catalog(refresh=True)
+        return cat.company(invoice.legal_entity_code, field="legal_entity_code")
+
+    async def _tax_ids(self, company: Company, invoice: Invoice) -> list[int]:
+        """The Tryton tax of each line; a rate not in the catalog may be a tax added since."""
+        cat = await self.catalog()
+        if any(line.tax_rate not in company.taxes for line in invoice.lines):
+            cat = await self.catalog(refresh=True)
+        return [cat.tax_id(company.code, line.tax_rate) for line in invoice.lines]
+
+    async def _invoice_values(
+        self,
+        client: TrytonClient,
+        company: Company,
+        invoice: Invoice,
+        party_id: int,
+        reference: str,
+        idempotency_key: str,
+        tax_ids: list[int],
+    ) -> dict[str, Any]:
+        cat = await self.catalog()
+        currency = cat.currency_ids.get(invoice.currency)
+        if currency is None:
+            raise ValidationFailed(
+                f"Tryton has no currency {invoice.currency}", system=SYSTEM, field="currency"
+            )
+        # Company-dependent: the party's receivable account in this company.
+        rows = await client.read(
+            "party.party", [party_id], ["addresses", "account_receivable", "tax_identifier"]
+        )
+        if not rows:
+            raise NotFound(f"no party {party_id} in Tryton", system=SYSTEM)
+        party = rows[0]
+        addresses = await client.read("party.address", party["addresses"], ["invoice", "sequence"])
+        addresses.sort(key=lambda a: (not a["invoice"], a["sequence"] is None, a["sequence"] or 0))
+        if not addresses:
+            raise ValidationFailed(
+                f"party {party_id} has no address to invoice", system=SYSTEM, field="addresses"
+            )
+        revenue = await cat.revenue_account(client, company)
+        comment = mapping.with_label(None, mapping.KEY_LABEL, idempotency_key)
+        comment = mapping.with_label(comment, mapping.INVOICE_LABEL, invoice.id)
+        if invoice.project_id:
+            comment = mapping.with_label(comment, mapping.PROJECT_LABEL, invoice.project_id)
+        lines = []
+        for i, (line, tax) in enumerate(zip(invoice.lines, tax_ids, strict=True)):
+            quantity, unit_price, description = mapping.invoice_line_values(line)
+            lines.append(
+                {
+                    "type": "line",
+                    "sequence": i + 1,
+                    "company": company.company_id,
+                    "currency": currency,
+                    "description": description,
+                    "quantity": quantity,
+                    "unit_price": unit_price,
+                    "account": revenue,
+                    "taxes": [["add", [tax]]],
+                }
+            )
+        return {
+            "type": "out",
+            "company": company.company_id,
+            "party": party_id,
+            "invoice_address": addresses[0]["id"],
+            "party_tax_identifier": party["tax_identifier"],
+            "currency": currency,
+            "account": party["account_receivable"] or await cat.receivable_account(client, company),
+            "journal": await cat.revenue_journal(client),
+            "invoice_date": invoice.issued_at.date() if invoice.issued_at else None,
+            "reference": reference,
+            "description": invoice.memo,
+            "comment": comment,
+            "lines": [["create", lines]],
+        }
+
+    async def _invoice_line_ids(self, invoice_id: int) -> list[int]:
+        rows = await self.client.search_read(
+            "account.invoice.line",
+            [("invoice", "=", invoice_id), ("type", "=", "line")],
+            ["sequence"],
+            order=[("sequence", "ASC"), ("id", "ASC")],
+        )
+        return [int(r["id"]) for r in rows]
+
+    async def _match_taxes(
+        self, client: TrytonClient, invoice_id: int, invoice: Invoice, tax_ids: list[int]
+    ) -> None:
+        """Give the draft's taxes q2c's amounts, then check Tryton's total is q2c's.
+
+        Tryton keeps a tax amount set on a draft as long as its base does not change, and
+        posts it as set.
+        """
+        (row,) = await client.read("account.invoice", [invoice_id], ["state", "taxes"])
+        if row["state"] != "draft":
+            return
+        expected = mapping.expected_taxes(invoice.lines, tax_ids)
+        taxes = await client.read(
+            "account.invoice.tax", row["taxes"], ["tax", "base", "amount", "manual"]
+        )
+        for tax in taxes:
+            if tax["manual"] or tax["tax"] is None:
+                continue
+            wanted = expected.get((int(tax["tax"]), tax["base"] >= 0))
+            if wanted is not None and tax["amount"] != wanted:
+                await client.write("account.invoice.tax", [tax["id"]], {"amount": wanted})
+        (totals,) = await client.read("account.invoice", [invoice_id], ["total_amount"])
+        if totals["total_amount"] != invoice.total.amount:
+            raise ValidationFailed(
+                f"Tryton totals invoice {invoice_id} at {totals['total_amount']} "
+                f"{invoice.currency}, q2c at {invoice.total.amount}",
+                system=SYSTEM,
+                field="total",
+                code="total_mismatch",
+            )
+
+    async def delete_draft_invoice(self, invoice_id: int) -> None:
+        """Delete a customer invoice that was never posted (a compensation).
+
+        An invoice already gone counts as deleted. Time billed on its lines returns to
+        unbilled: Tryton clears the timesheet lines' link when their invoice line goes. A
+        posted invoice is part of the books: it is refused, it needs a credit note.
+        """
+        rows = await self._invoice_row(invoice_id, ["state", "number", "company"])
+        if not rows:
+            return
+        state, number = rows[0]["state"], rows[0]["number"]
+        if state in ("posted", "paid") or (state == "cancelled" and number):
+            raise ValidationFailed(
+                f"invoice {number or invoice_id} is {state}: it cannot be deleted",
+                system=SYSTEM,
+                field="state",
+                code="invoice_posted",
+            )
+        client = self.client.for_company(int(rows[0]["company"]))
+        if state == "validated":
+            await client.model("account.invoice", "draft", [invoice_id])
+        await client.delete("account.invoice", [invoice_id])
+
+    async def record_payment(
+        self,
+        invoice_id: int,
+        *,
+        amount: Money,
+        paid_on: date,
+        reference: str,
+        idempotency_key: str,
+    ) -> None:
+        """Record a customer's payment against a posted invoice, with Tryton's pay wizard.
+
+        The payment is a move in the company's payment method's journal whose origin is
+        the invoice and whose description carries `reference` and the key. A payment
+        already recorded under the key, or an invoice already paid, is left alone. A
+        partial payment leaves the rest to pay; paying more than is due is refused.
+        """
+        rows = await self._invoice_row(
+            invoice_id, ["state", "company", "currency.code", "amount_to_pay", "party", "number"]
+        )
+        if not rows:
+            raise NotFound(f"no invoice {invoice_id} in Tryton", system=SYSTEM)
+        row = rows[0]
+        if row["state"] == "paid":
+            return
+        if row["state"] != "posted":
+            raise ValidationFailed(
+                f"invoice {invoice_id} is {row['state']}: only a posted invoice can be paid",
+                system=SYSTEM,
+                field="state",
+            )
+        if amount.currency != row["currency."]["code"]:
+            raise ValidationFailed(
+                f"invoice {row['number']} is in {row['currency.']['code']}, "
+                f"the payment in {amount.currency}",
+                system=SYSTEM,
+                field="currency",
+            )
+        if await self._payment_recorded(invoice_id, idempotency_key):
+            return
+        if amount.amount <= 0 or amount.amount > row["amount_to_pay"]:
+            raise ValidationFailed(
+                f"invoice {row['number']} has {row['amount_to_pay']} {amount.currency} to pay; "
+                f"a payment of {amount.amount} does not fit",
+                system=SYSTEM,
+                field="amount",
+            )
+        cat = await self.catalog()
+        company = cat.company_by_id(int(row["company"]))
+        client = self.client.for_company(company.company_id)
+        method = await cat.payment_method(client, company)
+        wizard = "wizard.account.invoice.pay"
+        context = {
+            "active_model": "account.invoice",
+            "active_id": invoice_id,
+            "active_ids": [invoice_id],
+        }
+        session, start, _ = await client.call(f"{wizard}.create", context=context)
+        try:
+            shown = await client.call(f"{wizard}.execute", session, {}, start, context=context)
+            defaults = _plain(shown["view"]["defaults"])
+            data: dict[str, Any] = {
+                "start": {
+                    **defaults,
+                    "amount": amount.amount,
+                    "description": mapping.payment_description(reference, idempotency_key),
+                    "payment_method": method,
+                    "date": paid_on,
+                }
+            }
+            answer = await client.call(
+                f"{wizard}.execute", session, data, "choice", context=context
+            )
+            if answer.get("view"):
+                # Less than what is due: the wizard asks how to treat the rest.
+                data["ask"] = {**_plain(answer["view"]["defaults"]), "type": "partial"}
+                await client.call(f"{wizard}.execute", session, data, "pay", context=context)
+        finally:
+            await client.call(f"{wizard}.delete", session, context=context)
+
+    async def _invoice_row(self, invoice_id: int, fields: list[str]) -> list[dict[str, Any]]:
+        """The invoice's fields, or nothing when there is no such invoice (`read` refuses)."""
+        return await self.client.search_read("account.invoice", [("id", "=", invoice_id)], fields)
+
+    async def _payment_recorded(self, invoice_id: int, idempotency_key: str) -> bool:
+        moves = await self.client.search_read(
+            "account.move",
+            [
+                ("origin", "=", f"account.invoice,{invoice_id}"),
+                ("description", "like", mapping.like_pattern(f"[q2c-key: {idempotency_key}]")),
+            ],
+            ["description"],
+        )
+        return any(mapping.payment_key(m["description"]) == idempotency_key for m in moves)
 
     async def post_invoice(self, invoice_id: int) -> Invoice:
         """Post (number and book) the invoice; posting a posted or paid invoice changes nothing."""
@@ -491,6 +773,94 @@ class TrytonErp:
             due_date=await self._due_date(record.lines_to_pay),
         )
 
+    async def get_invoice_info(self, invoice_id: int) -> ErpInvoiceInfo:
+        """The invoice as Tryton totals it, with the billing reference and what is left to pay."""
+        rows = await self._invoice_row(
+            invoice_id,
+            [
+                "state",
+                "number",
+                "company",
+                "currency.code",
+                "invoice_date",
+                "reference",
+                "comment",
+                "untaxed_amount",
+                "tax_amount",
+                "total_amount",
+                "amount_to_pay",
+                "lines_to_pay",
+            ],
+        )
+        if not rows:
+            raise NotFound(f"no invoice {invoice_id} in Tryton", system=SYSTEM)
+        row = rows[0]
+        currency = str(row["currency."]["code"])
+        cat = await self.catalog()
+        legal_entity = next(
+            (c.code for c in cat.companies.values() if c.company_id == row["company"]), None
+        )
+
+        def money(value: Decimal | None) -> Money:
+            return Money(amount=value or Decimal(0), currency=currency)
+
+        return ErpInvoiceInfo(
+            id=invoice_id,
+            number=row["number"],
+            state=row["state"],
+            status=mapping.INVOICE_STATUS.get(row["state"], InvoiceStatus.DRAFT),
+            legal_entity_code=legal_entity,
+            reference=row["reference"] or None,
+            idempotency_key=mapping.label_value(row["comment"], mapping.KEY_LABEL),
+            invoice_date=row["invoice_date"],
+            due_date=await self._due_date(row["lines_to_pay"]),
+            untaxed=money(row["untaxed_amount"]),
+            tax=money(row["tax_amount"]),
+            total=money(row["total_amount"]),
+            amount_to_pay=money(row["amount_to_pay"]),
+            line_ids=await self._invoice_line_ids(invoice_id),
+        )
+
+    async def invoice_reference(self, invoice_id: int) -> str | None:
+        """The billing system's number the invoice carries (`create_invoice`'s reference)."""
+        rows = await self._invoice_row(invoice_id, ["reference"])
+        if not rows:
+            raise NotFound(f"no invoice {invoice_id} in Tryton", system=SYSTEM)
+        return rows[0]["reference"] or None
+
+    async def invoices_of_project(self, project_id: int) -> list[int]:
+        """Customer invoices of the project, in any state: those q2c made for it (labelled
+        with the project) and those billing its time (Tryton's own project invoicing)."""
+        labelled = await self.client.search_read(
+            "account.invoice",
+            [
+                ("type", "=", "out"),
+                ("comment", "like", mapping.like_pattern(f"{mapping.PROJECT_LABEL} {project_id}")),
+            ],
+            ["comment"],
+        )
+        found = {
+            int(r["id"])
+            for r in labelled
+            if mapping.label_value(r["comment"], mapping.PROJECT_LABEL) == str(project_id)
+        }
+        found.update(await self._invoices_billing_time(project_id))
+        return sorted(found)
+
+    async def _invoices_billing_time(self, project_id: int) -> set[int]:
+        works = await self.client.search_read(
+            "project.work", [("parent", "child_of", [project_id])], ["timesheet_works"]
+        )
+        timesheet_works = [tw for w in works for tw in w["timesheet_works"]]
+        if not timesheet_works:
+            return set()
+        lines = await self.client.search_read(
+            "timesheet.line",
+            [("work", "in", timesheet_works), ("invoice_line", "!=", None)],
+            ["invoice_line.invoice"],
+        )
+        return {int(ln["invoice_line."]["invoice"]) for ln in lines}
+
     async def _customer_id(self, party_id: int) -> str:
         idents = await self.client.search_read(
             "party.identifier",
@@ -508,3 +878,8 @@ class TrytonErp:
         rows = await self.client.read("account.move.line", move_lines, ["maturity_date"])
         dates = [r["maturity_date"] for r in rows if r["maturity_date"]]
         return max(dates) if dates else None
+
+
+def _plain(defaults: dict[str, Any]) -> dict[str, Any]:
+    """A wizard view's defaults without the display names (`field.` keys) it adds."""
+    return {k: v for k, v in defaults.items() if not k.endswith(".")}

@@ -7,9 +7,13 @@ Where q2c keeps its keys in Tryton, and why there:
   identifiers", writable and searchable (`identifiers.code`).
 - Project idempotency key: a `q2c-key: <key>` line in the project's `comment`
   (`project.work` has no reference field); the task's role goes in its comment too.
-- Timesheet line key: `[q2c:<hash of key and entry id>]` at the end of the line's
-  `description` (its `uuid` field is read-only over RPC).
-- Invoice idempotency key: a `q2c-key: <key>` line in the invoice's `comment`.
+- Timesheet line key: `[q2c:<hash of the batch key>.<hash of batch key and entry id>]` at
+  the end of the line's `description` (its `uuid` field is read-only over RPC). The batch
+  part lets one search find every line a batch booked, however large the batch.
+- Invoice idempotency key: a `q2c-key: <key>` line in the invoice's `comment`; the billing
+  system's invoice number in its `reference`.
+- Payment idempotency key: `[q2c-key: <key>]` after the payment reference in the
+  description of the payment's move (the move's origin is the invoice).
 - Legal entity of a company: an identifier `q2c-legal-entity:<code>` on the company's
   party (companies have no code of their own; their party's identifiers are searchable).
 - A customer's legal entities: the companies in which its party has a receivable account
@@ -24,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from pydantic import ValidationError
@@ -51,8 +55,10 @@ ROLE_LABEL = "q2c-role:"
 PROJECT_LABEL = "q2c-project:"
 BUDGET_LABEL = "q2c-budget:"
 OPPORTUNITY_LABEL = "q2c-opportunity:"
+INVOICE_LABEL = "q2c-invoice:"
 LEGAL_ENTITY_PREFIX = "q2c-legal-entity:"
-_LINE_TAG = re.compile(r"\s*\[q2c:([0-9a-f]+)\]\s*$")
+_LINE_TAG = re.compile(r"\s*\[q2c:([0-9a-f.]+)\]\s*$")
+_PAYMENT_TAG = re.compile(r"\[q2c-key: (.+)\]$")
 
 DEFAULT_PRODUCT = "Consulting"
 #: Roles as CRMs and rate cards name them -> the service product that bills them.
@@ -101,6 +107,8 @@ INVOICE_STATUS: dict[str, InvoiceStatus] = {
 
 #: Tryton stores quantities as floats; hours are booked to the minute at most.
 QUANTITY_PLACES = Decimal("0.0001")
+#: Tryton keeps unit prices to 4 decimals (its default `price_decimal`).
+PRICE_PLACES = Decimal("0.0001")
 
 
 def product_for_role(role: str | None, known: set[str]) -> str:
@@ -238,9 +246,20 @@ def like_pattern(text: str) -> str:
     return f"%{text.replace('%', '_')}%"
 
 
+def batch_key(idempotency_key: str) -> str:
+    """What every line of one booking batch carries: one LIKE finds them all."""
+    return hashlib.sha256(idempotency_key.encode()).hexdigest()[:12]
+
+
 def line_key(idempotency_key: str, entry_id: str) -> str:
     """The per-line key: the same entry under the same batch key always gives the same tag."""
-    return hashlib.sha256(f"{idempotency_key}\x00{entry_id}".encode()).hexdigest()[:24]
+    entry = hashlib.sha256(f"{idempotency_key}\x00{entry_id}".encode()).hexdigest()[:16]
+    return f"{batch_key(idempotency_key)}.{entry}"
+
+
+def batch_pattern(idempotency_key: str) -> str:
+    """A LIKE pattern matching the descriptions of every line booked under the batch key."""
+    return f"%[q2c:{batch_key(idempotency_key)}.%"
 
 
 def tag_description(description: str | None, key: str) -> str:
@@ -257,6 +276,49 @@ def split_description(description: str | None) -> tuple[str | None, str | None]:
         return description, None
     text = description[: match.start()].strip()
     return text or None, match.group(1)
+
+
+def payment_description(reference: str, idempotency_key: str) -> str:
+    return f"{reference} [q2c-key: {idempotency_key}]"
+
+
+def payment_key(description: str | None) -> str | None:
+    match = _PAYMENT_TAG.search(description or "")
+    return match.group(1) if match else None
+
+
+# -- to Tryton ---------------------------------------------------------------------------------
+
+
+def invoice_line_values(line: InvoiceLine) -> tuple[float, Decimal, str]:
+    """Quantity, unit price and description for Tryton, whose product is q2c's net exactly.
+
+    Tryton multiplies quantity (a float) by unit price (4 decimals) and rounds half to
+    even; q2c rounds each line half up. Where that could differ (a product ending in a
+    half minor unit, a quantity a float cannot hold, a price finer than Tryton keeps), the
+    line goes as one unit at q2c's net, its quantity and price named in the description.
+    """
+    quantity = line.quantity
+    price = line.unit_price.amount
+    net = line.net.amount
+    as_float = float(quantity)
+    fits = (
+        Decimal(str(as_float)) == quantity
+        and price == price.quantize(PRICE_PLACES)
+        and (Decimal(str(as_float)) * price).quantize(net, rounding=ROUND_HALF_EVEN) == net
+    )
+    if fits:
+        return as_float, price, line.description
+    return 1.0, net, f"{line.description} ({quantity.normalize():f} x {price:f})"
+
+
+def expected_taxes(lines: list[InvoiceLine], tax_ids: list[int]) -> dict[tuple[int, bool], Decimal]:
+    """q2c's tax per (Tryton tax, base not negative): how Tryton groups its invoice taxes."""
+    expected: dict[tuple[int, bool], Decimal] = {}
+    for line, tax_id in zip(lines, tax_ids, strict=True):
+        key = (tax_id, line.net.amount >= 0)
+        expected[key] = expected.get(key, Decimal(0)) + line.tax.amount
+    return expected
 
 
 # -- to canonical ------------------------------------------------------------------------------
@@ -392,7 +454,6 @@ def to_invoice(
         issued_at=issued_at,
         due_date=due_date if issued_at else None,
         memo=record.description,
-        po_number=record.reference or None,
         legal_entity_code=legal_entity_code,
         external_ids={"tryton": str(record.id)},
     )

@@ -7,21 +7,25 @@ invoices follow it into that company.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import Mapping, Sequence
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
+from pydantic import ValidationError
+
 from canonical import Money, NoRate, Project, Task, TimeEntry
-from connectors.errors import NotFound, ValidationFailed
+from connectors.errors import ConnectorError, NotFound, PermanentError, ValidationFailed
 from connectors.tryton import mapping
 from connectors.tryton.catalog import Catalog, Company
 from connectors.tryton.client import SYSTEM, TrytonClient
+from connectors.tryton.trytond_q2c import LINK_METHOD, MODULE_NAME
 from connectors.tryton.wire import (
     Employee,
     ProjectInfo,
     ProjectRef,
     TaskInfo,
+    TimePage,
     TimesheetLineRecord,
     WorkRecord,
 )
@@ -42,6 +46,10 @@ _WORK_FIELDS = [
     "effort_duration",
 ]
 _LINE_FIELDS = ["employee", "work", "date", "duration", "description", "invoice_line"]
+#: Timesheet lines per `create` call: one transaction each, well within a request's size.
+CREATE_BATCH = 1000
+#: Timesheet lines per call of q2c's module when marking time billed.
+LINK_BATCH = 1000
 
 
 class TrytonPsa:
@@ -295,15 +303,15 @@ class TrytonPsa:
         """Book `entries`; returns the Tryton line id for each entry id.
 
         Each line carries a key derived from the batch key and the entry id; lines whose key
-        is already booked are not booked again, and the rest go in one call per company
-        (one transaction; a batch is normally one project, so one company). Each line is
-        booked in the company of its project, by an employee of that company.
+        is already booked are not booked again (one search finds all the batch has booked),
+        and the rest go `CREATE_BATCH` lines per call, each call one transaction. Each line
+        is booked in the company of its project, by an employee of that company.
         """
         cat = await self.catalog()
         keys = {e.id: mapping.line_key(idempotency_key, e.id) for e in entries}
         if len(keys) != len(entries):
             raise ValidationFailed("two time entries share an id", system=SYSTEM, field="id")
-        booked = await self._lines_by_key(list(keys.values()))
+        booked = await self._lines_of_batch(idempotency_key) if entries else {}
         to_create: dict[int, list[tuple[str, dict[str, Any]]]] = {}
         work_cache: dict[int, tuple[int, int]] = {}
         for entry in entries:
@@ -327,26 +335,122 @@ class TrytonPsa:
                 )
             )
         for company_id, lines in to_create.items():
-            ids = await self.client.for_company(company_id).create(
-                "timesheet.line", [v for _, v in lines]
-            )
-            booked.update(
-                {keys[eid]: line_id for (eid, _), line_id in zip(lines, ids, strict=True)}
-            )
+            client = self.client.for_company(company_id)
+            for start in range(0, len(lines), CREATE_BATCH):
+                chunk = lines[start : start + CREATE_BATCH]
+                ids = await client.create("timesheet.line", [v for _, v in chunk])
+                booked.update(
+                    {keys[eid]: line_id for (eid, _), line_id in zip(chunk, ids, strict=True)}
+                )
         return {e.id: booked[keys[e.id]] for e in entries}
 
-    async def _lines_by_key(self, keys: list[str]) -> dict[str, int]:
-        if not keys:
-            return {}
-        domain: list[Any] = ["OR"] + [("description", "like", f"%[q2c:{k}]") for k in keys]
-        rows = await self.client.search_read("timesheet.line", [domain], ["description"])
-        wanted = set(keys)
+    async def _lines_of_batch(self, idempotency_key: str) -> dict[str, int]:
+        """Line key -> line id of every line booked under the batch key."""
+        rows = await self.client.search_read(
+            "timesheet.line",
+            [("description", "like", mapping.batch_pattern(idempotency_key))],
+            ["description"],
+        )
         found: dict[str, int] = {}
         for row in rows:
             _, key = mapping.split_description(row.get("description"))
-            if key in wanted:
+            if key is not None:
                 found[key] = int(row["id"])
         return found
+
+    async def list_time_page(
+        self,
+        project_id: int,
+        *,
+        start: date,
+        end: date,
+        after_id: int | None = None,
+        limit: int = 1000,
+    ) -> TimePage:
+        """The project's unbilled time dated `start`..`end`, a page at a time, by line id.
+
+        Unbilled means no invoice line (see `mark_time_billed`). Every entry is
+        `approved`: Tryton has no approval step, a booked line is invoiceable. `billable`
+        is False on tasks priced at zero (`create_project` prices non-billable tasks so).
+        Two calls per page: the project's tasks and the lines (employees read along).
+        """
+        if limit < 1:
+            raise ValidationFailed("limit must be at least 1", system=SYSTEM, field="limit")
+        products = {v: k for k, v in (await self.catalog()).product_ids.items()}
+        works = await self._time_works(project_id)
+        domain = self._unbilled_domain(works, start, end)
+        if after_id is not None:
+            domain.append(("id", ">", after_id))
+        rows = await self.client.search_read(
+            "timesheet.line",
+            domain,
+            ["work", "date", "duration", "description", "employee.party.name"],
+            # One more than asked tells whether another page follows.
+            limit=limit + 1,
+            order=[("id", "ASC")],
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        entries = [_time_entry(project_id, works, products, row) for row in rows]
+        return TimePage(entries=entries, next_after=int(rows[-1]["id"]) if more else None)
+
+    async def count_unbilled(self, project_id: int, start: date, end: date) -> int:
+        """How many lines `list_time_page` would return over all pages."""
+        works = await self._time_works(project_id)
+        count = await self.client.model(
+            "timesheet.line", "search_count", self._unbilled_domain(works, start, end)
+        )
+        return int(count)
+
+    async def _time_works(self, project_id: int) -> dict[int, WorkRecord]:
+        """The project's works by their timesheet work: where its time is booked."""
+        works = await self.works(project_id)
+        if works[0].type != "project":
+            raise NotFound(f"Tryton work {project_id} is not a project", system=SYSTEM)
+        return {tw: w for w in works for tw in w.timesheet_works}
+
+    @staticmethod
+    def _unbilled_domain(works: dict[int, WorkRecord], start: date, end: date) -> list[Any]:
+        return [
+            ("work", "in", list(works)),
+            ("date", ">=", start),
+            ("date", "<=", end),
+            ("invoice_line", "=", None),
+            # A line of no time has nothing to bill (and is no canonical entry).
+            ("duration", ">", timedelta(0)),
+        ]
+
+    async def mark_time_billed(self, links: Mapping[int, int]) -> None:
+        """Mark timesheet lines billed by the ERP invoice lines q2c posted (line -> line).
+
+        Tryton then counts them invoiced: they leave `list_time_page`, and its own project
+        invoicing will not bill them again. `timesheet.line.invoice_line` is read-only over
+        RPC (only Tryton's invoicing button sets it), so this goes through q2c's Tryton
+        module (`connectors/tryton/trytond_q2c`), `LINK_BATCH` lines per call. Idempotent;
+        a line already billed on another invoice line is refused.
+        """
+        await self._link(sorted(links.items()))
+
+    async def unmark_time_billed(self, line_ids: Sequence[int]) -> None:
+        """Return lines to unbilled (a compensation); lines not billed stay as they are.
+
+        Refused for a line billed on a posted invoice: that needs a credit note first.
+        """
+        await self._link([(line_id, None) for line_id in sorted(set(line_ids))])
+
+    async def _link(self, pairs: list[tuple[int, int | None]]) -> None:
+        for start in range(0, len(pairs), LINK_BATCH):
+            chunk = [[line, target] for line, target in pairs[start : start + LINK_BATCH]]
+            try:
+                await self.client.model("timesheet.line", LINK_METHOD, chunk)
+            except ConnectorError as exc:
+                if LINK_METHOD in str(exc) and not isinstance(exc, ValidationFailed):
+                    raise PermanentError(
+                        f"{exc.message}: is q2c's Tryton module ({MODULE_NAME!r}) activated?",
+                        system=SYSTEM,
+                        code="module_missing",
+                    ) from exc
+                raise
 
     async def _timesheet_work(
         self, entry: TimeEntry, cache: dict[int, tuple[int, int]]
@@ -395,3 +499,38 @@ class TrytonPsa:
                 )
             )
         return result
+
+
+def _time_entry(
+    project_id: int,
+    works: dict[int, WorkRecord],
+    products: dict[int, str],
+    row: dict[str, Any],
+) -> TimeEntry:
+    work = works[int(row["work"])]
+    role = mapping.label_value(work.comment, mapping.ROLE_LABEL) or products.get(
+        work.product or 0, mapping.DEFAULT_PRODUCT
+    )
+    text, _ = mapping.split_description(row.get("description"))
+    try:
+        return TimeEntry(
+            id=str(row["id"]),
+            project_id=str(project_id),
+            task_id=None if work.id == project_id else str(work.id),
+            employee=str(row["employee."]["party."]["name"]),
+            role=role,
+            work_date=row["date"],
+            hours=mapping.hours(row["duration"]),
+            billable=(work.list_price or Decimal(0)) > 0,
+            approved=True,
+            billed=False,
+            description=text,
+        )
+    except ValidationError as exc:
+        # A line someone booked by hand that q2c cannot bill as is (more than a day...).
+        raise ValidationFailed(
+            f"timesheet line {row['id']} of project {project_id}: "
+            + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()),
+            system=SYSTEM,
+            field="duration" if "hours" in str(exc) else "timesheet_line",
+        ) from None

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from canonical import Money
+from canonical import InvoiceStatus, Money, TimeEntry
 
 _WIRE = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
@@ -66,6 +66,49 @@ class ProjectInfo(BaseModel):
     opportunity_id: str | None
     project_ref: str | None  # the canonical project id q2c created it for
     tasks: list[TaskInfo]
+
+
+class TimePage(BaseModel):
+    """One page of a project's unbilled time; `next_after` is the cursor of the next page
+    (None on the last). Pages are ordered by timesheet line id, so a cursor stays valid
+    while lines are booked or billed meanwhile."""
+
+    model_config = ConfigDict(frozen=True)
+
+    entries: list[TimeEntry]
+    next_after: int | None
+
+
+class ErpInvoice(BaseModel):
+    """The customer invoice `create_invoice` made (or found by its key): its lines in the
+    order of the canonical invoice's lines, for marking time billed against them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    line_ids: list[int]
+
+
+class ErpInvoiceInfo(BaseModel):
+    """A customer invoice as Tryton itself totals it (the canonical `Invoice` recomputes
+    totals from lines, so it cannot show a disagreement), with the billing reference."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    number: str | None
+    state: str  # Tryton's: draft, validated, posted, paid, cancelled
+    status: InvoiceStatus
+    legal_entity_code: str | None
+    reference: str | None  # the billing system's invoice number
+    idempotency_key: str | None
+    invoice_date: date | None
+    due_date: date | None
+    untaxed: Money
+    tax: Money
+    total: Money
+    amount_to_pay: Money
+    line_ids: list[int]
 
 
 class WorkRecord(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 from pathlib import Path
 
 from devstack import tryton as devtryton
@@ -18,7 +19,8 @@ def test_config_listens_on_loopback_and_keeps_sqlite_in_the_folder(tmp_path: Pat
     assert "uri = sqlite://" in text
     argv = devtryton.server_argv(conf, "q2c")
     assert argv[-2:] == ["-d", "q2c"]
-    assert Path(argv[0]).name == "trytond"
+    # trytond run by q2c's interpreter, which declares q2c's Tryton module to it first.
+    assert argv[:4] == [sys.executable, "-m", "devstack.tryton", "trytond"]
 
 
 def test_restored_snapshot_is_bootstrapped_and_not_recreated(
@@ -84,3 +86,19 @@ async def test_a_marker_of_an_older_shape_runs_the_bootstrap_again(
     )
     assert result == tryton.bootstrap
     assert devtryton.read_bootstrap(folder, DATABASE) == tryton.bootstrap
+
+
+def test_a_database_made_before_q2c_module_gets_it_when_prepared(
+    tryton: TrytonServer, tmp_path: Path
+) -> None:
+    snapshot = devtryton.snapshot(tryton.folder, DATABASE, tmp_path / "copy.sqlite")
+    folder = tmp_path / "stack"
+    devtryton.restore(snapshot, folder, DATABASE)
+    with sqlite3.connect(devtryton.database_path(folder, DATABASE)) as conn:
+        conn.execute("UPDATE ir_module SET state = 'not activated' WHERE name = 'q2c'")
+    conn.close()
+    assert devtryton.missing_modules(folder, DATABASE) == [devtryton.Q2C_MODULE]
+
+    devtryton.prepare(folder, port=18125, database=DATABASE, admin_password="unused")
+    assert devtryton.missing_modules(folder, DATABASE) == []
+    assert "-u q2c" in (folder / devtryton.ADMIN_LOG_NAME).read_text()

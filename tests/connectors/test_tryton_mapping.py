@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import date
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import pytest
 
-from canonical import BillingType, LegalEntity, Money, Project
+from canonical import BillingType, InvoiceLine, LegalEntity, Money, Project
 from connectors.errors import ValidationFailed
 from connectors.tryton import mapping
 
@@ -100,3 +101,68 @@ def test_customer_puts_the_invoice_address_first_and_skips_bad_emails() -> None:
             external_ref="sf:001",
         )
     assert caught.value.field == "addresses"
+
+
+def _invoice_line(quantity: str, price: str, rate: str = "0.20") -> InvoiceLine:
+    return InvoiceLine(
+        description="Consulting",
+        quantity=Decimal(quantity),
+        unit_price=Money.of(price, "GBP"),
+        tax_rate=Decimal(rate),
+    )
+
+
+@pytest.mark.parametrize(
+    ("quantity", "price", "sent"),
+    [
+        # Tryton's product is q2c's net: the line goes as it is.
+        ("12.25", "157.50", (12.25, Decimal("157.50"), "Consulting")),
+        ("1", "-100.00", (1.0, Decimal("-100.00"), "Consulting")),
+        ("0.3333", "150", (0.3333, Decimal("150"), "Consulting")),  # 49.995 rounds up either way
+        # Half a penny on an even digit: Tryton would say 0.12, q2c says 0.13.
+        ("0.5", "0.25", (1.0, Decimal("0.13"), "Consulting (0.5 x 0.25)")),
+        # A price finer than Tryton keeps.
+        ("2", "10.00005", (1.0, Decimal("20.00"), "Consulting (2 x 10.00005)")),
+    ],
+)
+def test_invoice_lines_go_so_that_tryton_multiplies_to_q2c_net(
+    quantity: str, price: str, sent: tuple[float, Decimal, str]
+) -> None:
+    line = _invoice_line(quantity, price)
+    values = mapping.invoice_line_values(line)
+    assert values == sent
+    sent_quantity, sent_price, _ = values
+    # Tryton: Decimal(str(quantity)) x unit price, rounded half to even.
+    product = Decimal(str(sent_quantity)) * sent_price
+    assert product.quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN) == line.net.amount
+
+
+def test_expected_taxes_group_like_tryton_by_tax_and_sign() -> None:
+    lines = [
+        _invoice_line("12.25", "157.50"),  # tax 385.88
+        _invoice_line("7.75", "140"),  # tax 217.00
+        _invoice_line("1", "-100"),  # tax -20.00, a credit-side group of its own
+        _invoice_line("3.25", "141", rate="0.10"),  # 45.825: q2c says 45.83
+    ]
+    assert mapping.expected_taxes(lines, [20, 20, 20, 10]) == {
+        (20, True): Decimal("602.88"),
+        (20, False): Decimal("-20.00"),
+        (10, True): Decimal("45.83"),
+    }
+
+
+def test_keys_in_descriptions_read_back() -> None:
+    key = mapping.line_key("tti:prj-1:book", "te-1")
+    batch, _, entry = key.partition(".")
+    assert batch == mapping.batch_key("tti:prj-1:book") and len(entry) == 16
+    described = mapping.tag_description("Workshop", key)
+    assert mapping.split_description(described) == ("Workshop", key)
+    assert mapping.batch_pattern("tti:prj-1:book") == f"%[q2c:{batch}.%"
+    # Lines tagged before batch keys existed still read back.
+    assert mapping.split_description("Old [q2c:0123456789abcdef01234567]") == (
+        "Old",
+        "0123456789abcdef01234567",
+    )
+    text = mapping.payment_description("pi_3MtwBw", "tti:prj-1:pay")
+    assert mapping.payment_key(text) == "tti:prj-1:pay"
+    assert mapping.payment_key("a payment someone booked by hand") is None

@@ -1,0 +1,17 @@
+"""q2c's Tryton module: the server-side half of the Tryton connector.
+
+q2c rates time itself and posts its own customer invoice in Tryton; the timesheet lines
+that invoice bills must then point at its lines (`timesheet.line.invoice_line`), so that
+Tryton counts them as invoiced and its own project invoicing leaves them alone. Tryton
+declares that field read-only: only server code (its project invoicing button) may set
+it, and an RPC `write` is refused. This module adds one RPC method that links (and
+unlinks) timesheet lines to customer invoice lines, with the checks a person would make.
+
+It imports nothing of q2c: install it in a production Tryton like any module (copy this
+folder to `trytond/modules/q2c`, or declare a `trytond.modules` entry point `q2c` that
+names this package), then activate it (`trytond-admin -u q2c`).
+"""
+
+#: The module's name in Tryton (`ir.module`), and the RPC method it adds to `timesheet.line`.
+MODULE_NAME = "q2c"
+LINK_METHOD = "q2c_link_invoice_lines"
