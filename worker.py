@@ -122,6 +122,7 @@ def activities_for(
         invoice_billing.finalize_billing_invoice,
         invoice_billing.void_billing_invoice,
         invoice_erp.post_erp_invoice,
+        invoice_erp.discard_erp_draft,
         invoice_erp.record_erp_payment,
         time_billing.mark_time_billed,
         time_billing.unmark_time_billed,

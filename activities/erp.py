@@ -63,6 +63,10 @@ class ErpPosted(ActivityModel):
     total: Decimal
 
 
+class DiscardErpDraftInput(ActivityModel):
+    draft_id: str
+
+
 class RecordErpPaymentInput(ActivityModel):
     draft_id: str
     erp_invoice_id: str
@@ -106,6 +110,15 @@ class InvoiceErpActivities:
         return ErpPosted(
             erp_invoice_id=str(created.id), number=posted.number, total=posted.total.amount
         )
+
+    @activity.defn
+    @translate_connector_errors
+    async def discard_erp_draft(self, request: DiscardErpDraftInput) -> None:
+        """Compensation: an ERP invoice created but never posted is deleted, so the ERP holds
+        no receivable that billing voided."""
+        row, _ = await stored_invoice(self.store, request.draft_id)
+        if row.erp_invoice_id is not None:
+            await self.erp.delete_draft_invoice(int(row.erp_invoice_id))
 
     @activity.defn
     @translate_connector_errors

@@ -104,6 +104,8 @@ class InvoiceErpPort(Protocol):
 
     async def post_invoice(self, invoice_id: int) -> Invoice: ...
 
+    async def delete_draft_invoice(self, invoice_id: int) -> None: ...
+
     async def record_payment(
         self,
         invoice_id: int,

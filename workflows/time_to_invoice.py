@@ -149,7 +149,12 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.crm import CrmInvoiceActivities, CrmInvoiceInput
     from activities.deal import DealActivities, DealPolicyInput
-    from activities.erp import InvoiceErpActivities, PostErpInvoiceInput, RecordErpPaymentInput
+    from activities.erp import (
+        DiscardErpDraftInput,
+        InvoiceErpActivities,
+        PostErpInvoiceInput,
+        RecordErpPaymentInput,
+    )
     from activities.invoicing import (
         AdjustInput,
         ContractContext,
@@ -311,6 +316,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         )
 
         self._set_step(InvoiceStep.ERP_POSTING)
+        self._compensations.append(("discard ERP draft", self._draft_id))
         posted = await self._call(
             InvoiceStep.ERP_POSTING,
             InvoiceErpActivities.post_erp_invoice,
@@ -633,7 +639,13 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
             self._set_step(InvoiceStep.COMPENSATING)
         for name, target in reversed(self._compensations):
             try:
-                if name == "void billing invoice":
+                if name == "discard ERP draft":
+                    await workflow.execute_activity_method(
+                        InvoiceErpActivities.discard_erp_draft,
+                        DiscardErpDraftInput(draft_id=target),
+                        **presets.COMPENSATION,
+                    )
+                elif name == "void billing invoice":
                     await workflow.execute_activity_method(
                         InvoiceBillingActivities.void_billing_invoice,
                         VoidBillingInvoiceInput(

@@ -110,8 +110,8 @@ async def test_clean_deal_closed_in_the_crm_is_provisioned_exactly_once(
     assert {a.json()["workflow_id"] for a in answers} == {expected_id}
     assert len({a.json()["run_id"] for a in answers}) == 1
 
-    handle = temporal_env.client.get_workflow_handle_for(
-        OpportunityToProjectWorkflow.run, expected_id
+    handle = temporal_env.client.get_workflow_handle(
+        expected_id, result_type=OpportunityToProjectResult
     )
     result: OpportunityToProjectResult = await handle.result()
     assert result.status == Step.COMPLETED
@@ -343,7 +343,9 @@ async def test_a_fresh_crm_change_wakes_a_run_waiting_for_corrections(
     async with running_service(e2e_settings) as service:
         [first] = salesforce_standin.wait_for_webhooks(for_opportunity(deal.opportunity_id))
         await deliver(first)
-        handle = temporal_env.client.get_workflow_handle_for(OpportunityToProjectWorkflow.run, wid)
+        handle = temporal_env.client.get_workflow_handle(
+            wid, result_type=OpportunityToProjectResult
+        )
         await wait_for_step(handle, Step.AWAITING_CORRECTION)
 
         # Sales fixes the account and wins the deal again: the CRM's new event wakes the run.

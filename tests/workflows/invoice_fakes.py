@@ -23,7 +23,12 @@ from activities.billing import (
 )
 from activities.crm import CrmInvoiceInput
 from activities.deal import DealPolicyInput
-from activities.erp import ErpPosted, PostErpInvoiceInput, RecordErpPaymentInput
+from activities.erp import (
+    DiscardErpDraftInput,
+    ErpPosted,
+    PostErpInvoiceInput,
+    RecordErpPaymentInput,
+)
 from activities.invoicing import (
     AdjustInput,
     ContractContext,
@@ -210,6 +215,10 @@ class FakeInvoicing:
         assert self.view is not None
         return ErpPosted(erp_invoice_id="88", number="NW-UK-INV2026-0001", total=self.view.total)
 
+    @activity.defn(name="discard_erp_draft")
+    async def discard_erp_draft(self, request: DiscardErpDraftInput) -> None:
+        self._record("discard_erp_draft", request)
+
     @activity.defn(name="record_erp_payment")
     async def record_erp_payment(self, request: RecordErpPaymentInput) -> None:
         self._record("record_erp_payment", request)
@@ -256,6 +265,7 @@ class FakeInvoicing:
                 self.finalize_billing_invoice,
                 self.void_billing_invoice,
                 self.post_erp_invoice,
+                self.discard_erp_draft,
                 self.record_erp_payment,
                 self.mark_time_billed,
                 self.unmark_time_billed,

@@ -190,7 +190,10 @@ async def test_permanent_erp_failure_voids_billing_and_returns_time(
     assert len(systems.called("unmark_time_billed")) == 1
     assert not systems.called("mark_time_billed")
     [exception] = [e for e in systems.called("record_exception") if e.kind == "invoicing_failed"]
-    assert "Undone: return time to unbilled, void billing invoice" in exception.message
+    assert "Undone: discard ERP draft, return time to unbilled, void billing invoice" in (
+        exception.message
+    )
+    assert len(systems.called("discard_erp_draft")) == 1
 
 
 async def test_a_period_without_time_invoices_nothing(
