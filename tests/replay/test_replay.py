@@ -11,20 +11,27 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from workflows.opportunity_to_project import OpportunityToProjectWorkflow
+from workflows.time_to_invoice import TimeToInvoiceWorkflow
 
-HISTORIES = sorted((Path(__file__).parent / "histories").glob("opportunity_to_project.*.json"))
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+WORKFLOWS = [OpportunityToProjectWorkflow, TimeToInvoiceWorkflow]
 
 
 def test_histories_are_recorded_for_every_path() -> None:
-    names = {p.name.split(".")[2] for p in HISTORIES}
-    assert {"clean", "approved", "corrected", "compensated"} <= names
+    names = {(p.name.split(".")[0], p.name.split(".")[2]) for p in HISTORIES}
+    assert {
+        ("opportunity_to_project", "clean"),
+        ("opportunity_to_project", "approved"),
+        ("opportunity_to_project", "corrected"),
+        ("opportunity_to_project", "compensated"),
+        ("time_to_invoice", "paid"),
+        ("time_to_invoice", "failed"),
+    } <= names
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.name for p in HISTORIES])
 async def test_history_replays(path: Path) -> None:
     history = WorkflowHistory.from_json(path.stem, path.read_text())  # noqa: ASYNC240 (small)
-    replayer = Replayer(
-        workflows=[OpportunityToProjectWorkflow], data_converter=pydantic_data_converter
-    )
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
