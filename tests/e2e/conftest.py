@@ -11,8 +11,10 @@ downstream     read-only views on what Tryton and Stripe hold
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from connectors.salesforce import SalesforceClient
 from connectors.stripe import StripeBilling
 from connectors.tryton import TrytonClient, TrytonErp, TrytonPsa
 from connectors.tryton.wire import ProjectInfo
+from devstack.process import spawn, stop_process_group
 from settings import Settings
 from store import Store
 from tests.fixtures.salesforce import SalesforceStandin
@@ -149,3 +152,35 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = json.dumps(value)
         env[f"Q2C_{name.upper()}"] = str(value)
     return env
+
+
+class WorkerProcesses:
+    """Workers as separate processes (`python -m worker`), as production runs them."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env = env
+        self.logs = logs
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> subprocess.Popen[bytes]:
+        log = self.logs / f"worker-{len(self.started)}.log"
+        process = spawn([sys.executable, "-m", "worker"], log_path=log, env=self.env)
+        self.started.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            stop_process_group(process.pid)
+            process.wait(timeout=10)
+
+
+@pytest.fixture
+def workers(e2e_settings: Settings, tmp_path: Path) -> Iterator[WorkerProcesses]:
+    # Its own task queue: the session's in-process worker must not take this run.
+    settings = e2e_settings.model_copy(update={"task_queue": f"workers-{uuid.uuid4()}"})
+    env = settings_env(settings) | {"Q2C_TASK_QUEUE": settings.task_queue}
+    processes = WorkerProcesses(env, tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.stop_all()

@@ -6,21 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 
-import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from connectors.salesforce import SalesforceClient
-from devstack.process import spawn, stop_process_group
 from devstack.salesforce_seed import DealLine, DealSpec, close_won, seed_deal
-from settings import Settings
-from tests.e2e.conftest import Downstream, settings_env
+from tests.e2e.conftest import Downstream, WorkerProcesses
 from tests.fixtures.stripe import StripeStandin
 from workflows.opportunity_to_project import (
     STATUS,
@@ -35,36 +28,6 @@ from workflows.opportunity_to_project import (
 #: Billing answers this slowly once, so the worker can be killed while the call is in flight.
 SLOW_BILLING_S = 3
 RESULT_WAIT_S = 120
-
-
-class WorkerProcesses:
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env = env
-        self.logs = logs
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(self) -> subprocess.Popen[bytes]:
-        log = self.logs / f"worker-{len(self.started)}.log"
-        process = spawn([sys.executable, "-m", "worker"], log_path=log, env=self.env)
-        self.started.append(process)
-        return process
-
-    def stop_all(self) -> None:
-        for process in self.started:
-            stop_process_group(process.pid)
-            process.wait(timeout=10)
-
-
-@pytest.fixture
-def workers(e2e_settings: Settings, tmp_path: Path) -> Iterator[WorkerProcesses]:
-    # Its own task queue: the session's in-process worker must not take this run.
-    settings = e2e_settings.model_copy(update={"task_queue": f"restart-{uuid.uuid4()}"})
-    env = settings_env(settings) | {"Q2C_TASK_QUEUE": settings.task_queue}
-    processes = WorkerProcesses(env, tmp_path)
-    try:
-        yield processes
-    finally:
-        processes.stop_all()
 
 
 async def test_killed_worker_mid_run_completes_without_duplicates(
