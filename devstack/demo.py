@@ -4,6 +4,8 @@
 2. A large US deal: waits for finance, and is approved from the `q2c` CLI.
 3. A German deal without the customer's VAT number: waits, is corrected in the CRM, and
    completes after `q2c signal data-corrected`.
+4. Time booked in Tryton on the UK project is invoiced for the month (`q2c invoice run`),
+   approved by finance from the CLI, and paid in the Stripe stand-in, whose webhook closes the run.
 
 Each deal reaches q2c the way it would in production: Salesforce's Closed Won webhook to the
 q2c service. The scenario is idempotent: run it again and it reports the same runs.
@@ -17,12 +19,14 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
+from canonical import BillingPeriod, TimeEntry
 from connectors.salesforce import SalesforceClient
 from connectors.stripe import StripeBilling
 from connectors.tryton import TrytonClient, TrytonPsa
@@ -35,6 +39,9 @@ from workflows.opportunity_to_project import (
     Step,
     workflow_id,
 )
+from workflows.time_to_invoice import STATUS as INVOICE_STATUS
+from workflows.time_to_invoice import InvoiceStatus, InvoiceStep
+from workflows.time_to_invoice import workflow_id as invoice_workflow_id
 
 STEP_WAIT_S = 90
 Say = Callable[[str], None]
@@ -173,6 +180,10 @@ async def run_demo(settings: Settings, say: Say) -> None:
         for deal, wid in ((clean, clean_id), (risky, risky_id), (bad, bad_id)):
             await report(demo, deal, wid)
 
+        say("\nTime is booked on the Initech project; the month is invoiced and paid:")
+        project_id = (await demo.wait_for(clean_id, Step.COMPLETED)).ids["psa_project"]
+        await invoice_month(demo, project_id)
+
 
 async def report(demo: Demo, deal: SeededDeal, wid: str) -> None:
     settings, say = demo.settings, demo.say
@@ -185,12 +196,7 @@ async def report(demo: Demo, deal: SeededDeal, wid: str) -> None:
     say(f"    Temporal Web UI : {settings.run_link(wid)}")
     project_id = status.ids.get("psa_project")
     if project_id:
-        async with TrytonClient(
-            settings.tryton_base_url,
-            settings.tryton_database,
-            settings.tryton_user,
-            settings.tryton_password,
-        ) as tryton:
+        async with _tryton(settings) as tryton:
             project = await TrytonPsa(tryton).get_project(int(project_id))
         tasks = ", ".join(
             f"{t.name} @ {t.rate.rounded().amount} {t.rate.currency}/h"
@@ -210,3 +216,102 @@ async def report(demo: Demo, deal: SeededDeal, wid: str) -> None:
         ) as stripe:
             customer = await stripe.get_customer(customer_id)
         say(f"    Stripe customer : {customer.id} '{customer.name}'")
+
+
+#: Consultants' time on the Initech project this month: (task, hours).
+DEMO_TIME = (
+    ("Solution Architecture", "6"),
+    ("Development", "22.5"),
+    ("Project Management", "4.25"),
+)
+
+
+async def invoice_month(demo: Demo, project_id: str) -> None:
+    """Book time in Tryton, run the invoice from the CLI, approve it, pay it in Stripe."""
+    settings, say = demo.settings, demo.say
+    today = datetime.now(UTC).date()
+    period = BillingPeriod.of(today).key
+    wid = invoice_workflow_id(project_id, period)
+    async with _tryton(settings) as tryton:
+        psa = TrytonPsa(tryton)
+        project = await psa.get_project(int(project_id))
+        tasks = {t.name: t for t in project.tasks}
+        employees = await psa.list_employees(project.legal_entity_code)
+        entries = [
+            TimeEntry(
+                id=f"demo-time-{period}-{n}",
+                project_id=project_id,
+                task_id=str(tasks[name].id),
+                employee=employees[n % len(employees)].name,
+                role=tasks[name].role or name,
+                work_date=today,
+                hours=Decimal(hours),
+                approved=True,
+            )
+            for n, (name, hours) in enumerate(DEMO_TIME)
+        ]
+        await psa.create_timesheet_lines(entries, idempotency_key=f"demo-time-{project_id}")
+    say(f"  booked in Tryton: {', '.join(f'{h} h {n}' for n, h in DEMO_TIME)}")
+
+    if await _closed(demo, wid):
+        say("  (invoiced and paid in an earlier demo run)")
+    else:
+        demo.q2c("invoice", "run", project_id, "--period", period)
+        await _wait_invoice(demo, wid, InvoiceStep.AWAITING_APPROVAL, InvoiceStep.AWAITING_PAYMENT)
+        demo.q2c("invoice", "show", wid)
+        status = await _wait_invoice(
+            demo, wid, InvoiceStep.AWAITING_APPROVAL, InvoiceStep.AWAITING_PAYMENT
+        )
+        if status.step == InvoiceStep.AWAITING_APPROVAL:
+            approver = settings.finance_approvers[0]
+            demo.q2c("invoice", "approve", wid, "--approver", approver, "--reason", "Hours checked")
+        status = await _wait_invoice(demo, wid, InvoiceStep.AWAITING_PAYMENT)
+        assert status.billing_invoice_id is not None
+        async with StripeBilling(
+            settings.stripe_api_key.get_secret_value(), base_url=settings.stripe_base_url
+        ) as stripe:
+            await stripe.pay_invoice(
+                status.billing_invoice_id, idempotency_key=f"demo-pay-{status.billing_invoice_id}"
+            )
+        say(f"  the customer pays {status.invoice_number} in Stripe; its webhook tells q2c")
+        await _wait_invoice(demo, wid, InvoiceStep.PAID)
+    status = await _wait_invoice(demo, wid, InvoiceStep.PAID)
+    say(f"\n  Invoice {status.invoice_number}: paid")
+    say(f"    Temporal Web UI : {settings.run_link(wid)}")
+    if status.draft is not None:
+        say(f"    Total           : {status.draft.total} {status.draft.currency}")
+    say(f"    Stripe invoice  : {status.billing_invoice_id}")
+    say(f"    Tryton invoice  : #{status.erp_invoice_id}")
+
+
+async def _closed(demo: Demo, wid: str) -> bool:
+    try:
+        description = await demo.temporal.get_workflow_handle(wid).describe()
+    except RPCError:
+        return False
+    return description.status == WorkflowExecutionStatus.COMPLETED
+
+
+async def _wait_invoice(demo: Demo, wid: str, *steps: InvoiceStep) -> InvoiceStatus:
+    async with asyncio.timeout(STEP_WAIT_S):
+        while True:
+            try:
+                status: InvoiceStatus = await demo.temporal.get_workflow_handle(wid).query(
+                    INVOICE_STATUS, result_type=InvoiceStatus
+                )
+                if status.step in steps:
+                    return status
+                if status.step == InvoiceStep.FAILED:
+                    raise RuntimeError(f"{wid} failed: {status.last_error}")
+            except RPCError:
+                pass
+            await asyncio.sleep(0.3)
+
+
+def _tryton(settings: Settings) -> TrytonClient:
+    return TrytonClient(
+        settings.tryton_base_url,
+        settings.tryton_database,
+        settings.tryton_user,
+        settings.tryton_password,
+    )
