@@ -83,18 +83,19 @@ async def seed_deal(sf: SalesforceClient, spec: DealSpec) -> SeededDeal:
             f"{spec.key}:contact",
             {"LastName": "Accounts Payable", "Email": spec.contact_email, "AccountId": account_id},
         )
+    opportunity_key = f"{spec.key}:opportunity"
     opportunity = {
         "Name": spec.deal_name,
         "AccountId": account_id,
-        "StageName": OPEN_STAGE,
         "CloseDate": spec.close_date.isoformat(),
         "CurrencyIsoCode": spec.currency,
         "Payment_Terms__c": spec.payment_terms,
         "PO_Number__c": spec.po_number,
     }
-    opportunity_id = (
-        await sf.upsert("Opportunity", EXTERNAL_ID, f"{spec.key}:opportunity", opportunity)
-    ).id
+    if not await _exists(sf, "Opportunity", opportunity_key):
+        # A new deal starts open; an existing one keeps its stage (a won deal stays won).
+        opportunity["StageName"] = OPEN_STAGE
+    opportunity_id = (await sf.upsert("Opportunity", EXTERNAL_ID, opportunity_key, opportunity)).id
     products = await ensure_products(sf, {line.product for line in spec.lines})
     for n, line in enumerate(spec.lines):
         line_key = f"{spec.key}:line:{n}"
