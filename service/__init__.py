@@ -1,1 +1,1 @@
-"""The q2c service: webhook intake (`POST /webhooks/salesforce`) and `/health`."""
+"""The q2c service: webhook intake (`/webhooks/salesforce`, `/webhooks/stripe`), `/health`."""
