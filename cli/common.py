@@ -15,11 +15,12 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, NoReturn, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from temporalio.client import (
@@ -36,7 +37,7 @@ from temporalio.common import TypedSearchAttributes
 from temporalio.exceptions import FailureError, TemporalError
 from temporalio.service import RPCError, RPCStatusCode
 
-from cli.app import CliError
+from cli.app import CliError, err
 from settings import Settings, load_settings
 from workflows.client import connect as connect_client
 from workflows.starters import StartedRun
@@ -340,3 +341,13 @@ class Fields:
                 Text.assemble((f"{'Web UI':<{self.label_width}}", "bold"), "  ", link),
                 soft_wrap=True,
             )
+
+
+#: A command line the command cannot run, as click's own usage errors exit.
+USAGE_EXIT = 2
+
+
+def usage_error(option: str, problem: str) -> NoReturn:
+    """One line naming the option and what is wrong with it; exit 2."""
+    err.print(f"[red]error:[/red] {option}: {escape(problem)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(USAGE_EXIT)

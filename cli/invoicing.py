@@ -14,13 +14,12 @@ import json
 import re
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 from rich import box
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from temporalio.client import (
     Client,
@@ -40,7 +39,7 @@ from canonical import (
     InvoiceAdjustment,
     minor_unit,
 )
-from cli.app import CliError, app, err, friendly_errors
+from cli.app import CliError, app, friendly_errors
 from cli.common import (
     QUERY_TIMEOUT_S,
     RPC_TIMEOUT_S,
@@ -62,6 +61,7 @@ from cli.common import (
     run,
     run_status,
     settings,
+    usage_error,
     user,
     when,
 )
@@ -95,7 +95,6 @@ AMOUNT = re.compile(r"^[0-9]+(\.[0-9]+)?$")
 #: How many upcoming starts `q2c schedules` shows per schedule.
 NEXT_RUNS_SHOWN = 3
 #: Click's exit code for a command line it cannot read.
-USAGE_EXIT = 2
 
 invoice_app = typer.Typer(help="Time-to-invoice runs: start one, review the draft, decide.")
 app.add_typer(invoice_app, name="invoice")
@@ -188,7 +187,7 @@ def invoice_adjust(
     lines = [_adjustment_line("--write-off", AdjustmentKind.WRITE_OFF, v) for v in write_off or []]
     lines += [_adjustment_line("--discount", AdjustmentKind.DISCOUNT, v) for v in discount or []]
     if not lines:
-        _usage_error("--write-off/--discount", "give at least one DESCRIPTION=AMOUNT")
+        usage_error("--write-off/--discount", "give at least one DESCRIPTION=AMOUNT")
     wid = _checked_wid(wid)
     try:
         request = InvoiceAdjustment(approver=approver.strip(), reason=reason, lines=lines)
@@ -335,22 +334,17 @@ def _adjustment_line(option: str, kind: AdjustmentKind, value: str) -> Adjustmen
     description, equals, amount_text = value.rpartition("=")
     description, amount_text = description.strip(), amount_text.strip()
     if not equals or not description:
-        _usage_error(option, f"{value!r} is not DESCRIPTION=AMOUNT")
+        usage_error(option, f"{value!r} is not DESCRIPTION=AMOUNT")
     if not AMOUNT.match(amount_text):
-        _usage_error(option, f"{value!r}: the amount {amount_text!r} is not a number like 400.50")
+        usage_error(option, f"{value!r}: the amount {amount_text!r} is not a number like 400.50")
     # Decimal from the text: an amount is never a float, not even on its way in.
     amount = Decimal(amount_text)
     if amount <= 0:
-        _usage_error(option, f"{value!r}: the amount must be more than 0")
+        usage_error(option, f"{value!r}: the amount must be more than 0")
     try:
         return AdjustmentLine(kind=kind, description=description, amount=amount)
     except ValidationError as exc:
-        _usage_error(option, f"{value!r}: {first_problem(exc)[1]}")
-
-
-def _usage_error(option: str, problem: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {option}: {escape(problem)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(USAGE_EXIT)
+        usage_error(option, f"{value!r}: {first_problem(exc)[1]}")
 
 
 # --------------------------------------------------------------------------- amounts

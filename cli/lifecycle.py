@@ -43,6 +43,7 @@ from cli.common import (
     run,
     run_status,
     settings,
+    usage_error,
     user,
     when,
 )
@@ -64,6 +65,8 @@ from workflows.opportunity_to_project import (
     workflow_id,
 )
 from workflows.starters import StartedRun, start_opportunity_run
+from workflows.time_to_invoice import LIFECYCLE as INVOICE_LIFECYCLE
+from workflows.time_to_invoice import InvoiceStep
 
 #: Every Salesforce Opportunity id starts with this key prefix (001 is an Account, ...).
 SALESFORCE_OPPORTUNITY_PREFIX = "006"
@@ -80,6 +83,14 @@ class Crm(StrEnum):
 
 class Lifecycle(StrEnum):
     OPPORTUNITY_TO_PROJECT = LIFECYCLE
+    TIME_TO_INVOICE = INVOICE_LIFECYCLE
+
+
+#: Each lifecycle's steps, as its runs show them in the `Q2cStep` search attribute.
+STEPS: dict[Lifecycle, type[StrEnum]] = {
+    Lifecycle.OPPORTUNITY_TO_PROJECT: Step,
+    Lifecycle.TIME_TO_INVOICE: InvoiceStep,
+}
 
 
 WorkflowId = Annotated[
@@ -183,7 +194,9 @@ def list_runs(
     lifecycle: Annotated[
         Lifecycle, typer.Option("--lifecycle", help="Which lifecycle's runs.")
     ] = Lifecycle.OPPORTUNITY_TO_PROJECT,
-    step: Annotated[Step | None, typer.Option("--step", help="Only runs at this step.")] = None,
+    step: Annotated[
+        str | None, typer.Option("--step", help="Only runs at this step of the lifecycle.")
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="At most this many.")] = 50,
     as_json: JsonFlag = False,
 ) -> None:
@@ -191,7 +204,10 @@ def list_runs(
     config = settings()
     query = f"{attrs.LIFECYCLE.name} = '{lifecycle.value}'"
     if step is not None:
-        query += f" AND {attrs.STEP.name} = '{step.value}'"
+        steps = [s.value for s in STEPS[lifecycle]]
+        if step not in steps:
+            usage_error("--step", f"{step!r} is not a step of {lifecycle}: {', '.join(steps)}")
+        query += f" AND {attrs.STEP.name} = '{step}'"
 
     async def find(client: Client) -> list[dict[str, Any]]:
         return [
