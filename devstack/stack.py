@@ -82,6 +82,7 @@ def ensure_secrets(state_dir: Path) -> None:
         "Q2C_SALESFORCE_WEBHOOK_SECRET": secrets.token_hex(24),
         "Q2C_STRIPE_API_KEY": f"sk_test_{secrets.token_hex(24)}",
         "Q2C_STRIPE_WEBHOOK_SECRET": f"whsec_{secrets.token_hex(24)}",
+        "Q2C_PSA_WEBHOOK_SECRET": secrets.token_hex(24),
     }
     path.touch(mode=0o600)
     path.write_text("".join(f"{key}={value}\n" for key, value in values.items()))

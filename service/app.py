@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service.billing_webhooks import stripe_webhook
+from service.psa_events import milestone_completed
 from service.state import ServiceState
 from service.webhooks import salesforce_webhook
 from settings import Settings
@@ -62,6 +63,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/health", health),
             Route("/webhooks/salesforce", salesforce_webhook, methods=["POST"]),
             Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
+            Route("/events/psa/milestone-completed", milestone_completed, methods=["POST"]),
         ],
         lifespan=lifespan,
     )

@@ -104,3 +104,15 @@ def _logfmt(value: Any) -> str:
     if not text or any(c in text for c in ' ="\\'):
         return json.dumps(text)
     return text
+
+
+def accepted(
+    state: ServiceState, workflow: str, run_id: str | None, *, duplicate: bool
+) -> JSONResponse:
+    """202 naming the run (a redelivery gets the same run, marked duplicate)."""
+    run_url = state.settings.run_link(workflow)
+    return JSONResponse(
+        {"workflow_id": workflow, "run_id": run_id, "duplicate": duplicate, "run_url": run_url},
+        status_code=202,
+        headers={"Location": run_url},
+    )

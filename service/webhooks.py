@@ -51,6 +51,7 @@ from connectors.salesforce import (
 from service.intake import (
     TRANSIENT_RPC,
     Refused,
+    accepted,
     answer,
     read_body,
     store_down,
@@ -107,7 +108,7 @@ async def _intake(state: ServiceState, request: Request, fields: dict[str, Any])
         raise store_down(exc) from None
     if seen is not None:
         fields.update(outcome="duplicate", workflow_id=seen.workflow_id, run_id=seen.run_id)
-        return _accepted(state, seen.workflow_id, seen.run_id, duplicate=True)
+        return accepted(state, seen.workflow_id, seen.run_id, duplicate=True)
 
     run = await _start(state, event)
     try:
@@ -122,7 +123,7 @@ async def _intake(state: ServiceState, request: Request, fields: dict[str, Any])
         raise store_down(exc) from None
     outcome = "started" if created else "duplicate"
     fields.update(outcome=outcome, workflow_id=row.workflow_id, run_id=row.run_id)
-    return _accepted(state, row.workflow_id, row.run_id, duplicate=not created)
+    return accepted(state, row.workflow_id, row.run_id, duplicate=not created)
 
 
 def _not_closed_won(body: bytes) -> str | None:
@@ -178,14 +179,3 @@ async def _start(state: ServiceState, event: ClosedWonEvent) -> StartedRun:
     except (TimeoutError, RuntimeError, OSError) as exc:
         # RuntimeError: the SDK's "Failed client connect".
         raise temporal_down(exc) from None
-
-
-def _accepted(
-    state: ServiceState, workflow: str, run_id: str | None, *, duplicate: bool
-) -> JSONResponse:
-    run_url = state.settings.run_link(workflow)
-    return JSONResponse(
-        {"workflow_id": workflow, "run_id": run_id, "duplicate": duplicate, "run_url": run_url},
-        status_code=202,
-        headers={"Location": run_url},
-    )

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     stripe_api_key: SecretStr = SecretStr("")
     stripe_webhook_secret: SecretStr = SecretStr("")
 
+    #: Signs the PSA's events to q2c (milestone completed): `X-Q2C-Signature`.
+    psa_webhook_secret: SecretStr = SecretStr("")
+
     # The q2c service (webhooks, health)
     service_port: int = 8080
     #: How the outside world reaches the service; the stand-ins post webhooks here.
