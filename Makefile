@@ -25,6 +25,7 @@ down:
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 ## The whole test suite: lint, type check, tests (real Temporal, Tryton, stand-ins, PostgreSQL).

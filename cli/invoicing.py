@@ -79,9 +79,9 @@ from workflows.time_to_invoice import (
     DECIDE,
     LIFECYCLE,
     STATUS,
+    ApprovalDecision,
+    Decision,
     DecisionAck,
-    InvoiceDecision,
-    InvoiceDecisionKind,
     InvoiceRecord,
     InvoiceStatus,
     PaymentEvent,
@@ -150,14 +150,14 @@ def invoice_run(
 @friendly_errors
 def invoice_approve(wid: InvoiceWorkflowId, approver: Approver, reason: Reason) -> None:
     """Approve the draft: the run bills it, posts it to the ERP and follows the payment."""
-    _decide(wid, InvoiceDecisionKind.APPROVE, approver, reason)
+    _decide(wid, Decision.APPROVE, approver, reason)
 
 
 @invoice_app.command("reject")
 @friendly_errors
 def invoice_reject(wid: InvoiceWorkflowId, approver: Approver, reason: Reason) -> None:
     """Reject the draft: nothing is billed and the time stays unbilled."""
-    _decide(wid, InvoiceDecisionKind.REJECT, approver, reason)
+    _decide(wid, Decision.REJECT, approver, reason)
 
 
 @invoice_app.command("adjust")
@@ -295,10 +295,10 @@ def schedules(
 # --------------------------------------------------------------------------- the calls
 
 
-def _decide(wid: str, decision: InvoiceDecisionKind, approver: str, reason: str) -> None:
+def _decide(wid: str, decision: Decision, approver: str, reason: str) -> None:
     wid = _checked_wid(wid)
     try:
-        request = InvoiceDecision(decision=decision, approver=approver.strip(), reason=reason)
+        request = ApprovalDecision(decision=decision, approver=approver.strip(), reason=reason)
     except ValidationError as exc:
         field, problem = first_problem(exc)
         raise CliError(f"--{field}: {problem}") from None
@@ -490,7 +490,7 @@ def _iso_when(at: str) -> str:
 
 # --------------------------------------------------------------------------- rendering
 
-_PAST = {InvoiceDecisionKind.APPROVE: "approved", InvoiceDecisionKind.REJECT: "rejected"}
+_PAST = {Decision.APPROVE: "approved", Decision.REJECT: "rejected"}
 _KIND_LABEL = {AdjustmentKind.WRITE_OFF: "write-off", AdjustmentKind.DISCOUNT: "discount"}
 _LABEL_WIDTH = len("adjustments")
 _SCHEDULE_LABEL_WIDTH = len("next runs")

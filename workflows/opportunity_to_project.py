@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from workflows.approvals import ApprovalDecision as ApprovalDecision
+from workflows.approvals import Decision as Decision
+
 with workflow.unsafe.imports_passed_through():
     from activities.billing import (
         BillingActivities,
@@ -70,19 +73,6 @@ class Step(StrEnum):
     REJECTED = "rejected"
     EXPIRED = "expired"
     FAILED = "failed"
-
-
-class Decision(StrEnum):
-    APPROVE = "approve"
-    REJECT = "reject"
-
-
-class ApprovalDecision(_Message):
-    """Finance's decision: the argument of the `decide` signal and of the `decide` update."""
-
-    decision: Decision
-    approver: str = Field(min_length=3, max_length=254)
-    reason: str = Field(min_length=1, max_length=1000)
 
 
 class ApprovalAck(_Message):

@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from workflows.approvals import ApprovalDecision as ApprovalDecision
+from workflows.approvals import Decision as Decision
+
 with workflow.unsafe.imports_passed_through():
     # The draft as finance sees and adjusts it; one class for the workflow and its activities.
     from canonical import DraftView, InvoiceAdjustment
@@ -57,19 +60,6 @@ class InvoiceStep(StrEnum):
     REJECTED = "rejected"
     EXPIRED = "expired"
     FAILED = "failed"
-
-
-class InvoiceDecisionKind(StrEnum):
-    APPROVE = "approve"
-    REJECT = "reject"
-
-
-class InvoiceDecision(_Message):
-    """Finance's decision on the draft: the `decide` signal and update."""
-
-    decision: InvoiceDecisionKind
-    approver: str = Field(min_length=3, max_length=254)
-    reason: str = Field(min_length=1, max_length=1000)
 
 
 class PaymentEvent(_Message):
@@ -275,7 +265,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
             )
 
         decision = await self._approval(self._policy)
-        if decision is None or decision.what == InvoiceDecisionKind.REJECT:
+        if decision is None or decision.what == Decision.REJECT:
             return await self._declined(decision)
         return await self._bill(context)
 
@@ -528,7 +518,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         self._records.append(record)
         return record
 
-    def _decide(self, decision: InvoiceDecision, via: str) -> InvoiceRecord:
+    def _decide(self, decision: ApprovalDecision, via: str) -> InvoiceRecord:
         record = self._record(decision.decision.value, decision.approver, decision.reason, via)
         if record.accepted:
             self._decision = record
@@ -556,16 +546,16 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         return record
 
     @workflow.signal(name=DECIDE)
-    def decide_by_signal(self, decision: InvoiceDecision) -> None:
+    def decide_by_signal(self, decision: ApprovalDecision) -> None:
         self._decide(decision, "signal")
 
     @workflow.update(name=DECIDE)
-    def decide_by_update(self, decision: InvoiceDecision) -> DecisionAck:
+    def decide_by_update(self, decision: ApprovalDecision) -> DecisionAck:
         record = self._decide(decision, "update")
         return DecisionAck(what=record.what, approver=record.approver, step=self._step)
 
     @decide_by_update.validator
-    def _validate_decision(self, decision: InvoiceDecision) -> None:
+    def _validate_decision(self, decision: ApprovalDecision) -> None:
         if (problem := self._refusal(decision.approver)) is not None:
             raise ValueError(problem)
 

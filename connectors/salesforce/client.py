@@ -469,7 +469,6 @@ class SalesforceClient:
             ),
         )
 
-
     async def write_invoice(
         self,
         opportunity_id: str,

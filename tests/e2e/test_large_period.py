@@ -36,9 +36,9 @@ from workflows.opportunity_to_project import workflow_id as deal_workflow_id
 from workflows.time_to_invoice import (
     DECIDE,
     STATUS,
+    ApprovalDecision,
+    Decision,
     DecisionAck,
-    InvoiceDecision,
-    InvoiceDecisionKind,
     InvoiceStatus,
     InvoiceStep,
     TimeToInvoiceInput,
@@ -135,7 +135,7 @@ async def test_twenty_thousand_entries_are_invoiced_and_paid(
 
     await handle.execute_update(
         DECIDE,
-        InvoiceDecision(decision=InvoiceDecisionKind.APPROVE, approver=APPROVER, reason="ok"),
+        ApprovalDecision(decision=Decision.APPROVE, approver=APPROVER, reason="ok"),
         result_type=DecisionAck,
     )
     status = await wait_for_step(handle, InvoiceStep.AWAITING_PAYMENT)

@@ -46,9 +46,9 @@ from workflows.time_to_invoice import (
     ADJUST,
     DECIDE,
     STATUS,
+    ApprovalDecision,
+    Decision,
     DecisionAck,
-    InvoiceDecision,
-    InvoiceDecisionKind,
     InvoiceStatus,
     InvoiceStep,
     TimeToInvoiceInput,
@@ -149,8 +149,8 @@ async def wait_for_step(handle: Handle, step: InvoiceStep) -> InvoiceStatus:
             await asyncio.sleep(0.2)
 
 
-def decision(kind: InvoiceDecisionKind, reason: str = "checked") -> InvoiceDecision:
-    return InvoiceDecision(decision=kind, approver=APPROVER, reason=reason)
+def decision(kind: Decision, reason: str = "checked") -> ApprovalDecision:
+    return ApprovalDecision(decision=kind, approver=APPROVER, reason=reason)
 
 
 async def unbilled(downstream: Downstream, project_id: str) -> int:
@@ -187,9 +187,7 @@ async def test_booked_time_becomes_a_paid_invoice_everywhere(
     }
     assert draft.time_entries == 3 and draft.rejected_entries == 0
 
-    await handle.execute_update(
-        DECIDE, decision(InvoiceDecisionKind.APPROVE), result_type=DecisionAck
-    )
+    await handle.execute_update(DECIDE, decision(Decision.APPROVE), result_type=DecisionAck)
     status = await wait_for_step(handle, InvoiceStep.AWAITING_PAYMENT)
     total = net * Decimal("1.20")
 
@@ -256,7 +254,7 @@ async def test_rejected_draft_leaves_nothing_and_the_time_unbilled(
     handle = await start_run(temporal_env, e2e_settings, deal.project_id)
     await wait_for_step(handle, InvoiceStep.AWAITING_APPROVAL)
     await handle.execute_update(
-        DECIDE, decision(InvoiceDecisionKind.REJECT, "hours under review"), result_type=DecisionAck
+        DECIDE, decision(Decision.REJECT, "hours under review"), result_type=DecisionAck
     )
     result = await handle.result()
 
@@ -287,9 +285,7 @@ async def test_adjusted_draft_bills_the_adjusted_total(
     ack = await handle.execute_update(ADJUST, write_off, result_type=DecisionAck)
     adjusted_total = (expected_net() - Decimal("315.00")) * Decimal("1.20")
     assert ack.total == adjusted_total
-    await handle.execute_update(
-        DECIDE, decision(InvoiceDecisionKind.APPROVE), result_type=DecisionAck
-    )
+    await handle.execute_update(DECIDE, decision(Decision.APPROVE), result_type=DecisionAck)
     status = await wait_for_step(handle, InvoiceStep.AWAITING_PAYMENT)
 
     assert status.billing_invoice_id and status.erp_invoice_id
@@ -315,9 +311,7 @@ async def test_permanent_erp_failure_voids_the_billing_invoice(
     today = datetime.now(UTC).date()
     await close_period(downstream.tryton, "NW-UK", today)  # the books of this month are closed
     try:
-        await handle.execute_update(
-            DECIDE, decision(InvoiceDecisionKind.APPROVE), result_type=DecisionAck
-        )
+        await handle.execute_update(DECIDE, decision(Decision.APPROVE), result_type=DecisionAck)
         with pytest.raises(WorkflowFailureError) as failure:
             await handle.result()
     finally:

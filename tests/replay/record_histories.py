@@ -46,8 +46,6 @@ from workflows.time_to_invoice import (
     ADJUST,
     PAYMENT,
     DecisionAck,
-    InvoiceDecision,
-    InvoiceDecisionKind,
     InvoiceStatus,
     InvoiceStep,
     PaymentEvent,
@@ -114,9 +112,7 @@ async def _invoice_paid(handle: WorkflowHandle, systems: FakeInvoicing) -> None:
     )
     await handle.execute_update(
         INVOICE_DECIDE,
-        InvoiceDecision(
-            decision=InvoiceDecisionKind.APPROVE, approver=INVOICE_APPROVER, reason="ok"
-        ),
+        ApprovalDecision(decision=Decision.APPROVE, approver=INVOICE_APPROVER, reason="ok"),
         result_type=DecisionAck,
     )
     await _wait_invoice(handle, InvoiceStep.AWAITING_PAYMENT)
@@ -135,9 +131,7 @@ async def _invoice_failed(handle: WorkflowHandle, systems: FakeInvoicing) -> Non
     await _wait_invoice(handle, InvoiceStep.AWAITING_APPROVAL)
     await handle.signal(
         INVOICE_DECIDE,
-        InvoiceDecision(
-            decision=InvoiceDecisionKind.APPROVE, approver=INVOICE_APPROVER, reason="ok"
-        ),
+        ApprovalDecision(decision=Decision.APPROVE, approver=INVOICE_APPROVER, reason="ok"),
     )
     with contextlib.suppress(Exception):  # fails after compensating: the history we want
         await handle.result()

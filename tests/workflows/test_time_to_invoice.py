@@ -25,9 +25,9 @@ from workflows.time_to_invoice import (
     DECIDE,
     PAYMENT,
     STATUS,
+    ApprovalDecision,
+    Decision,
     DecisionAck,
-    InvoiceDecision,
-    InvoiceDecisionKind,
     InvoiceStatus,
     InvoiceStep,
     PaymentEvent,
@@ -58,8 +58,8 @@ async def start(client: Client, task_queue: str) -> Handle:
     )
 
 
-def approve(approver: str = APPROVER) -> InvoiceDecision:
-    return InvoiceDecision(decision=InvoiceDecisionKind.APPROVE, approver=approver, reason="ok")
+def approve(approver: str = APPROVER) -> ApprovalDecision:
+    return ApprovalDecision(decision=Decision.APPROVE, approver=approver, reason="ok")
 
 
 def paid(event_id: str = "evt_1", invoice: str = "in_TEST1") -> PaymentEvent:
@@ -117,9 +117,7 @@ async def test_rejected_draft_bills_nothing(temporal_client: Client, task_queue:
         await wait_for_step(handle, InvoiceStep.AWAITING_APPROVAL)
         await handle.signal(
             DECIDE,
-            InvoiceDecision(
-                decision=InvoiceDecisionKind.REJECT, approver=APPROVER, reason="hours disputed"
-            ),
+            ApprovalDecision(decision=Decision.REJECT, approver=APPROVER, reason="hours disputed"),
         )
         result = await handle.result()
 
