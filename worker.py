@@ -20,13 +20,13 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.billing import BillingActivities, InvoiceBillingActivities
-from activities.crm import CrmActivities, CrmInvoiceActivities
+from activities.billing import BillingActivities
+from activities.crm import CrmActivities
 from activities.deal import DealActivities
-from activities.erp import ErpActivities, InvoiceErpActivities
+from activities.erp import ErpActivities
 from activities.invoicing import InvoicingActivities
 from activities.ledger import LedgerActivities
-from activities.psa import PsaActivities, TimeBillingActivities
+from activities.psa import PsaActivities
 from connectors.salesforce import SalesforceClient
 from connectors.stripe import StripeBilling
 from connectors.tryton import TrytonClient, TrytonErp, TrytonPsa
@@ -97,8 +97,8 @@ def activities_for(
     rules = load_deal_rules(settings)
     crm = CrmActivities(adapters.crms, run_link=settings.run_link("{workflow_id}"))
     deal = DealActivities(rules)
-    erp = ErpActivities(adapters.erp)
-    psa = PsaActivities(adapters.psa)
+    erp = ErpActivities(adapters.erp, store)
+    psa = PsaActivities(adapters.psa, store)
     billing = BillingActivities(adapters.billing, store)
     ledger = LedgerActivities(store)
     invoicing = InvoicingActivities(
@@ -109,24 +109,20 @@ def activities_for(
         tax_rates=load_tax_rates(settings),
         store=store,
     )
-    invoice_billing = InvoiceBillingActivities(adapters.billing, store)
-    invoice_erp = InvoiceErpActivities(adapters.erp, store)
-    time_billing = TimeBillingActivities(adapters.psa, store)
-    crm_invoice = CrmInvoiceActivities(adapters.crms)
     return [
         invoicing.load_billing_contract,
         invoicing.list_invoiceable_projects,
         invoicing.draft_invoice,
         invoicing.adjust_draft,
-        invoice_billing.create_billing_invoice,
-        invoice_billing.finalize_billing_invoice,
-        invoice_billing.void_billing_invoice,
-        invoice_erp.post_erp_invoice,
-        invoice_erp.discard_erp_draft,
-        invoice_erp.record_erp_payment,
-        time_billing.mark_time_billed,
-        time_billing.unmark_time_billed,
-        crm_invoice.write_invoice_status,
+        billing.create_billing_invoice,
+        billing.finalize_billing_invoice,
+        billing.void_billing_invoice,
+        erp.post_erp_invoice,
+        erp.discard_erp_draft,
+        erp.record_erp_payment,
+        psa.mark_time_billed,
+        psa.unmark_time_billed,
+        crm.write_invoice_status,
         crm.fetch_deal,
         crm.write_back_deal,
         deal.deal_policy,

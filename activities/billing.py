@@ -11,7 +11,7 @@ from temporalio.exceptions import ApplicationError
 from activities._base import ActivityModel
 from activities.errors import translate_connector_errors
 from activities.invoicing import stored_invoice
-from activities.ports import BillingPort, InvoiceBillingPort
+from activities.ports import BillingPort
 from canonical import Customer
 from store import Store
 
@@ -33,6 +33,40 @@ class ProvisionBillingResult(ActivityModel):
 
 class DeactivateBillingInput(ActivityModel):
     billing_customer_id: str
+    reason: str
+    idempotency_key: str
+
+
+class CreateBillingInvoiceInput(ActivityModel):
+    draft_id: str
+    billing_customer_id: str
+    #: What billing keeps on the invoice: its payment webhooks name the run through it.
+    metadata: dict[str, str]
+    days_until_due: int
+    idempotency_key: str
+
+
+class BillingInvoiceResult(ActivityModel):
+    billing_invoice_id: str
+
+
+class FinalizeBillingInvoiceInput(ActivityModel):
+    draft_id: str
+    billing_invoice_id: str
+    idempotency_key: str
+
+
+class FinalizedInvoice(ActivityModel):
+    billing_invoice_id: str
+    number: str
+    total: Decimal
+    currency: str
+    due_date: date | None
+
+
+class VoidBillingInvoiceInput(ActivityModel):
+    draft_id: str
+    billing_invoice_id: str
     reason: str
     idempotency_key: str
 
@@ -75,48 +109,6 @@ class BillingActivities:
         await self.billing.set_customer_status(
             request.billing_customer_id, INACTIVE, idempotency_key=request.idempotency_key
         )
-
-
-class CreateBillingInvoiceInput(ActivityModel):
-    draft_id: str
-    billing_customer_id: str
-    #: What billing keeps on the invoice: its payment webhooks name the run through it.
-    metadata: dict[str, str]
-    days_until_due: int
-    idempotency_key: str
-
-
-class BillingInvoiceResult(ActivityModel):
-    billing_invoice_id: str
-
-
-class FinalizeBillingInvoiceInput(ActivityModel):
-    draft_id: str
-    billing_invoice_id: str
-    idempotency_key: str
-
-
-class FinalizedInvoice(ActivityModel):
-    billing_invoice_id: str
-    number: str
-    total: Decimal
-    currency: str
-    due_date: date | None
-
-
-class VoidBillingInvoiceInput(ActivityModel):
-    draft_id: str
-    billing_invoice_id: str
-    reason: str
-    idempotency_key: str
-
-
-class InvoiceBillingActivities:
-    """Billing's side of time-to-invoice: the invoice from the approved draft."""
-
-    def __init__(self, billing: InvoiceBillingPort, store: Store) -> None:
-        self.billing = billing
-        self.store = store
 
     @activity.defn
     @translate_connector_errors

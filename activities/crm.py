@@ -39,6 +39,15 @@ class WriteBackInput(ActivityModel):
     message: str | None = None
 
 
+class CrmInvoiceInput(ActivityModel):
+    crm: str
+    opportunity_id: str
+    number: str
+    amount: Decimal
+    currency: str
+    status: str
+
+
 class CrmActivities:
     def __init__(self, crms: Mapping[str, CrmPort], *, run_link: str) -> None:
         """`run_link` is the Web UI address of a run, with `{workflow_id}` to fill in."""
@@ -80,31 +89,10 @@ class CrmActivities:
             message=request.message,
         )
 
-
-class CrmInvoiceInput(ActivityModel):
-    crm: str
-    opportunity_id: str
-    number: str
-    amount: Decimal
-    currency: str
-    status: str
-
-
-class CrmInvoiceActivities:
-    def __init__(self, crms: Mapping[str, CrmPort]) -> None:
-        self.crms = crms
-
     @activity.defn
     @translate_connector_errors
     async def write_invoice_status(self, request: CrmInvoiceInput) -> None:
-        crm = self.crms.get(request.crm)
-        if crm is None:
-            raise ApplicationError(
-                f"crm: no adapter configured for {request.crm!r}",
-                type="UnknownCrm",
-                non_retryable=True,
-            )
-        await crm.write_invoice(
+        await self._crm(request.crm).write_invoice(
             request.opportunity_id,
             number=request.number,
             amount=Money.of(request.amount, request.currency),

@@ -11,7 +11,7 @@ from temporalio.exceptions import ApplicationError
 from activities._base import ActivityModel
 from activities.errors import translate_connector_errors
 from activities.invoicing import stored_invoice
-from activities.ports import ErpPort, InvoiceErpPort
+from activities.ports import ErpPort
 from canonical import Customer, Entity, Money, System, survive
 from store import Store
 
@@ -25,27 +25,6 @@ class UpsertCustomerInput(ActivityModel):
 class UpsertCustomerResult(ActivityModel):
     erp_customer_id: str
     created: bool
-
-
-class ErpActivities:
-    def __init__(self, erp: ErpPort) -> None:
-        self.erp = erp
-
-    @activity.defn
-    @translate_connector_errors
-    async def upsert_customer(self, request: UpsertCustomerInput) -> UpsertCustomerResult:
-        """Match by the canonical id (the CRM account): never a second customer for one account.
-
-        An existing customer keeps what the ERP owns (legal entity, tax id, terms...) and takes
-        from the source what the source owns, by the survivorship rules in `canonical`.
-        """
-        incoming = request.customer
-        current = await self.erp.find_customer_record(incoming.id, incoming.legal_entity)
-        merged = incoming
-        if current is not None:
-            merged = survive(Entity.CUSTOMER, current, incoming, request.source)
-        party_id = await self.erp.upsert_customer(merged, incoming.id)
-        return UpsertCustomerResult(erp_customer_id=str(party_id), created=current is None)
 
 
 class PostErpInvoiceInput(ActivityModel):
@@ -77,12 +56,26 @@ class RecordErpPaymentInput(ActivityModel):
     idempotency_key: str
 
 
-class InvoiceErpActivities:
-    """The ERP's side of time-to-invoice: the receivable, then its payment."""
-
-    def __init__(self, erp: InvoiceErpPort, store: Store) -> None:
+class ErpActivities:
+    def __init__(self, erp: ErpPort, store: Store) -> None:
         self.erp = erp
         self.store = store
+
+    @activity.defn
+    @translate_connector_errors
+    async def upsert_customer(self, request: UpsertCustomerInput) -> UpsertCustomerResult:
+        """Match by the canonical id (the CRM account): never a second customer for one account.
+
+        An existing customer keeps what the ERP owns (legal entity, tax id, terms...) and takes
+        from the source what the source owns, by the survivorship rules in `canonical`.
+        """
+        incoming = request.customer
+        current = await self.erp.find_customer_record(incoming.id, incoming.legal_entity)
+        merged = incoming
+        if current is not None:
+            merged = survive(Entity.CUSTOMER, current, incoming, request.source)
+        party_id = await self.erp.upsert_customer(merged, incoming.id)
+        return UpsertCustomerResult(erp_customer_id=str(party_id), created=current is None)
 
     @activity.defn
     @translate_connector_errors

@@ -38,60 +38,6 @@ class ErpPort(Protocol):
 
     async def upsert_customer(self, customer: Customer, external_ref: str) -> int: ...
 
-
-class ProjectHandle(Protocol):
-    @property
-    def project_id(self) -> int: ...
-
-    @property
-    def task_ids(self) -> Mapping[str, int]: ...
-
-
-class PsaPort(Protocol):
-    async def create_project(
-        self, project: Project, *, party_id: int, idempotency_key: str
-    ) -> ProjectHandle: ...
-
-    async def close_project(self, project_id: int) -> None: ...
-
-
-class BillingPort(Protocol):
-    async def create_customer(self, customer: Customer, *, idempotency_key: str) -> str: ...
-
-    async def update_customer(
-        self, customer_id: str, customer: Customer, *, idempotency_key: str
-    ) -> None: ...
-
-    async def set_customer_status(
-        self, customer_id: str, status: str, *, idempotency_key: str
-    ) -> None: ...
-
-
-class InvoiceBillingPort(Protocol):
-    async def create_invoice(
-        self,
-        invoice: Invoice,
-        *,
-        customer_id: str,
-        idempotency_key: str,
-        days_until_due: int,
-        metadata: Mapping[str, str] | None = None,
-    ) -> str: ...
-
-    async def finalize_invoice(self, invoice_id: str, *, idempotency_key: str) -> Invoice: ...
-
-    async def void_invoice(self, invoice_id: str, *, idempotency_key: str) -> Invoice: ...
-
-
-class ErpInvoiceHandle(Protocol):
-    @property
-    def id(self) -> int: ...
-
-    @property
-    def line_ids(self) -> list[int]: ...
-
-
-class InvoiceErpPort(Protocol):
     async def create_invoice(
         self,
         invoice: Invoice,
@@ -117,7 +63,55 @@ class InvoiceErpPort(Protocol):
     ) -> None: ...
 
 
-class TimeBillingPort(Protocol):
+class ProjectHandle(Protocol):
+    @property
+    def project_id(self) -> int: ...
+
+    @property
+    def task_ids(self) -> Mapping[str, int]: ...
+
+
+class PsaPort(Protocol):
+    async def create_project(
+        self, project: Project, *, party_id: int, idempotency_key: str
+    ) -> ProjectHandle: ...
+
+    async def close_project(self, project_id: int) -> None: ...
+
     async def mark_time_billed(self, links: dict[int, int]) -> None: ...
 
     async def unmark_time_billed(self, line_ids: list[int]) -> None: ...
+
+
+class BillingPort(Protocol):
+    async def create_customer(self, customer: Customer, *, idempotency_key: str) -> str: ...
+
+    async def update_customer(
+        self, customer_id: str, customer: Customer, *, idempotency_key: str
+    ) -> None: ...
+
+    async def set_customer_status(
+        self, customer_id: str, status: str, *, idempotency_key: str
+    ) -> None: ...
+
+    async def create_invoice(
+        self,
+        invoice: Invoice,
+        *,
+        customer_id: str,
+        idempotency_key: str,
+        days_until_due: int,
+        metadata: Mapping[str, str] | None = None,
+    ) -> str: ...
+
+    async def finalize_invoice(self, invoice_id: str, *, idempotency_key: str) -> Invoice: ...
+
+    async def void_invoice(self, invoice_id: str, *, idempotency_key: str) -> Invoice: ...
+
+
+class ErpInvoiceHandle(Protocol):
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def line_ids(self) -> list[int]: ...

@@ -8,7 +8,7 @@ from temporalio.exceptions import ApplicationError
 from activities._base import ActivityModel
 from activities.errors import translate_connector_errors
 from activities.invoicing import stored_invoice
-from activities.ports import PsaPort, TimeBillingPort
+from activities.ports import PsaPort
 from canonical import Project, RatedPeriod
 from store import Store
 
@@ -32,9 +32,14 @@ class CloseProjectInput(ActivityModel):
     reason: str
 
 
+class TimeBillingInput(ActivityModel):
+    draft_id: str
+
+
 class PsaActivities:
-    def __init__(self, psa: PsaPort) -> None:
+    def __init__(self, psa: PsaPort, store: Store) -> None:
         self.psa = psa
+        self.store = store
 
     @activity.defn
     @translate_connector_errors
@@ -55,18 +60,6 @@ class PsaActivities:
         """Compensation: closing twice, or a project already gone, is fine."""
         activity.logger.info("closing project %s: %s", request.project_id, request.reason)
         await self.psa.close_project(int(request.project_id))
-
-
-class TimeBillingInput(ActivityModel):
-    draft_id: str
-
-
-class TimeBillingActivities:
-    """The PSA's side of time-to-invoice: the time a draft bills is marked billed, or not."""
-
-    def __init__(self, psa: TimeBillingPort, store: Store) -> None:
-        self.psa = psa
-        self.store = store
 
     async def _entry_ids(self, draft_id: str) -> tuple[list[int], list[int]]:
         row, _ = await stored_invoice(self.store, draft_id)

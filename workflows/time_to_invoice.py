@@ -132,16 +132,16 @@ BILLING_METADATA_KEY = "q2c_workflow_id"
 
 with workflow.unsafe.imports_passed_through():
     from activities.billing import (
+        BillingActivities,
         CreateBillingInvoiceInput,
         FinalizeBillingInvoiceInput,
-        InvoiceBillingActivities,
         VoidBillingInvoiceInput,
     )
-    from activities.crm import CrmInvoiceActivities, CrmInvoiceInput
+    from activities.crm import CrmActivities, CrmInvoiceInput
     from activities.deal import DealActivities, DealPolicyInput
     from activities.erp import (
         DiscardErpDraftInput,
-        InvoiceErpActivities,
+        ErpActivities,
         PostErpInvoiceInput,
         RecordErpPaymentInput,
     )
@@ -152,7 +152,7 @@ with workflow.unsafe.imports_passed_through():
         InvoicingActivities,
         LoadContractInput,
     )
-    from activities.psa import TimeBillingActivities, TimeBillingInput
+    from activities.psa import PsaActivities, TimeBillingInput
     from canonical import DealPolicy
     from workflows import presets
     from workflows import search_attributes as sa
@@ -275,7 +275,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         self._set_step(InvoiceStep.BILLING_INVOICE)
         created = await self._call(
             InvoiceStep.BILLING_INVOICE,
-            InvoiceBillingActivities.create_billing_invoice,
+            BillingActivities.create_billing_invoice,
             CreateBillingInvoiceInput(
                 draft_id=self._draft_id,
                 billing_customer_id=context.billing_customer_id,
@@ -287,7 +287,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         self._billing_invoice_id = created.billing_invoice_id
         final = await self._call(
             InvoiceStep.BILLING_INVOICE,
-            InvoiceBillingActivities.finalize_billing_invoice,
+            BillingActivities.finalize_billing_invoice,
             FinalizeBillingInvoiceInput(
                 draft_id=self._draft_id,
                 billing_invoice_id=created.billing_invoice_id,
@@ -309,7 +309,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         self._compensations.append(("discard ERP draft", self._draft_id))
         posted = await self._call(
             InvoiceStep.ERP_POSTING,
-            InvoiceErpActivities.post_erp_invoice,
+            ErpActivities.post_erp_invoice,
             PostErpInvoiceInput(
                 draft_id=self._draft_id,
                 erp_customer_id=context.erp_customer_id,
@@ -331,7 +331,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         self._set_step(InvoiceStep.MARK_BILLED)
         marked = await self._call(
             InvoiceStep.MARK_BILLED,
-            TimeBillingActivities.mark_time_billed,
+            PsaActivities.mark_time_billed,
             TimeBillingInput(draft_id=self._draft_id),
             DRAFT_CALL,
         )
@@ -396,7 +396,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         assert self._erp_invoice_id is not None
         await self._call(
             InvoiceStep.RECORD_PAYMENT,
-            InvoiceErpActivities.record_erp_payment,
+            ErpActivities.record_erp_payment,
             RecordErpPaymentInput(
                 draft_id=self._draft_id,
                 erp_invoice_id=self._erp_invoice_id,
@@ -427,7 +427,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         assert self._invoice_number is not None
         await self._call(
             InvoiceStep.CRM_UPDATE,
-            CrmInvoiceActivities.write_invoice_status,
+            CrmActivities.write_invoice_status,
             CrmInvoiceInput(
                 crm=context.crm,
                 opportunity_id=context.opportunity_id,
@@ -631,13 +631,13 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
             try:
                 if name == "discard ERP draft":
                     await workflow.execute_activity_method(
-                        InvoiceErpActivities.discard_erp_draft,
+                        ErpActivities.discard_erp_draft,
                         DiscardErpDraftInput(draft_id=target),
                         **presets.COMPENSATION,
                     )
                 elif name == "void billing invoice":
                     await workflow.execute_activity_method(
-                        InvoiceBillingActivities.void_billing_invoice,
+                        BillingActivities.void_billing_invoice,
                         VoidBillingInvoiceInput(
                             draft_id=self._draft_id,
                             billing_invoice_id=target,
@@ -648,7 +648,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
                     )
                 else:
                     await workflow.execute_activity_method(
-                        TimeBillingActivities.unmark_time_billed,
+                        PsaActivities.unmark_time_billed,
                         TimeBillingInput(draft_id=target),
                         **presets.COMPENSATION,
                     )
