@@ -21,6 +21,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.billing import BillingActivities
+from activities.correlation import CorrelationInterceptor, CorrelationLogFilter
 from activities.crm import CrmActivities
 from activities.deal import DealActivities
 from activities.erp import ErpActivities
@@ -147,6 +148,7 @@ def build_worker(
         workflows=list(WORKFLOWS),
         activities=list(activities),
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        interceptors=[CorrelationInterceptor()],
         identity=f"q2c-worker@{socket.gethostname()}:{os.getpid()}",
     )
 
@@ -173,7 +175,12 @@ async def run(settings: Settings) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s",
+    )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(CorrelationLogFilter())
     asyncio.run(run(load_settings()))
 
 

@@ -26,6 +26,7 @@ import httpx
 from pydantic import SecretStr, ValidationError
 
 from canonical import Account, Money, Opportunity
+from connectors import correlation
 from connectors.errors import (
     AuthFailed,
     ConnectorError,
@@ -182,7 +183,10 @@ class SalesforceClient:
         self.api_version = api_version
         self.default_currency = default_currency
         self._http = httpx.AsyncClient(
-            transport=transport, timeout=timeout, headers={"Accept": "application/json"}
+            transport=transport,
+            timeout=timeout,
+            headers={"Accept": "application/json"},
+            event_hooks={"request": [correlation.add_header]},
         )
         self._token: str | None = None
         self._instance_url: str | None = None

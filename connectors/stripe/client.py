@@ -28,6 +28,7 @@ import stripe
 from pydantic import BaseModel
 
 from canonical import Customer, Invoice, Payment
+from connectors import correlation
 from connectors.errors import (
     AuthFailed,
     ConnectorError,
@@ -193,6 +194,8 @@ class StripeBilling:
         options: dict[str, Any] = {}
         if idempotency_key is not None:
             options["idempotency_key"] = idempotency_key
+        if headers := correlation.outbound_headers():
+            options["headers"] = headers
         with _translated():
             response = await self._client.raw_request_async(
                 method, path, **dict(params or {}), **options

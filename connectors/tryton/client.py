@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from connectors import correlation
 from connectors.errors import (
     AuthFailed,
     ConnectorError,
@@ -81,6 +82,7 @@ class TrytonClient:
                 transport=transport,
                 timeout=timeout,
                 headers={"Accept": "application/json"},
+                event_hooks={"request": [correlation.add_header]},
             )
         )
         #: Context keys this client (or company view) puts over the user's context.
