@@ -125,6 +125,17 @@ class RateCard(CanonicalModel):
         return {e.role for e in self.entries}
 
 
+def check_rate_card_currency(
+    card: RateCard | None, currency: str | None, owner: str
+) -> RateCard | None:
+    """A document's rate card prices in the document's own currency."""
+    if card is not None and currency is not None and card.currency != currency:
+        raise ValueError(
+            f"rate card currency {card.currency} differs from {owner} currency {currency}"
+        )
+    return card
+
+
 def _span(entry: RateCardEntry) -> str:
     end = entry.effective_to.isoformat() if entry.effective_to else "open"
     return f"{entry.effective_from.isoformat()}..{end}"
@@ -167,12 +178,7 @@ class ContractTerms(CanonicalModel):
     @field_validator("rate_card")
     @classmethod
     def _rate_card_currency(cls, value: RateCard | None, info: ValidationInfo) -> RateCard | None:
-        currency = info.data.get("currency")
-        if value is not None and currency is not None and value.currency != currency:
-            raise ValueError(
-                f"rate card currency {value.currency} differs from contract currency {currency}"
-            )
-        return value
+        return check_rate_card_currency(value, info.data.get("currency"), "contract")
 
     @field_validator("fixed_fee")
     @classmethod

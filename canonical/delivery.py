@@ -16,7 +16,13 @@ from pydantic import (
 )
 
 from canonical._base import CanonicalModel, NonEmpty
-from canonical.commercial import BillingType, Milestone, RateCard, RateCardEntry
+from canonical.commercial import (
+    BillingType,
+    Milestone,
+    RateCard,
+    RateCardEntry,
+    check_rate_card_currency,
+)
 from canonical.money import (
     CurrencyCode,
     Money,
@@ -82,12 +88,7 @@ class Project(CanonicalModel):
     @field_validator("rate_card")
     @classmethod
     def _rate_card_currency(cls, card: RateCard | None, info: ValidationInfo) -> RateCard | None:
-        currency = info.data.get("currency")
-        if card is not None and currency is not None and card.currency != currency:
-            raise ValueError(
-                f"rate card currency {card.currency} differs from project currency {currency}"
-            )
-        return card
+        return check_rate_card_currency(card, info.data.get("currency"), "project")
 
     @field_validator("tasks")
     @classmethod

@@ -46,7 +46,13 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from canonical._base import CanonicalModel, NonEmpty
 from canonical.billing import Invoice, InvoiceLine
-from canonical.commercial import BillingType, Milestone, MilestoneStatus, RateCard
+from canonical.commercial import (
+    BillingType,
+    Milestone,
+    MilestoneStatus,
+    RateCard,
+    check_rate_card_currency,
+)
 from canonical.delivery import Expense, TimeEntry
 from canonical.errors import NoRate
 from canonical.money import (
@@ -166,12 +172,7 @@ class BillingContract(CanonicalModel):
     @field_validator("rate_card")
     @classmethod
     def _card_currency(cls, card: RateCard | None, info: ValidationInfo) -> RateCard | None:
-        currency = info.data.get("currency")
-        if card is not None and currency is not None and card.currency != currency:
-            raise ValueError(
-                f"rate card currency {card.currency} differs from contract currency {currency}"
-            )
-        return card
+        return check_rate_card_currency(card, info.data.get("currency"), "contract")
 
     @field_validator("tasks")
     @classmethod
