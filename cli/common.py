@@ -15,7 +15,7 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Generic, NoReturn, TypeVar
+from typing import Annotated, Any, Generic, NoReturn, Protocol, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -39,6 +39,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from cli.app import CliError, err
 from settings import Settings, load_settings
+from workflows.approvals import ApprovalDecision, Decision
 from workflows.client import connect as connect_client
 from workflows.starters import StartedRun
 
@@ -351,3 +352,44 @@ def usage_error(option: str, problem: str) -> NoReturn:
     """One line naming the option and what is wrong with it; exit 2."""
     err.print(f"[red]error:[/red] {option}: {escape(problem)}", highlight=False, soft_wrap=True)
     raise typer.Exit(USAGE_EXIT)
+
+
+class _Acknowledged(Protocol):
+    @property
+    def approver(self) -> str: ...
+
+
+def send_decision(
+    wid: str,
+    decision: Decision,
+    approver: str,
+    reason: str,
+    *,
+    update: str,
+    ack_type: type[_Acknowledged],
+) -> None:
+    """Finance's decision as the run's update: it answers at once, or says why it refuses."""
+    try:
+        request = ApprovalDecision(decision=decision, approver=approver.strip(), reason=reason)
+    except ValidationError as exc:
+        field, problem = first_problem(exc)
+        raise CliError(f"--{field}: {problem}") from None
+    config = settings()
+
+    async def send(client: Client) -> _Acknowledged:
+        # The run's validator refuses it when the approver is not listed or nothing waits.
+        return await execute_update(
+            client,
+            wid,
+            update,
+            request,
+            result_type=ack_type,
+            timeout_s=UPDATE_TIMEOUT_S,
+            consequence="it takes no more decisions",
+        )
+
+    ack = run(config, send, wid)
+    print_decided(DECIDED[decision], wid, ack.approver, reason, config.run_link(wid))
+
+
+DECIDED = {Decision.APPROVE: "approved", Decision.REJECT: "rejected"}

@@ -60,6 +60,7 @@ from cli.common import (
     rpc_timeout,
     run,
     run_status,
+    send_decision,
     settings,
     usage_error,
     user,
@@ -79,7 +80,6 @@ from workflows.time_to_invoice import (
     DECIDE,
     LIFECYCLE,
     STATUS,
-    ApprovalDecision,
     Decision,
     DecisionAck,
     InvoiceRecord,
@@ -296,28 +296,9 @@ def schedules(
 
 
 def _decide(wid: str, decision: Decision, approver: str, reason: str) -> None:
-    wid = _checked_wid(wid)
-    try:
-        request = ApprovalDecision(decision=decision, approver=approver.strip(), reason=reason)
-    except ValidationError as exc:
-        field, problem = first_problem(exc)
-        raise CliError(f"--{field}: {problem}") from None
-    config = settings()
-
-    async def send(client: Client) -> DecisionAck:
-        # The run's validator refuses it when the approver is not listed or nothing waits.
-        return await execute_update(
-            client,
-            wid,
-            DECIDE,
-            request,
-            result_type=DecisionAck,
-            timeout_s=UPDATE_TIMEOUT_S,
-            consequence="it takes no more decisions",
-        )
-
-    ack = run(config, send, wid)
-    print_decided(_PAST[decision], wid, ack.approver, reason, config.run_link(wid))
+    send_decision(
+        _checked_wid(wid), decision, approver, reason, update=DECIDE, ack_type=DecisionAck
+    )
 
 
 def _checked_wid(wid: str) -> str:
@@ -490,7 +471,6 @@ def _iso_when(at: str) -> str:
 
 # --------------------------------------------------------------------------- rendering
 
-_PAST = {Decision.APPROVE: "approved", Decision.REJECT: "rejected"}
 _KIND_LABEL = {AdjustmentKind.WRITE_OFF: "write-off", AdjustmentKind.DISCOUNT: "discount"}
 _LABEL_WIDTH = len("adjustments")
 _SCHEDULE_LABEL_WIDTH = len("next runs")

@@ -16,7 +16,6 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
@@ -25,7 +24,6 @@ from cli.app import CliError, app, friendly_errors
 from cli.common import (
     QUERY_TIMEOUT_S,
     RPC_TIMEOUT_S,
-    UPDATE_TIMEOUT_S,
     Approver,
     Fields,
     JsonFlag,
@@ -35,13 +33,11 @@ from cli.common import (
     closed_or_missing,
     console,
     describe_and_query,
-    execute_update,
-    first_problem,
-    print_decided,
     print_started,
     rpc_timeout,
     run,
     run_status,
+    send_decision,
     settings,
     usage_error,
     user,
@@ -56,7 +52,6 @@ from workflows.opportunity_to_project import (
     LIFECYCLE,
     STATUS,
     ApprovalAck,
-    ApprovalDecision,
     DataCorrected,
     DealStatus,
     Decision,
@@ -250,27 +245,7 @@ def list_runs(
 
 
 def _decide(wid: str, decision: Decision, approver: str, reason: str) -> None:
-    try:
-        request = ApprovalDecision(decision=decision, approver=approver.strip(), reason=reason)
-    except ValidationError as exc:
-        field, problem = first_problem(exc)
-        raise CliError(f"--{field}: {problem}") from None
-    config = settings()
-
-    async def send(client: Client) -> ApprovalAck:
-        # The run's validator refuses it when the approver is not listed or nothing is pending.
-        return await execute_update(
-            client,
-            wid,
-            DECIDE,
-            request,
-            result_type=ApprovalAck,
-            timeout_s=UPDATE_TIMEOUT_S,
-            consequence="it takes no more decisions",
-        )
-
-    ack = run(config, send, wid)
-    print_decided(_PAST[ack.decision], wid, ack.approver, reason, config.run_link(wid))
+    send_decision(wid, decision, approver, reason, update=DECIDE, ack_type=ApprovalAck)
 
 
 def _checked_opportunity_id(crm: Crm, value: str) -> str:
@@ -300,7 +275,6 @@ _OPPORTUNITY_ID_CHECKS: dict[Crm, Callable[[str], str]] = {
 
 # --------------------------------------------------------------------------- rendering
 
-_PAST = {Decision.APPROVE: "approved", Decision.REJECT: "rejected"}
 _LABEL_WIDTH = len("legal entity")
 
 

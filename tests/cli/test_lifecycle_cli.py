@@ -20,6 +20,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 from typer.testing import CliRunner, Result
 
+import cli.common
 import cli.lifecycle
 from cli.app import app
 from tests.fixtures.ports import free_port
@@ -283,7 +284,7 @@ async def test_approver_from_the_environment_and_reject_ends_the_run_rejected(
 async def test_a_decision_nobody_answers_is_one_line_not_a_hang(
     q2c: Invoke, started_runs: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli.lifecycle, "UPDATE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(cli.common, "UPDATE_TIMEOUT_S", 1.0)  # decisions use common's
     wid = await start_by_cli(q2c, started_runs)  # no worker polls this task queue
 
     result = await q2c("approve", wid, "--approver", APPROVER, "--reason", "ok")
