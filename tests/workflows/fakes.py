@@ -105,7 +105,36 @@ def opportunity(
 
 
 @dataclass
-class FakeSystems:
+class FakeLedger:
+    """What every fake-systems worker shares: a record of every call, and q2c's own ledger."""
+
+    calls: dict[str, list[Any]] = field(default_factory=dict)
+
+    def _record(self, name: str, arg: Any) -> None:
+        self.calls.setdefault(name, []).append(arg)
+
+    def called(self, name: str) -> list[Any]:
+        return self.calls.get(name, [])
+
+    @activity.defn(name="record_audit")
+    async def record_audit(self, request: RecordAuditInput) -> None:
+        self._record("record_audit", request)
+
+    @activity.defn(name="record_exception")
+    async def record_exception(self, request: RecordExceptionInput) -> RecordExceptionResult:
+        self._record("record_exception", request)
+        return RecordExceptionResult(exception_id=len(self.called("record_exception")))
+
+    @activity.defn(name="link_reference")
+    async def link_reference(self, request: LinkReferenceInput) -> None:
+        self._record("link_reference", request)
+
+    def ledger_activities(self) -> list[Any]:
+        return [self.record_audit, self.record_exception, self.link_reference]
+
+
+@dataclass
+class FakeSystems(FakeLedger):
     """What the CRM holds, and every call each system received."""
 
     deal: Opportunity = field(default_factory=opportunity)
@@ -124,13 +153,6 @@ class FakeSystems:
     )
     rules: DealRules = RULES
     fail_billing: str | None = None
-    calls: dict[str, list[Any]] = field(default_factory=dict)
-
-    def _record(self, name: str, arg: Any) -> None:
-        self.calls.setdefault(name, []).append(arg)
-
-    def called(self, name: str) -> list[Any]:
-        return self.calls.get(name, [])
 
     @activity.defn(name="deal_policy")
     async def deal_policy(self, request: DealPolicyInput) -> DealPolicy:
@@ -179,19 +201,6 @@ class FakeSystems:
     async def deactivate_billing_customer(self, request: DeactivateBillingInput) -> None:
         self._record("deactivate_billing_customer", request)
 
-    @activity.defn(name="record_audit")
-    async def record_audit(self, request: RecordAuditInput) -> None:
-        self._record("record_audit", request)
-
-    @activity.defn(name="record_exception")
-    async def record_exception(self, request: RecordExceptionInput) -> RecordExceptionResult:
-        self._record("record_exception", request)
-        return RecordExceptionResult(exception_id=len(self.called("record_exception")))
-
-    @activity.defn(name="link_reference")
-    async def link_reference(self, request: LinkReferenceInput) -> None:
-        self._record("link_reference", request)
-
     def activities(self) -> list[Any]:
         return [
             self.deal_policy,
@@ -203,9 +212,7 @@ class FakeSystems:
             self.close_project,
             self.provision_billing_customer,
             self.deactivate_billing_customer,
-            self.record_audit,
-            self.record_exception,
-            self.link_reference,
+            *self.ledger_activities(),
         ]
 
     def worker(self, client: Client, task_queue: str) -> Worker:

@@ -36,12 +36,6 @@ from activities.invoicing import (
     LoadContractInput,
     ProjectsInput,
 )
-from activities.ledger import (
-    LinkReferenceInput,
-    RecordAuditInput,
-    RecordExceptionInput,
-    RecordExceptionResult,
-)
 from activities.psa import TimeBillingInput
 from canonical import (
     ApprovalPolicy,
@@ -54,6 +48,7 @@ from canonical import (
     Money,
     PaymentTerms,
 )
+from tests.workflows.fakes import FakeLedger
 from workflows.invoice_cycle import InvoiceCycleWorkflow
 from workflows.time_to_invoice import TimeToInvoiceInput, TimeToInvoiceWorkflow, workflow_id
 
@@ -103,7 +98,7 @@ def draft_view(draft_id: str, hours: str = "12.5") -> DraftView:
 
 
 @dataclass
-class FakeInvoicing:
+class FakeInvoicing(FakeLedger):
     hours: str = "12.5"
     fail_erp: str | None = None
     policy: DealPolicy = field(
@@ -237,19 +232,6 @@ class FakeInvoicing:
     async def write_invoice_status(self, request: CrmInvoiceInput) -> None:
         self._record("write_invoice_status", request)
 
-    @activity.defn(name="record_audit")
-    async def record_audit(self, request: RecordAuditInput) -> None:
-        self._record("record_audit", request)
-
-    @activity.defn(name="record_exception")
-    async def record_exception(self, request: RecordExceptionInput) -> RecordExceptionResult:
-        self._record("record_exception", request)
-        return RecordExceptionResult(exception_id=len(self.called("record_exception")))
-
-    @activity.defn(name="link_reference")
-    async def link_reference(self, request: LinkReferenceInput) -> None:
-        self._record("link_reference", request)
-
     def worker(self, client: Client, task_queue: str) -> Worker:
         return Worker(
             client,
@@ -270,9 +252,7 @@ class FakeInvoicing:
                 self.mark_time_billed,
                 self.unmark_time_billed,
                 self.write_invoice_status,
-                self.record_audit,
-                self.record_exception,
-                self.link_reference,
+                *self.ledger_activities(),
             ],
         )
 
