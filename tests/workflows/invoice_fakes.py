@@ -7,7 +7,6 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
-from typing import Any
 
 from temporalio import activity
 from temporalio.client import Client
@@ -111,15 +110,8 @@ class FakeInvoicing(FakeLedger):
             correction_deadline=timedelta(hours=6),
         )
     )
-    calls: dict[str, list[Any]] = field(default_factory=dict)
     view: DraftView | None = None
     projects: list[str] = field(default_factory=list)
-
-    def _record(self, name: str, arg: Any) -> None:
-        self.calls.setdefault(name, []).append(arg)
-
-    def called(self, name: str) -> list[Any]:
-        return self.calls.get(name, [])
 
     @activity.defn(name="deal_policy")
     async def deal_policy(self, request: DealPolicyInput) -> DealPolicy:
