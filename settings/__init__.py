@@ -93,6 +93,30 @@ class Settings(BaseSettings):
     #: How long a run waits for bad deal data to be corrected in the CRM.
     correction_deadline: timedelta = timedelta(days=3)
 
+    # -- per-system task queues (`<task_queue>-tryton`, `-stripe`, `-salesforce`) ----------
+    #: Tryton's database, as trytond's `[database] uri`: unset means SQLite in the state
+    #: dir; e.g. `postgresql://postgres@127.0.0.1:5432/` for PostgreSQL.
+    tryton_database_uri: str | None = None
+    #: Concurrent Tryton calls per worker; unset: 1 on SQLite (one writer), 8 on PostgreSQL.
+    tryton_max_concurrent_activities: int | None = None
+    tryton_activities_per_second: float | None = None
+    stripe_max_concurrent_activities: int = 10
+    #: Stripe's published limit in test mode (100/s in live mode).
+    stripe_activities_per_second: float | None = 25.0
+    salesforce_max_concurrent_activities: int = 10
+    salesforce_activities_per_second: float | None = None
+
+    # -- outages: a transient error is retried, never compensated --------------------------
+    #: After this long retrying a system, the run says so in an exception.
+    outage_notice_after: timedelta = timedelta(minutes=3)
+    #: After this long, the run stops retrying and waits for a person (retry or compensate).
+    tryton_outage_deadline: timedelta = timedelta(hours=24)
+    stripe_outage_deadline: timedelta = timedelta(hours=24)
+    salesforce_outage_deadline: timedelta = timedelta(hours=24)
+
+    # -- catch-up sweeps for what webhooks missed --------------------------------------------
+    sweep_interval: timedelta = timedelta(minutes=5)
+
     @property
     def temporal_target(self) -> str:
         return self.temporal_address or f"{self.host}:{self.temporal_port}"

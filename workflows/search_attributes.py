@@ -13,8 +13,10 @@ CORRELATION_ID = SearchAttributeKey.for_keyword("Q2cCorrelationId")
 CUSTOMER = SearchAttributeKey.for_keyword("Q2cCustomer")
 LIFECYCLE = SearchAttributeKey.for_keyword("Q2cLifecycle")
 STEP = SearchAttributeKey.for_keyword("Q2cStep")
+#: The system a run is waiting on during an outage ("stripe"), empty otherwise.
+WAITING_ON = SearchAttributeKey.for_keyword("Q2cWaitingOn")
 
-ALL = (CORRELATION_ID, CUSTOMER, LIFECYCLE, STEP)
+ALL = (CORRELATION_ID, CUSTOMER, LIFECYCLE, STEP, WAITING_ON)
 
 
 def server_flags() -> list[str]:
