@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -30,18 +31,28 @@ class StaleSignature(InvalidSignature):
     """Signed correctly but too long ago (or too far in the future): a possible replay."""
 
 
-def _parse_header(header: str, header_name: str) -> tuple[int, list[str]]:
-    timestamp: int | None = None
+#: A unix time in seconds (up to year 33658), and a hex SHA-256 digest: nothing else is read.
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def _parse_header(header: str, header_name: str) -> tuple[str, list[str]]:
+    """The timestamp as sent (the exact text that was signed) and the candidate digests.
+
+    Only ASCII digits and hex are taken: anything else (a sign, `_`, Unicode digits, a
+    non-ASCII "digest", which `hmac.compare_digest` would refuse with a TypeError) is
+    malformed, never an error of ours.
+    """
+    timestamp: str | None = None
     signatures: list[str] = []
     for part in header.split(","):
         key, _, value = part.strip().partition("=")
         if key == "t":
-            try:
-                timestamp = int(value)
-            except ValueError:
-                raise InvalidSignature(f"timestamp {value!r} is not a number") from None
-        elif key == "v1" and value:
-            signatures.append(value.strip().lower())
+            if not _TIMESTAMP.fullmatch(value):
+                raise InvalidSignature(f"{header_name} timestamp (t=) is not a unix time")
+            timestamp = value
+        elif key == "v1" and _DIGEST.fullmatch(candidate := value.strip().lower()):
+            signatures.append(candidate)
     if timestamp is None:
         raise InvalidSignature(f"{header_name} has no timestamp (t=)")
     if not signatures:
@@ -64,15 +75,14 @@ def verify_signature(
     if not header:
         raise InvalidSignature(f"missing {header_name} header")
     timestamp, signatures = _parse_header(header, header_name)
-    expected = hmac.new(
-        secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256
-    ).hexdigest()
-    if not any(hmac.compare_digest(expected, candidate) for candidate in signatures):
+    expected = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    if not any(hmac.compare_digest(expected.hexdigest(), candidate) for candidate in signatures):
         raise InvalidSignature("signature does not match the body")
-    current = (now or datetime.now(UTC)).timestamp()
-    if abs(current - timestamp) > tolerance.total_seconds():
+    # Too old or too far ahead alike: a clock in the future is a replay waiting to happen.
+    away = (now or datetime.now(UTC)).timestamp() - int(timestamp)
+    if abs(away) > tolerance.total_seconds():
         raise StaleSignature(
-            f"signature timestamp is {current - timestamp:.0f} s away from now "
+            f"signature timestamp is {away:.0f} s away from now "
             f"(tolerance {tolerance.total_seconds():.0f} s)"
         )
 

@@ -5,7 +5,8 @@ when the run created it). The checks run cheapest and most suspicious first:
 
     secret configured?        no  -> 503 (an operator must set Q2C_STRIPE_WEBHOOK_SECRET)
     body small enough?        no  -> 413
-    Stripe-Signature          missing, wrong or stale -> 400 {"error"}  (never echoes it)
+    Stripe-Signature          missing, wrong, stale or future -> 401 {"error"}  (never echoes it)
+    body a JSON Stripe event? no  -> 400 {"error", "field"?}
     paid or payment_failed?   no  -> 200 {"ignored": type}
     event and invoice valid?  no  -> 400 {"error", "field"}
     event id seen before?     yes -> 200 {"duplicate": true, ...}, nothing signalled
@@ -15,10 +16,11 @@ when the run created it). The checks run cheapest and most suspicious first:
 
 Answers: 200 `{"workflow_id", "signalled": "payment", "duplicate": false}`.
 
-Why 400 for a bad signature (the Salesforce intake says 401): it is what Stripe's own
-libraries and examples answer, and Stripe treats every non-2xx alike, retrying for days.
-A genuine event refused because the secret was rotated is thus delivered again once the
-operator fixes the setting; a forged one is dropped unprocessed.
+Why 401 for a bad signature, as the other intakes answer (Stripe's examples say 400):
+Stripe treats every non-2xx alike, retrying for days, so a genuine event refused because
+the secret was rotated is delivered again once the operator fixes the setting; a forged
+one is dropped unprocessed. The HMAC is checked over the raw bytes before anything decodes
+them (`service.intake.check_signature`; `stripe.WebhookSignature` decodes first).
 
 Why an unknown invoice is answered 200: Stripe sends every invoice of the account, also
 those q2c did not create, and retrying could never make the run appear. The store keeps an
@@ -36,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -49,13 +51,16 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from canonical import Money
-from connectors.stripe import WebhookRejected, verify_webhook, wire
+from connectors.stripe import SIGNATURE_HEADER, WEBHOOK_TOLERANCE_S, wire
 from connectors.stripe.mapping import from_minor
 from service.intake import (
     TRANSIENT_RPC,
     Refused,
     answer,
+    check_signature,
+    invalid,
     log,
+    parse_json,
     read_body,
     store_down,
     temporal_down,
@@ -64,7 +69,6 @@ from service.state import ServiceState
 from workflows.time_to_invoice import BILLING_METADATA_KEY, LIFECYCLE, PAYMENT, PaymentEvent
 
 SOURCE = "stripe"
-SIGNATURE_HEADER = "Stripe-Signature"
 #: Event types that move a run; their `PaymentEvent.kind`.
 PAYMENT_KINDS = {"invoice.paid": "paid", "invoice.payment_failed": "payment_failed"}
 UNKNOWN_INVOICE = "unknown_billing_invoice"
@@ -72,6 +76,8 @@ UNKNOWN_INVOICE = "unknown_billing_invoice"
 MAX_BODY_BYTES = 1024 * 1024
 #: What the store keeps of an event id (`inbound_event.event_id`).
 MAX_EVENT_ID = 255
+#: Stripe's event types are short ("invoice.payment_failed").
+MAX_EVENT_TYPE = 100
 #: Longer than this and Stripe's own delivery timeout may fire first; it will retry anyway.
 SIGNAL_TIMEOUT_S = 5.0
 #: Namespace of the signal request ids, so one event id always gives the same request id.
@@ -88,15 +94,18 @@ async def _intake(state: ServiceState, request: Request, fields: dict[str, Any])
         raise Refused(503, "webhook secret not configured", outcome="misconfigured")
 
     body = await read_body(request, MAX_BODY_BYTES)
-    try:
-        payload = verify_webhook(body, request.headers.get(SIGNATURE_HEADER), secret)
-    except WebhookRejected as exc:
-        # The library's messages name what failed, never the secret or the header's value.
-        raise Refused(400, f"webhook rejected: {exc}", outcome="rejected") from None
+    check_signature(
+        body,
+        request.headers.get(SIGNATURE_HEADER),
+        secret,
+        header_name=SIGNATURE_HEADER,
+        tolerance=timedelta(seconds=WEBHOOK_TOLERANCE_S),
+    )
+    payload = _envelope(parse_json(body))
 
-    event_type = payload.get("type")
-    fields.update(event_id=payload.get("id"), type=event_type)
-    kind = PAYMENT_KINDS.get(event_type) if isinstance(event_type, str) else None
+    event_type = payload["type"]
+    fields.update(event_id=payload["id"], type=event_type)
+    kind = PAYMENT_KINDS.get(event_type)
     if kind is None:
         fields["outcome"] = "ignored"
         return JSONResponse({"ignored": event_type}, status_code=200)
@@ -143,30 +152,32 @@ async def _intake(state: ServiceState, request: Request, fields: dict[str, Any])
     return _answer(reached, signalled=PAYMENT, duplicate=not created)
 
 
+def _envelope(payload: Any) -> dict[str, Any]:
+    """A Stripe event whose `id` and `type` are short text, safe to log and answer with."""
+    if not isinstance(payload, dict) or payload.get("object") != "event":
+        raise Refused(400, "object: not a Stripe event", outcome="invalid", field="object")
+    for name, limit in (("id", MAX_EVENT_ID), ("type", MAX_EVENT_TYPE)):
+        value = payload.get(name)
+        if not isinstance(value, str) or not 0 < len(value) <= limit:
+            error = f"{name}: must be text of 1 to {limit} characters"
+            raise Refused(400, error, outcome="invalid", field=name)
+    return payload
+
+
 def _parse(payload: dict[str, Any]) -> tuple[wire.Event, wire.Invoice]:
     try:
         event = wire.Event.model_validate(payload)
     except ValidationError as exc:
-        raise _invalid(exc, prefix="") from None
-    if len(event.id) > MAX_EVENT_ID:
-        raise Refused(
-            400, f"id longer than {MAX_EVENT_ID} characters", outcome="invalid", field="id"
-        )
+        raise invalid(exc) from None
     try:
         invoice = wire.Invoice.model_validate(event.data.object)
         Money.from_minor(invoice.amount_paid, invoice.currency.upper())
     except ValidationError as exc:
-        raise _invalid(exc, prefix="data.object.") from None
+        raise invalid(exc, prefix="data.object.") from None
     except ValueError as exc:  # a currency canonical does not know
         error = f"data.object.currency: {exc}"
         raise Refused(400, error, outcome="invalid", field="data.object.currency") from None
     return event, invoice
-
-
-def _invalid(exc: ValidationError, *, prefix: str) -> Refused:
-    first = exc.errors()[0]
-    field = prefix + ".".join(str(part) for part in first["loc"])
-    return Refused(400, f"{field}: {first['msg']}", outcome="invalid", field=field)
 
 
 def _payment_event(kind: str, event: wire.Event, invoice: wire.Invoice) -> PaymentEvent:
@@ -237,7 +248,7 @@ async def _record_unknown(
 ) -> None:
     paid = event.type == "invoice.paid"
     amount = from_minor(invoice.amount_paid if paid else invoice.amount_due, invoice.currency)
-    customer_name = event.data.object.get("customer_name")
+    customer_name = invoice.customer_name
     customer = f"{customer_name} ({invoice.customer})" if customer_name else invoice.customer
     happened = "was paid" if paid else "had a payment fail"
     what = invoice.number or invoice.id

@@ -1,4 +1,9 @@
-"""What every webhook intake shares: error answers, body limits, Temporal's moods, one log line.
+"""What every webhook intake shares: error answers, body limits, signatures, JSON, Temporal's
+moods, one log line.
+
+Every intake takes the same steps in the same order, so hostile input meets the same
+refusals everywhere: `read_body` (413 past the limit), `check_signature` over the raw bytes
+(401), only then `parse_json` (400 naming the field) and a model (`invalid`: 400 too).
 
 An intake raises `Refused` for anything that ends in an error answer; `answer` turns it into
 JSON (`{"error", "field"?}`, `Retry-After` on 503), times the delivery and logs it once.
@@ -6,16 +11,27 @@ JSON (`{"error", "field"?}`, `Retry-After` on 503), times the delivery and logs 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from temporalio.service import RPCStatusCode
 
+from canonical import field_path
+from connectors import webhook_json
+from connectors.signing import (
+    DEFAULT_TOLERANCE,
+    InvalidSignature,
+    StaleSignature,
+    verify_signature,
+)
 from service.state import ServiceState
 
 log = logging.getLogger("q2c.service.webhooks")
@@ -71,14 +87,92 @@ async def answer(intake: Intake, request: Request, source: str) -> JSONResponse:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body (signatures cover the exact bytes), refused early when too large."""
+    """The raw body (signatures cover the exact bytes), keeping at most `limit` bytes of it.
+
+    A body declared or found larger is answered 413 without being kept. Senders write
+    their whole body before they read the answer, and a server that closes the connection
+    on unread bytes resets it, losing the answer: so up to `DISCARD_LIMIT` more bytes are
+    read and thrown away first (uvicorn discards the rest of a kept-alive connection's
+    body itself; past that, on a closing connection, a reset is all an abuser gets).
+    """
+    chunks = _chunks(request)
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise Refused(413, f"body larger than {limit} bytes", outcome="too_large")
-    body = await request.body()
-    if len(body) > limit:
-        raise Refused(413, f"body larger than {limit} bytes", outcome="too_large")
-    return body
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        await _discard(request, chunks)
+        raise _too_large(limit)
+    body = bytearray()
+    async for chunk in chunks:
+        if len(body) + len(chunk) > limit:
+            await _discard(request, chunks)
+            raise _too_large(limit)
+        body += chunk
+    return bytes(body)
+
+
+#: How much of an oversized body is read (and dropped) so that its sender hears the 413.
+DISCARD_LIMIT = 8 * 1024 * 1024
+
+
+def _too_large(limit: int) -> Refused:
+    return Refused(413, f"body larger than {limit} bytes", outcome="too_large")
+
+
+async def _chunks(request: Request) -> AsyncIterator[bytes]:
+    """The body as it arrives; a sender gone mid-body is refused (no one hears it, the log does)."""
+    more = True
+    while more:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise Refused(400, "body incomplete: the sender disconnected", outcome="disconnected")
+        more = bool(message.get("more_body", False))
+        yield message.get("body", b"")
+
+
+async def _discard(request: Request, chunks: AsyncIterator[bytes]) -> None:
+    """Read what is left of `chunks` (up to `DISCARD_LIMIT`) and drop it."""
+    if request.headers.get("expect", "").lower() == "100-continue":
+        return  # the sender waits for our answer before it sends the body: nothing to drain
+    discarded = 0
+    with contextlib.suppress(Refused):
+        async for chunk in chunks:
+            discarded += len(chunk)
+            if discarded > DISCARD_LIMIT:
+                return
+
+
+def check_signature(
+    body: bytes,
+    header: str | None,
+    secret: str,
+    *,
+    header_name: str,
+    tolerance: timedelta = DEFAULT_TOLERANCE,
+) -> None:
+    """401 unless `header` signs these raw bytes with `secret`, recently: before any parsing.
+
+    The answer says what failed, never the header's value or the secret.
+    """
+    try:
+        verify_signature(body, header, secret, header_name=header_name, tolerance=tolerance)
+    except StaleSignature as exc:
+        raise Refused(401, f"stale signature: {exc}", outcome="stale_signature") from None
+    except InvalidSignature as exc:
+        raise Refused(401, f"invalid signature: {exc}", outcome="bad_signature") from None
+
+
+def parse_json(body: bytes) -> Any:
+    """The verified body's JSON, or 400 naming what is wrong (and where, when it can)."""
+    try:
+        return webhook_json.parse(body)
+    except webhook_json.InvalidJson as exc:
+        raise Refused(400, str(exc), outcome="invalid", field=exc.field) from None
+
+
+def invalid(exc: ValidationError, *, prefix: str = "") -> Refused:
+    """400 naming the first field a model refused, as people write it (`lines[2].amount`)."""
+    problem = exc.errors(include_url=False)[0]
+    field = prefix + (field_path(tuple(problem["loc"])) or "body")
+    return Refused(400, f"{field}: {problem['msg']}", outcome="invalid", field=field)
 
 
 def store_down(exc: Exception) -> Refused:

@@ -10,8 +10,6 @@ milestone then finds when it drafts). Redeliveries of an event start nothing new
 from __future__ import annotations
 
 import asyncio
-import json
-from datetime import date
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -20,13 +18,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from temporalio.service import RPCError
 
-from canonical import BillingPeriod, field_path
-from connectors.signing import InvalidSignature, StaleSignature, verify_signature
+from canonical import BillingPeriod
+from connectors.webhook_json import IsoDate
 from service.intake import (
     TRANSIENT_RPC,
     Refused,
     accepted,
     answer,
+    check_signature,
+    invalid,
+    parse_json,
     read_body,
     store_down,
     temporal_down,
@@ -44,9 +45,9 @@ class MilestoneCompleted(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
     event_id: str = Field(alias="eventId", min_length=1, max_length=255)
-    project_id: str = Field(alias="projectId", pattern=r"^\d{1,18}$")
+    project_id: str = Field(alias="projectId", pattern=r"^[0-9]{1,18}$")
     milestone_id: str = Field(alias="milestoneId", min_length=1, max_length=255)
-    completed_on: date = Field(alias="completedOn")
+    completed_on: IsoDate = Field(alias="completedOn")
 
 
 async def milestone_completed(request: Request) -> JSONResponse:
@@ -58,14 +59,9 @@ async def _intake(state: ServiceState, request: Request, fields: dict[str, Any])
     if not secret:
         raise Refused(503, "webhook secret not configured", outcome="misconfigured")
     body = await read_body(request, MAX_BODY_BYTES)
-    try:
-        verify_signature(
-            body, request.headers.get(SIGNATURE_HEADER), secret, header_name=SIGNATURE_HEADER
-        )
-    except StaleSignature as exc:
-        raise Refused(401, f"stale signature: {exc}", outcome="stale_signature") from None
-    except InvalidSignature as exc:
-        raise Refused(401, f"invalid signature: {exc}", outcome="bad_signature") from None
+    check_signature(
+        body, request.headers.get(SIGNATURE_HEADER), secret, header_name=SIGNATURE_HEADER
+    )
     event = _parse(body)
     fields.update(event_id=event.event_id, correlation_id=f"project:{event.project_id}")
 
@@ -94,15 +90,9 @@ async def _intake(state: ServiceState, request: Request, fields: dict[str, Any])
 
 def _parse(body: bytes) -> MilestoneCompleted:
     try:
-        return MilestoneCompleted.model_validate(json.loads(body))
-    except ValueError as exc:
-        if isinstance(exc, ValidationError):
-            problem = exc.errors(include_url=False)[0]
-            where = field_path(tuple(problem["loc"])) or "body"
-            raise Refused(
-                400, f"{where}: {problem['msg']}", outcome="invalid", field=where
-            ) from None
-        raise Refused(400, f"body is not JSON: {exc}", outcome="invalid") from None
+        return MilestoneCompleted.model_validate(parse_json(body))
+    except ValidationError as exc:
+        raise invalid(exc) from None
 
 
 async def _start(state: ServiceState, event: MilestoneCompleted) -> StartedRun:

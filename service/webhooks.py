@@ -28,7 +28,6 @@ workflow id and `USE_EXISTING`, so Temporal hands every one of them the same run
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
@@ -42,17 +41,16 @@ from connectors.salesforce import (
     SIGNATURE_HEADER,
     ClosedWonEvent,
     InvalidEvent,
-    InvalidSignature,
-    StaleSignature,
     check_id,
-    parse_closed_won_event,
-    verify_webhook_signature,
+    closed_won_event,
 )
 from service.intake import (
     TRANSIENT_RPC,
     Refused,
     accepted,
     answer,
+    check_signature,
+    parse_json,
     read_body,
     store_down,
     temporal_down,
@@ -69,6 +67,8 @@ CLOSED_WON_STAGE = "Closed Won"
 MAX_BODY_BYTES = 256 * 1024
 #: What the store keeps of an event id (`inbound_event.event_id`).
 MAX_EVENT_ID = 255
+#: How much of a sender's text an answer echoes.
+MAX_ECHO = 80
 #: Longer than this and the sender's own timeout may fire first; it will retry anyway.
 START_TIMEOUT_S = 5.0
 
@@ -84,17 +84,15 @@ async def _intake(state: ServiceState, request: Request, fields: dict[str, Any])
         raise Refused(503, "webhook secret not configured", outcome="misconfigured")
 
     body = await read_body(request, MAX_BODY_BYTES)
-    try:
-        verify_webhook_signature(body, request.headers.get(SIGNATURE_HEADER), secret)
-    except StaleSignature as exc:
-        raise Refused(401, f"stale signature: {exc}", outcome="stale_signature") from None
-    except InvalidSignature as exc:
-        raise Refused(401, f"invalid signature: {exc}", outcome="bad_signature") from None
+    check_signature(
+        body, request.headers.get(SIGNATURE_HEADER), secret, header_name=SIGNATURE_HEADER
+    )
+    data = parse_json(body)
 
-    if (ignored := _not_closed_won(body)) is not None:
+    if (ignored := _not_closed_won(data)) is not None:
         fields.update(outcome="ignored", reason=ignored)
         return JSONResponse({"ignored": ignored}, status_code=200)
-    event = _parse(body)
+    event = _parse(data)
     opportunity_id = event.sobject.id
     fields.update(event_id=event.event_id, correlation_id=opportunity_id)
     if event.sobject.stage_name != CLOSED_WON_STAGE:
@@ -126,21 +124,17 @@ async def _intake(state: ServiceState, request: Request, fields: dict[str, Any])
     return accepted(state, row.workflow_id, row.run_id, duplicate=not created)
 
 
-def _not_closed_won(body: bytes) -> str | None:
+def _not_closed_won(data: Any) -> str | None:
     """Why a well-formed event of another type is ignored; None lets validation judge it."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
     event_type = data.get("eventType") if isinstance(data, dict) else None
     if isinstance(event_type, str) and event_type and event_type != CLOSED_WON_EVENT:
-        return f"eventType {event_type!r} is not {CLOSED_WON_EVENT!r}"
+        return f"eventType {event_type[:MAX_ECHO]!r} is not {CLOSED_WON_EVENT!r}"
     return None
 
 
-def _parse(body: bytes) -> ClosedWonEvent:
+def _parse(data: Any) -> ClosedWonEvent:
     try:
-        event = parse_closed_won_event(body)
+        event = closed_won_event(data)
     except InvalidEvent as exc:
         raise Refused(400, str(exc), outcome="invalid", field=exc.field) from None
     # The id becomes part of the workflow id: letters and digits only, 15 or 18 of them.

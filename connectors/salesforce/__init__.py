@@ -16,6 +16,7 @@ from connectors.salesforce.webhook import (
     InvalidSignature,
     StaleSignature,
     WebhookError,
+    closed_won_event,
     parse_closed_won_event,
     verify_webhook_signature,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "UpsertResult",
     "WebhookError",
     "check_id",
+    "closed_won_event",
     "parse_closed_won_event",
     "soql_literal",
     "to_account",

@@ -10,13 +10,13 @@ one match is enough.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
-from decimal import Decimal
+from typing import Any
 
 from pydantic import ValidationError
 
 from canonical import field_path
+from connectors import webhook_json
 from connectors.salesforce.wire import ClosedWonEvent
 from connectors.signing import (
     DEFAULT_TOLERANCE,
@@ -32,6 +32,7 @@ __all__ = [
     "InvalidSignature",
     "StaleSignature",
     "WebhookError",
+    "closed_won_event",
     "parse_closed_won_event",
     "verify_webhook_signature",
 ]
@@ -62,9 +63,14 @@ def verify_webhook_signature(
 def parse_closed_won_event(body: bytes | str) -> ClosedWonEvent:
     """The event, or `InvalidEvent` naming the first missing or invalid field."""
     try:
-        data = json.loads(body, parse_float=Decimal)
-    except ValueError as exc:
-        raise InvalidEvent(f"body is not JSON: {exc}") from None
+        data = webhook_json.parse(body)
+    except webhook_json.InvalidJson as exc:
+        raise InvalidEvent(str(exc), field=exc.field) from None
+    return closed_won_event(data)
+
+
+def closed_won_event(data: Any) -> ClosedWonEvent:
+    """The event from a body already read by `webhook_json.parse`; `InvalidEvent` otherwise."""
     try:
         return ClosedWonEvent.model_validate(data)
     except ValidationError as exc:

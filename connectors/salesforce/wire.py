@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from connectors.webhook_json import IsoDate, IsoDatetime
+
 
 class WireModel(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
@@ -124,14 +126,17 @@ class WriteBack(WireModel):
 
 
 class ClosedWonOpportunity(WireModel):
+    """The deal as the webhook carries it; text fields must be text and, if required, not empty
+    (the name becomes the run's summary: Salesforce caps it at 120 characters)."""
+
     id: str = Field(alias="Id", min_length=15, max_length=18)
-    name: str = Field(alias="Name")
-    account_id: str | None = Field(None, alias="AccountId")
-    stage_name: str = Field(alias="StageName")
+    name: str = Field(alias="Name", min_length=1, max_length=120)
+    account_id: str | None = Field(None, alias="AccountId", min_length=1, max_length=18)
+    stage_name: str = Field(alias="StageName", min_length=1, max_length=255)
     amount: Decimal | None = Field(None, alias="Amount")
-    currency_iso_code: str | None = Field(None, alias="CurrencyIsoCode")
-    close_date: date = Field(alias="CloseDate")
-    last_modified_date: AwareDatetime | None = Field(None, alias="LastModifiedDate")
+    currency_iso_code: str | None = Field(None, alias="CurrencyIsoCode", min_length=1)
+    close_date: IsoDate = Field(alias="CloseDate")
+    last_modified_date: IsoDatetime | None = Field(None, alias="LastModifiedDate")
 
 
 class ClosedWonEvent(WireModel):
@@ -139,6 +144,6 @@ class ClosedWonEvent(WireModel):
 
     event_id: str = Field(alias="eventId", min_length=1)
     event_type: Literal["opportunity.closed_won"] = Field(alias="eventType")
-    occurred_at: AwareDatetime = Field(alias="occurredAt")
+    occurred_at: IsoDatetime = Field(alias="occurredAt")
     organization_id: str = Field(alias="organizationId", min_length=1)
     sobject: ClosedWonOpportunity

@@ -3,6 +3,7 @@
 from connectors.stripe.client import (
     CONNECT_TIMEOUT_S,
     REQUEST_TIMEOUT_S,
+    SIGNATURE_HEADER,
     WEBHOOK_TOLERANCE_S,
     PaymentDeclined,
     StripeBilling,
@@ -24,6 +25,7 @@ __all__ = [
     "EXTERNAL_CUSTOMER",
     "EXTERNAL_INVOICE",
     "REQUEST_TIMEOUT_S",
+    "SIGNATURE_HEADER",
     "SYSTEM",
     "WEBHOOK_TOLERANCE_S",
     "PaymentDeclined",

@@ -16,9 +16,9 @@ done rather than an error, so a late retry still converges.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import timedelta
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -28,7 +28,7 @@ import stripe
 from pydantic import BaseModel
 
 from canonical import Customer, Invoice, Payment
-from connectors import correlation
+from connectors import correlation, webhook_json
 from connectors.errors import (
     AuthFailed,
     ConnectorError,
@@ -41,6 +41,7 @@ from connectors.errors import (
     error_for_status,
     parse_retry_after,
 )
+from connectors.signing import WebhookError, verify_signature
 from connectors.stripe import mapping, wire
 
 SYSTEM = mapping.SYSTEM
@@ -49,8 +50,9 @@ CONNECT_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 30.0
 #: Largest page Stripe serves.
 PAGE_LIMIT = 100
-#: Webhook timestamps older than this are refused (Stripe's libraries default to 5 minutes).
+#: Webhook timestamps further than this from now are refused (Stripe's libraries: 5 minutes).
 WEBHOOK_TOLERANCE_S = 300
+SIGNATURE_HEADER = "Stripe-Signature"
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -66,7 +68,7 @@ class PaymentDeclined(PermanentError):
 
 
 class WebhookRejected(Exception):
-    """A webhook whose signature is missing, wrong or too old: answer 400 and drop it."""
+    """A webhook whose signature is missing, wrong or too old, or whose body is no event."""
 
 
 def verify_webhook(
@@ -77,17 +79,24 @@ def verify_webhook(
 ) -> dict[str, Any]:
     """The event, once `Stripe-Signature` proves Stripe sent exactly these bytes recently.
 
-    Verify the raw request body, before any JSON parsing: re-serialised JSON would not
-    match the signature. JSON fractions come back as `Decimal`, never `float`.
+    `Stripe-Signature` is the scheme of `connectors.signing` (`t=<unix>,v1=<hex HMAC-SHA256
+    of "t.payload">`), checked there rather than by `stripe.WebhookSignature`: the library
+    decodes the body as UTF-8 before it checks the signature (so anyone, without the secret,
+    could make it fail on bytes that are not UTF-8) and accepts timestamps from the future.
+    Here the HMAC covers the raw bytes, and only a verified body is decoded and parsed,
+    with `webhook_json`'s refusals (JSON fractions come back as `Decimal`, never `float`).
     """
     try:
-        stripe.WebhookSignature.verify_header(payload, signature_header, secret, tolerance)
-    except stripe.SignatureVerificationError as exc:
+        verify_signature(
+            payload,
+            signature_header,
+            secret,
+            header_name=SIGNATURE_HEADER,
+            tolerance=timedelta(seconds=tolerance),
+        )
+        event = webhook_json.parse(payload)
+    except WebhookError as exc:
         raise WebhookRejected(str(exc)) from None
-    try:
-        event: dict[str, Any] = json.loads(payload, parse_float=Decimal)
-    except ValueError as exc:
-        raise WebhookRejected(f"webhook body is not JSON: {exc}") from None
     if not isinstance(event, dict) or event.get("object") != "event":
         raise WebhookRejected("webhook body is not a Stripe event")
     return event

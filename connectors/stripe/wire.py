@@ -8,13 +8,17 @@ Unknown fields are ignored, so newer API versions do not break the mapping.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 T = TypeVar("T", bound=BaseModel)
 
 InvoiceStatusWire = Literal["draft", "open", "paid", "uncollectible", "void"]
+
+
+#: Stripe's own limits on metadata: keys up to 40 characters, values up to 500.
+Metadata = dict[Annotated[str, Field(max_length=40)], Annotated[str, Field(max_length=500)]]
 
 
 class Wire(BaseModel):
@@ -96,10 +100,11 @@ class StatusTransitions(Wire):
 
 
 class Invoice(Wire):
-    id: str
+    id: str = Field(min_length=1)
     object: Literal["invoice"] = "invoice"
-    customer: str
-    currency: str
+    customer: str = Field(min_length=1)
+    customer_name: str | None = None
+    currency: str = Field(min_length=3, max_length=3)
     status: InvoiceStatusWire | None
     number: str | None = None
     created: int
@@ -114,7 +119,7 @@ class Invoice(Wire):
     status_transitions: StatusTransitions = Field(default_factory=StatusTransitions)
     hosted_invoice_url: str | None = None
     lines: ListObject[LineItem]
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class InvoiceItem(Wire):
@@ -131,10 +136,11 @@ class EventData(Wire):
 
 
 class Event(Wire):
-    id: str
+    id: str = Field(min_length=1)
     object: Literal["event"] = "event"
-    type: str
-    created: int
+    type: str = Field(min_length=1)
+    #: Unix seconds that a datetime can hold (year 9999 at most).
+    created: int = Field(ge=0, le=253_402_300_799)
     livemode: bool
     api_version: str | None = None
     data: EventData
