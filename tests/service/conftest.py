@@ -7,6 +7,8 @@
     started_runs              workflow ids a test started; their runs are terminated at its end
     service_with_salesforce   module: the service as a process and a Salesforce stand-in process
                               whose Closed Won webhooks go to it (with its own task queue)
+    exposed_service           module: the service under uvicorn on a real socket, every webhook
+                              secret set, its own store and task queue (for hostile input)
 
 No worker runs: a started run waits on its task queue, which is all these tests look at.
 """
@@ -31,9 +33,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from connectors.salesforce import SalesforceClient
 from devstack.process import spawn, stop_process_group, wait_until_healthy
+from service.app import create_app
 from settings import Settings
 from tests.fixtures.ports import free_port
 from tests.fixtures.service import running_service
+from tests.fixtures.webhooks import ENDPOINTS, PSA, SALESFORCE, STRIPE, Endpoint, Quiet, serving
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 30.0
@@ -187,3 +191,38 @@ def service_with_salesforce(
         for process in reversed(stack.processes):
             stop_process_group(process.pid)
             process.wait(timeout=5)
+
+
+@dataclass(frozen=True)
+class ExposedService:
+    """The service under uvicorn on a real socket, every webhook secret set, for hostile
+    input; `quiet` tells whether anything was recorded or started."""
+
+    url: str
+    secrets: dict[str, str]
+    quiet: Quiet
+
+    def secret(self, endpoint: Endpoint) -> str:
+        return self.secrets[endpoint.name]
+
+
+@pytest.fixture(scope="module")
+async def exposed_service(
+    tmp_path_factory: pytest.TempPathFactory, temporal_env: WorkflowEnvironment
+) -> AsyncIterator[ExposedService]:
+    workdir = tmp_path_factory.mktemp("exposed")
+    keys = {endpoint.name: secrets.token_urlsafe(24) for endpoint in ENDPOINTS}
+    client = temporal_env.client
+    settings = Settings(
+        state_dir=workdir,
+        temporal_address=temporal_target(client),
+        temporal_namespace=client.namespace,
+        task_queue=f"test-{uuid.uuid4()}",
+        salesforce_webhook_secret=SecretStr(keys[SALESFORCE.name]),
+        stripe_webhook_secret=SecretStr(keys[STRIPE.name]),
+        psa_webhook_secret=SecretStr(keys[PSA.name]),
+        database_url=f"sqlite+aiosqlite:///{workdir / 'q2c.sqlite'}",
+    )
+    async with serving(create_app(settings)) as url:
+        quiet = Quiet(workdir / "q2c.sqlite", client, settings.task_queue)
+        yield ExposedService(url, keys, quiet)
