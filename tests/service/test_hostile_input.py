@@ -143,10 +143,10 @@ async def test_malformed_signature_headers_are_refused(
 ) -> None:
     body = dumps(endpoint.event())
     for header in MALFORMED_HEADERS:
-        headers = {endpoint.header: header.encode("latin-1")} if header else {}
+        headers = [(endpoint.header.encode(), header.encode("latin-1"))] if header else []
         answer = await http.post(endpoint.path, content=body, headers=headers)
         assert answer.status_code == 401, (header[:40], answer.text)
-        assert "signature" in answer.json()["error"] or endpoint.header in answer.json()["error"]
+        assert answer.json()["error"].startswith("invalid signature: ")
     await assert_nothing_started(exposed_service)
 
 
