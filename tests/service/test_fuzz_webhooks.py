@@ -140,7 +140,7 @@ async def test_unsigned_garbage_is_refused(
     @FUZZ
     @given(body=st.binary(max_size=4096), header=st.none() | header_values)
     def check(http: httpx.Client, body: bytes, header: str | None) -> None:
-        headers = [] if header is None else [(endpoint.header, header.encode("latin-1"))]
+        headers = [] if header is None else [(endpoint.header.encode(), header.encode("latin-1"))]
         answer = http.post(endpoint.path, content=body, headers=headers)
         assert answer.status_code == 401, answer.text
 
