@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from connectors.signing import sign
 from settings import Settings
 from tests.fixtures.service import running_service
-from tests.fixtures.webhooks import ENDPOINTS, PSA, SALESFORCE, STRIPE, Endpoint, dumps
+from tests.fixtures.webhooks import ENDPOINTS, STRIPE, Endpoint, dumps
 from tests.service.conftest import ExposedService
 
 pytestmark = pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: e.name)
@@ -325,10 +325,19 @@ async def test_a_sender_expecting_100_continue_is_refused_before_sending_the_bod
 # ---------------------------------------------------------------------- the control case
 
 
-async def test_a_valid_signed_event_still_gets_through(
+#: Each endpoint's valid event with its text at the longest a field allows, in 4-byte UTF-8.
+AT_THE_EDGE = {
+    "salesforce": {"sobject.Name": "\U0001f600" * 120, "eventId": "\U0001f600" * 255},
+    "stripe": {"data.object.metadata.q2c_workflow_id": "time-to-invoice:" + "\U0001f600" * 484},
+    "psa": {"eventId": "\U0001f600" * 255, "milestoneId": "\U0001f600" * 255},
+}
+
+
+async def test_a_valid_signed_event_still_gets_through_even_at_the_edges(
     endpoint: Endpoint, service_settings: Settings, started_runs: list[str]
 ) -> None:
-    """The refusals above come from the checks, not from a service that refuses all."""
+    """The refusals above come from the checks, not from a service that refuses all; and
+    text as long as a field allows is accepted, not failed on downstream (Temporal, store)."""
     secret = "control-secret"
     settings = service_settings.model_copy(
         update={
@@ -337,12 +346,18 @@ async def test_a_valid_signed_event_still_gets_through(
             "psa_webhook_secret": SecretStr(secret),
         }
     )
-    body = dumps(endpoint.event())
+    plain = dumps(endpoint.event())
+    edge = endpoint.event()
+    for field, value in AT_THE_EDGE[endpoint.name].items():
+        edge = replaced(edge, field, value)
     async with running_service(settings) as http:
-        answer = await http.post(endpoint.path, content=body, headers=endpoint.signed(body, secret))
-    assert answer.status_code in (200, 202), answer.text
-    if endpoint in (SALESFORCE, PSA):
-        started_runs.append(answer.json()["workflow_id"])
-    else:
-        assert endpoint is STRIPE
-        assert answer.json()["exception"] == "unknown_billing_invoice"
+        answers = [
+            await http.post(endpoint.path, content=body, headers=endpoint.signed(body, secret))
+            for body in (plain, dumps(edge))
+        ]
+    for answer in answers:
+        assert answer.status_code in (200, 202), answer.text
+        if endpoint is STRIPE:
+            assert answer.json()["exception"] == "unknown_billing_invoice"
+        else:
+            started_runs.append(answer.json()["workflow_id"])
