@@ -36,6 +36,8 @@ from service.state import ServiceState
 
 log = logging.getLogger("q2c.service.webhooks")
 
+#: How much of an oversized body is read (and dropped) so that its sender hears the 413.
+DISCARD_LIMIT = 8 * 1024 * 1024
 #: What a sender is told to wait before retrying a 503.
 RETRY_AFTER_S = 5
 #: Temporal statuses that mean "not now" rather than "never": answer 503.
@@ -97,20 +99,17 @@ async def read_body(request: Request, limit: int) -> bytes:
     """
     chunks = _chunks(request)
     declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > limit:
-        await _discard(request, chunks)
+    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+        if request.headers.get("expect", "").lower() != "100-continue":
+            await _discard(chunks)  # else the sender waits for this answer before sending
         raise _too_large(limit)
     body = bytearray()
     async for chunk in chunks:
         if len(body) + len(chunk) > limit:
-            await _discard(request, chunks)
+            await _discard(chunks)
             raise _too_large(limit)
         body += chunk
     return bytes(body)
-
-
-#: How much of an oversized body is read (and dropped) so that its sender hears the 413.
-DISCARD_LIMIT = 8 * 1024 * 1024
 
 
 def _too_large(limit: int) -> Refused:
@@ -128,10 +127,8 @@ async def _chunks(request: Request) -> AsyncIterator[bytes]:
         yield message.get("body", b"")
 
 
-async def _discard(request: Request, chunks: AsyncIterator[bytes]) -> None:
+async def _discard(chunks: AsyncIterator[bytes]) -> None:
     """Read what is left of `chunks` (up to `DISCARD_LIMIT`) and drop it."""
-    if request.headers.get("expect", "").lower() == "100-continue":
-        return  # the sender waits for our answer before it sends the body: nothing to drain
     discarded = 0
     with contextlib.suppress(Refused):
         async for chunk in chunks:

@@ -151,13 +151,15 @@ async def test_unsigned_garbage_is_refused(
 async def test_signed_garbage_is_refused(
     endpoint: Endpoint, exposed_service: ExposedService
 ) -> None:
-    """Fault: correctly signed bodies that are random bytes, random JSON, or objects built of
-    the event's own field names with random values (the parsers behind the signature).
+    """Fault: correctly signed bodies that are random bytes, nesting up to 5,000 deep, random
+    JSON, or objects built of the event's own field names with random values (the parsers
+    behind the signature).
     Assertion: 400 (or 200 "ignored" for a well-formed event of another type), never a 5xx
     and never an accepted event: nothing recorded or started."""
     secret = exposed_service.secret(endpoint)
     bodies = (
         st.binary(max_size=4096)
+        | st.integers(1, 5000).map(lambda depth: b"[" * depth + b"]" * depth)
         | json_values.map(lambda v: json.dumps(v).encode())
         | near_events(endpoint).map(lambda v: json.dumps(v).encode())
     )
