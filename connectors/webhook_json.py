@@ -156,7 +156,10 @@ def _check_text(text: str, path: tuple[str | int, ...]) -> None:
 def _field(path: tuple[str | int, ...]) -> str:
     """Where, as people write it; a sender's long key is cut (the answer and log echo it)."""
     where = field_path(path) or "body"
-    return where if len(where) <= MAX_FIELD else where[: MAX_FIELD - 1] + "…"
+    if len(where) > MAX_FIELD:
+        where = where[: MAX_FIELD - 1] + "…"
+    # A key may hold the very surrogate refused: escape it, or the answer cannot be encoded.
+    return where.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _no_number(value: Any) -> Any:

@@ -191,7 +191,9 @@ async def test_deep_nesting_is_refused_not_a_recursion_error(
 async def test_signed_bodies_that_are_not_json_objects_are_refused(
     endpoint: Endpoint, exposed_service: ExposedService, http: httpx.AsyncClient
 ) -> None:
-    for body in (b"", b"<xml/>", b"{", b"[]", b"null", b"42", b'"text"', b"\xef\xbb\xbf{}"):
+    odd = (b"", b"<xml/>", b"{", b"[]", b"null", b"42", b'"text"', b"\xef\xbb\xbf{}")
+    surrogate_keys = (b'{"\\udfff": 1}', b'{"a": 1, "\\ud800": 2, "\\ud800": 3}')
+    for body in odd + surrogate_keys:
         answer = await post_signed(http, exposed_service, endpoint, body)
         assert answer.status_code == 400, (body, answer.text)
         assert answer.json()["error"]
