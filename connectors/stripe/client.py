@@ -31,6 +31,7 @@ from canonical import Customer, Invoice, Payment
 from connectors import correlation
 from connectors.errors import (
     AuthFailed,
+    ConflictError,
     ConnectorError,
     IdempotencyConflict,
     NotFound,
@@ -101,7 +102,11 @@ def classify(exc: stripe.StripeError) -> ConnectorError:
     param = getattr(exc, "param", None)
     common: dict[str, Any] = {"system": SYSTEM, "status": status, "code": code}
     if isinstance(exc, stripe.IdempotencyError):
+        # The key was used with other parameters or on another endpoint: a bug, not a race.
         return IdempotencyConflict(message, **common)
+    if code == "idempotency_key_in_use":
+        # Another request with this key is still in flight (409): its answer will be replayed.
+        return ConflictError(message, **common)
     if isinstance(exc, stripe.CardError):
         body = exc.json_body or {}
         decline = body.get("error", {}).get("decline_code") if isinstance(body, dict) else None

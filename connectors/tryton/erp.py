@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from canonical import Customer, Invoice, InvoiceStatus, LegalEntity, Money
-from connectors.errors import IdempotencyConflict, NotFound, ValidationFailed
+from connectors.errors import ConnectorError, IdempotencyConflict, NotFound, ValidationFailed
 from connectors.tryton import mapping
 from connectors.tryton.catalog import Catalog, Company
 from connectors.tryton.client import SYSTEM, TrytonClient
@@ -76,15 +76,20 @@ class TrytonErp:
     # -- customers -----------------------------------------------------------------------------
 
     async def find_customer(self, external_ref: str) -> int | None:
+        """The party carrying `external_ref`: by its code (unique and indexed), else by the
+        identifier parties made before q2c set their code carry."""
         code = mapping.external_ref_code(external_ref)
-        found = await self.client.search(
-            "party.party",
-            [("identifiers.code", "=", code)],
-            order=[("id", "ASC")],
-            limit=1,
-            context={"active_test": False},
-        )
-        return found[0] if found else None
+        for domain in ([("code", "=", code)], [("identifiers.code", "=", code)]):
+            found = await self.client.search(
+                "party.party",
+                domain,
+                order=[("id", "ASC")],
+                limit=1,
+                context={"active_test": False},
+            )
+            if found:
+                return found[0]
+        return None
 
     async def upsert_customer(self, customer: Customer, external_ref: str) -> int:
         """Create or update the party carrying `external_ref`; returns the party id.
@@ -93,6 +98,10 @@ class TrytonErp:
         same party, whatever else changed (name, addresses, tax id, terms). The party is
         made a customer of `customer.legal_entity`'s company (its receivable account
         there), in that company's context; a party may be a customer of several.
+
+        A new party's code is made from the reference, so no numbering sequence is used
+        and Tryton's unique code arbitrates concurrent upserts of one account: the loser's
+        create is refused, and it updates the winner's party instead.
         """
         company = await self._company(customer.legal_entity)
         cat = await self.catalog()
@@ -105,32 +114,31 @@ class TrytonErp:
         ]
         party_id = await self.find_customer(external_ref)
         if party_id is None:
-            identifiers: list[dict[str, Any]] = [
-                {"type": None, "code": mapping.external_ref_code(external_ref)}
-            ]
+            code = mapping.external_ref_code(external_ref)
+            identifiers: list[dict[str, Any]] = [{"type": None, "code": code}]
             if customer.tax_id:
                 identifiers.append(self._tax_identifier(customer))
             emails = [mapping.email_values(c) for c in customer.contacts]
-            return await client.create_one(
-                "party.party",
-                {
-                    "name": customer.name,
-                    "customer_payment_term": term,
-                    # Company-dependent: stored for the company of the context.
-                    "account_receivable": receivable,
-                    "addresses": [
-                        [
-                            "create",
-                            [
-                                {**a, "invoice": i == 0, "sequence": i + 1}
-                                for i, a in enumerate(addresses)
-                            ],
-                        ]
-                    ],
-                    "identifiers": [["create", identifiers]],
-                    "contact_mechanisms": [["create", emails]] if emails else [],
-                },
-            )
+            invoice_first = [
+                {**a, "invoice": i == 0, "sequence": i + 1} for i, a in enumerate(addresses)
+            ]
+            values = {
+                "code": code,
+                "name": customer.name,
+                "customer_payment_term": term,
+                # Company-dependent: stored for the company of the context.
+                "account_receivable": receivable,
+                "addresses": [["create", invoice_first]],
+                "identifiers": [["create", identifiers]],
+                "contact_mechanisms": [["create", emails]] if emails else [],
+            }
+            try:
+                return await client.create_one("party.party", values)
+            except ConnectorError:
+                # A concurrent upsert of the same account may have taken the code first.
+                party_id = await self.find_customer(external_ref)
+                if party_id is None:
+                    raise
         await self._update_party(client, party_id, customer, term, receivable, addresses)
         return party_id
 

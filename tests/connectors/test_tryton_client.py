@@ -14,6 +14,7 @@ import pytest
 
 from connectors.errors import (
     AuthFailed,
+    ConflictError,
     PermanentError,
     RateLimitedError,
     TransientError,
@@ -123,11 +124,30 @@ async def test_required_field_error_names_the_field_label() -> None:
     assert caught.value.field == "Name"
 
 
-async def test_concurrency_and_locked_database_are_transient() -> None:
-    with pytest.raises(TransientError):
-        await _call(lambda body: _rpc(error=["ConcurrencyException", "Records were modified"]))
-    with pytest.raises(TransientError):
-        await _call(lambda body: _rpc(error=["database is locked", "Traceback ..."]))
+@pytest.mark.parametrize(
+    "error",
+    [
+        ["ConcurrencyException", "Records were modified"],
+        ["database is locked", "Traceback ..."],
+        ["could not serialize access due to concurrent update", "Traceback ..."],
+        ["deadlock detected", "Traceback ..."],
+        ['duplicate key value violates unique constraint "party_party_code_uniq"', "Tb"],
+        ["UNIQUE constraint failed: project_work.number", "Traceback ..."],
+        # A numbering sequence raced, or a concurrent create took the same code.
+        ["UserError", ["The code on party must be unique.", "", None]],
+        ["UserError", ["The number on work must be unique.", "", None]],
+    ],
+)
+async def test_write_conflicts_are_retryable_conflicts(error: list[Any]) -> None:
+    with pytest.raises(ConflictError) as caught:
+        await _call(lambda body: _rpc(error=error))
+    assert caught.value.retryable
+    assert caught.value.error_type == "Conflict"
+
+
+async def test_locked_answer_outside_json_rpc_is_a_conflict() -> None:
+    with pytest.raises(ConflictError):
+        await _call(lambda body: httpx.Response(423, text="Records were modified"))
 
 
 async def test_unexpected_server_exception_is_permanent() -> None:
