@@ -1,8 +1,6 @@
 """Stripe connector (billing): customers, invoices and their lifecycle, webhooks."""
 
 from connectors.stripe.client import (
-    CONNECT_TIMEOUT_S,
-    REQUEST_TIMEOUT_S,
     WEBHOOK_TOLERANCE_S,
     PaymentDeclined,
     StripeBilling,
@@ -20,10 +18,8 @@ from connectors.stripe.mapping import (
 )
 
 __all__ = [
-    "CONNECT_TIMEOUT_S",
     "EXTERNAL_CUSTOMER",
     "EXTERNAL_INVOICE",
-    "REQUEST_TIMEOUT_S",
     "SYSTEM",
     "WEBHOOK_TOLERANCE_S",
     "PaymentDeclined",

@@ -43,11 +43,9 @@ from connectors.errors import (
     parse_retry_after,
 )
 from connectors.stripe import mapping, wire
+from connectors.timeouts import STRIPE_HTTP_TIMEOUT
 
 SYSTEM = mapping.SYSTEM
-CONNECT_TIMEOUT_S = 5.0
-#: Stripe answers most calls in well under a second; finalizing large invoices takes longer.
-REQUEST_TIMEOUT_S = 30.0
 #: Largest page Stripe serves.
 PAGE_LIMIT = 100
 #: Webhook timestamps older than this are refused (Stripe's libraries default to 5 minutes).
@@ -158,9 +156,10 @@ class StripeBilling:
         api_key: str,
         *,
         base_url: str | None = None,
-        timeout: float = REQUEST_TIMEOUT_S,
+        timeout: httpx.Timeout = STRIPE_HTTP_TIMEOUT,
     ) -> None:
-        self._http = stripe.HTTPXClient(timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_S))
+        # Every phase bounded: `connectors.timeouts.STRIPE_CALL_MAX` is what a call can take.
+        self._http = stripe.HTTPXClient(timeout=timeout)
         self._client = stripe.StripeClient(
             api_key,
             base_addresses={"api": base_url} if base_url else None,

@@ -40,12 +40,11 @@ from connectors.errors import (
     ValidationFailed,
     error_for_status,
 )
+from connectors.timeouts import TRYTON_HTTP_TIMEOUT
 
 SYSTEM = "tryton"
-CONNECT_TIMEOUT_S = 5.0
-#: Posting an invoice or activating a chart of accounts can take several seconds on SQLite.
-READ_TIMEOUT_S = 60.0
-DEFAULT_TIMEOUT = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+#: Every phase bounded; `connectors.timeouts.TRYTON_CALL_MAX` is what one call can take.
+DEFAULT_TIMEOUT = TRYTON_HTTP_TIMEOUT
 
 #: Server-side exceptions (reported as `[str(exc), traceback]`) that mean another writer
 #: got in the way: a locked SQLite database, a serialization failure, lock or deadlock on

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from connectors import timeouts
 from connectors.errors import (
     AuthFailed,
     ConflictError,
@@ -213,3 +214,33 @@ async def test_a_company_view_runs_calls_in_that_company_on_the_same_session() -
     assert contexts == [in_uk, PREFERENCES, in_uk, PREFERENCES, PREFERENCES]
     assert uk.company_id == 3
     assert client.company_id == 1
+
+
+async def test_a_call_makes_at_most_the_requests_its_worst_case_counts() -> None:
+    """`TRYTON_CALL_MAX` counts the requests of a fresh client whose session the server
+    forgets before the call: login, preferences, the call, login, preferences, replay."""
+    requests: list[str] = []
+
+    class Forgetful(FakeTryton):
+        def __call__(self, request: httpx.Request) -> httpx.Response:
+            method = json.loads(request.content)["method"]
+            requests.append(method)
+            if method == "model.party.party.read" and self.logins == 1:
+                self.logins += 1  # the server restarted: the first session is gone
+            return super().__call__(request)
+
+    fake = Forgetful(lambda body: _rpc([{"id": 1, "name": "Acme"}]))
+    async with _client(fake) as client:
+        assert client._session.http.timeout == timeouts.TRYTON_HTTP_TIMEOUT
+        await client.model("party.party", "read", [1], ["name"])
+    assert len(requests) == timeouts.TRYTON_REQUESTS_PER_CALL
+    assert requests.count("model.party.party.read") == 2
+    assert timeouts.TRYTON_REQUEST_MAX * len(requests) == timeouts.TRYTON_CALL_MAX
+
+
+def test_every_phase_of_a_request_is_bounded() -> None:
+    assert timeouts.request_max(httpx.Timeout(connect=1, read=2, write=3, pool=4)) == timedelta(
+        seconds=10
+    )
+    with pytest.raises(ValueError):
+        timeouts.request_max(httpx.Timeout(None, connect=5))

@@ -20,8 +20,8 @@ class Work(metaclass=PoolMeta):  # type: ignore[metaclass]  # Tryton merges it i
     @classmethod
     def __setup__(cls) -> None:
         super().__setup__()  # type: ignore[misc]
-        cls.number.readonly = False  # type: ignore[attr-defined]
-        cls.number.states = {  # type: ignore[attr-defined]
-            **cls.number.states,  # type: ignore[attr-defined]
+        cls.number.readonly = False
+        cls.number.states = {
+            **cls.number.states,
             "readonly": Eval("id", -1) >= 0,
         }
