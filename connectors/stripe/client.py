@@ -96,7 +96,9 @@ def classify(exc: stripe.StripeError) -> ConnectorError:
     """The one place a Stripe failure becomes a class in `connectors.errors`."""
     status = exc.http_status
     message = exc.user_message or str(exc) or type(exc).__name__
-    code = exc.code
+    # The library keeps `code` only on some classes (not on a 409's APIError): read the body.
+    body = exc.json_body.get("error") if isinstance(exc.json_body, dict) else None
+    code = exc.code or (body.get("code") if isinstance(body, dict) else None)
     param = getattr(exc, "param", None)
     common: dict[str, Any] = {"system": SYSTEM, "status": status, "code": code}
     if isinstance(exc, stripe.IdempotencyError):
