@@ -419,7 +419,15 @@ class TrytonErp:
                     code="nothing_to_invoice",
                 )
             company = int(amount[0]["company"])
-            await self.client.for_company(company).model("project.work", "invoice", [project_id])
+            try:
+                await self.client.for_company(company).model(
+                    "project.work", "invoice", [project_id]
+                )
+            except ConnectorError:
+                # Refused as nothing to invoice when a concurrent attempt has just
+                # invoiced the time: its draft is adopted below.
+                if not set(await self._project_invoices(project_id)) - set(before):
+                    raise
             created = [i for i in await self._project_invoices(project_id) if i not in before]
             if not created:
                 raise ValidationFailed(
@@ -481,7 +489,13 @@ class TrytonErp:
             values["payment_term"] = await (await self.catalog()).payment_term(
                 client, payment_net_days
             )
-            invoice_id = await client.create_one("account.invoice", values)
+            created = await client.create_one("account.invoice", values)
+            # Nothing unique in an invoice can carry the key, so two attempts of one step
+            # running at once could both create: the first invoice made under the key
+            # wins, and a later one (a draft this call just made) is removed.
+            invoice_id = await self.find_invoice(idempotency_key) or created
+            if invoice_id != created:
+                await client.delete("account.invoice", [created])
         line_ids = await self._invoice_line_ids(invoice_id)
         if len(line_ids) != len(invoice.lines):
             raise IdempotencyConflict(
@@ -690,6 +704,26 @@ class TrytonErp:
         company = cat.company_by_id(int(row["company"]))
         client = self.client.for_company(company.company_id)
         method = await cat.payment_method(client, company)
+        description = mapping.payment_description(reference, idempotency_key)
+        try:
+            await self._pay(client, invoice_id, amount, paid_on, method, description)
+        except ConnectorError:
+            # Another attempt under the same key may have paid first (the rest to pay is
+            # then too small, or the invoice already paid): that payment is this one.
+            if await self._payment_recorded(invoice_id, idempotency_key):
+                return
+            raise
+
+    async def _pay(
+        self,
+        client: TrytonClient,
+        invoice_id: int,
+        amount: Money,
+        paid_on: date,
+        method: int,
+        description: str,
+    ) -> None:
+        """Tryton's pay wizard, as a person would run it from the invoice."""
         wizard = "wizard.account.invoice.pay"
         context = {
             "active_model": "account.invoice",
@@ -704,7 +738,7 @@ class TrytonErp:
                 "start": {
                     **defaults,
                     "amount": amount.amount,
-                    "description": mapping.payment_description(reference, idempotency_key),
+                    "description": description,
                     "payment_method": method,
                     "date": paid_on,
                 }
