@@ -57,9 +57,19 @@ class RateLimitedError(RetryableError):
 
 
 class TransientError(RetryableError):
-    """5xx, 408, 409 or a transport failure (connect, read timeout)."""
+    """5xx, 408 or a transport failure (connect, read timeout)."""
 
     error_type = "TransientError"
+
+
+class ConflictError(RetryableError):
+    """Another writer got there first: a lock, a serialization failure, a unique value
+    taken by a concurrent create, a request with the same idempotency key in flight.
+
+    The next attempt re-reads and finds the winner, so it is retried, never compensated.
+    """
+
+    error_type = "Conflict"
 
 
 class PermanentError(ConnectorError):
@@ -123,6 +133,8 @@ def error_for_status(
     cls: type[ConnectorError]
     if status == 429:
         cls = RateLimitedError
+    elif status in (409, 423):
+        cls = ConflictError
     elif status in RETRYABLE_STATUSES or status >= 500:
         cls = TransientError
     elif status in (401, 403):

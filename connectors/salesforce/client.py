@@ -48,13 +48,12 @@ from connectors.salesforce.wire import (
     SaveResult,
     TokenResponse,
 )
+from connectors.timeouts import SALESFORCE_HTTP_TIMEOUT
 
 SYSTEM = mapping.CRM
 DEFAULT_API_VERSION = "v60.0"
-CONNECT_TIMEOUT_S = 10.0
-#: Salesforce counts requests of 20 s or more as long-running; past a minute something is wrong.
-READ_TIMEOUT_S = 60.0
-DEFAULT_TIMEOUT = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+#: Every phase bounded; `connectors.timeouts.SALESFORCE_CALL_MAX` is what one call can take.
+DEFAULT_TIMEOUT = SALESFORCE_HTTP_TIMEOUT
 #: The org's corporate currency, for single-currency orgs whose records carry no currency.
 DEFAULT_CURRENCY = "USD"
 MIN_BATCH_SIZE = 200

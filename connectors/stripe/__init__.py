@@ -1,8 +1,6 @@
 """Stripe connector (billing): customers, invoices and their lifecycle, webhooks."""
 
 from connectors.stripe.client import (
-    CONNECT_TIMEOUT_S,
-    REQUEST_TIMEOUT_S,
     SIGNATURE_HEADER,
     WEBHOOK_TOLERANCE_S,
     PaymentDeclined,
@@ -21,10 +19,8 @@ from connectors.stripe.mapping import (
 )
 
 __all__ = [
-    "CONNECT_TIMEOUT_S",
     "EXTERNAL_CUSTOMER",
     "EXTERNAL_INVOICE",
-    "REQUEST_TIMEOUT_S",
     "SIGNATURE_HEADER",
     "SYSTEM",
     "WEBHOOK_TOLERANCE_S",

@@ -31,6 +31,7 @@ from canonical import Customer, Invoice, Payment
 from connectors import correlation, webhook_json
 from connectors.errors import (
     AuthFailed,
+    ConflictError,
     ConnectorError,
     IdempotencyConflict,
     NotFound,
@@ -43,11 +44,9 @@ from connectors.errors import (
 )
 from connectors.signing import WebhookError, verify_signature
 from connectors.stripe import mapping, wire
+from connectors.timeouts import STRIPE_HTTP_TIMEOUT
 
 SYSTEM = mapping.SYSTEM
-CONNECT_TIMEOUT_S = 5.0
-#: Stripe answers most calls in well under a second; finalizing large invoices takes longer.
-REQUEST_TIMEOUT_S = 30.0
 #: Largest page Stripe serves.
 PAGE_LIMIT = 100
 #: Webhook timestamps further than this from now are refused (Stripe's libraries: 5 minutes).
@@ -106,11 +105,17 @@ def classify(exc: stripe.StripeError) -> ConnectorError:
     """The one place a Stripe failure becomes a class in `connectors.errors`."""
     status = exc.http_status
     message = exc.user_message or str(exc) or type(exc).__name__
-    code = exc.code
+    # The library keeps `code` only on some classes (not on a 409's APIError): read the body.
+    body = exc.json_body.get("error") if isinstance(exc.json_body, dict) else None
+    code = exc.code or (body.get("code") if isinstance(body, dict) else None)
     param = getattr(exc, "param", None)
     common: dict[str, Any] = {"system": SYSTEM, "status": status, "code": code}
     if isinstance(exc, stripe.IdempotencyError):
+        # The key was used with other parameters or on another endpoint: a bug, not a race.
         return IdempotencyConflict(message, **common)
+    if code == "idempotency_key_in_use":
+        # Another request with this key is still in flight (409): its answer will be replayed.
+        return ConflictError(message, **common)
     if isinstance(exc, stripe.CardError):
         body = exc.json_body or {}
         decline = body.get("error", {}).get("decline_code") if isinstance(body, dict) else None
@@ -162,9 +167,10 @@ class StripeBilling:
         api_key: str,
         *,
         base_url: str | None = None,
-        timeout: float = REQUEST_TIMEOUT_S,
+        timeout: httpx.Timeout = STRIPE_HTTP_TIMEOUT,
     ) -> None:
-        self._http = stripe.HTTPXClient(timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_S))
+        # Every phase bounded: `connectors.timeouts.STRIPE_CALL_MAX` is what a call can take.
+        self._http = stripe.HTTPXClient(timeout=timeout)
         self._client = stripe.StripeClient(
             api_key,
             base_addresses={"api": base_url} if base_url else None,

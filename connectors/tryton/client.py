@@ -32,6 +32,7 @@ from pydantic import SecretStr
 from connectors import correlation
 from connectors.errors import (
     AuthFailed,
+    ConflictError,
     ConnectorError,
     PermanentError,
     RateLimitedError,
@@ -39,22 +40,28 @@ from connectors.errors import (
     ValidationFailed,
     error_for_status,
 )
+from connectors.timeouts import TRYTON_HTTP_TIMEOUT
 
 SYSTEM = "tryton"
-CONNECT_TIMEOUT_S = 5.0
-#: Posting an invoice or activating a chart of accounts can take several seconds on SQLite.
-READ_TIMEOUT_S = 60.0
-DEFAULT_TIMEOUT = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+#: Every phase bounded; `connectors.timeouts.TRYTON_CALL_MAX` is what one call can take.
+DEFAULT_TIMEOUT = TRYTON_HTTP_TIMEOUT
 
-#: Server-side exceptions (reported as `[str(exc), traceback]`) that are worth a retry:
-#: a locked SQLite database or a serialization failure on PostgreSQL.
-_RETRYABLE_SERVER_MESSAGES = (
+#: Server-side exceptions (reported as `[str(exc), traceback]`) that mean another writer
+#: got in the way: a locked SQLite database, a serialization failure, lock or deadlock on
+#: PostgreSQL, a unique value taken by a concurrent insert. Worth a retry.
+_CONFLICT_SERVER_MESSAGES = (
     "database is locked",
     "could not serialize",
     "deadlock detected",
     "could not obtain lock",
     "lock timeout",
+    "unique constraint failed",  # SQLite
+    "duplicate key value",  # PostgreSQL
 )
+#: How Tryton words a unique constraint it reports as a `UserError` ("The code on party
+#: must be unique."). On a create it means a concurrent create took the value first
+#: (numbering sequences race too); the next attempt re-checks and finds the winner.
+_UNIQUE_MESSAGE = "must be unique"
 
 
 class TrytonClient:
@@ -349,7 +356,7 @@ def _http_error(method: str, response: httpx.Response) -> ConnectorError:
     else:
         message = f"{method}: {_short(text) or response.reason_phrase}"
     if response.status_code == 423:  # Tryton's ConcurrencyException outside JSON-RPC
-        return TransientError(message, system=SYSTEM, status=423)
+        return ConflictError(message, system=SYSTEM, status=423)
     return error_for_status(
         response.status_code,
         message,
@@ -373,7 +380,8 @@ def classify_rpc_error(method: str, error: Any) -> ConnectorError:
             message = str(parts[0]) if parts else "refused"
             description = str(parts[1]) if len(parts) > 1 and parts[1] else ""
             full = f"{message} {description}".strip() if description else message
-            return ValidationFailed(
+            cls = ConflictError if _UNIQUE_MESSAGE in message.lower() else ValidationFailed
+            return cls(
                 f"{method}: {full}",
                 system=SYSTEM,
                 field=_field_from_domain(parts[2] if len(parts) > 2 else None)
@@ -381,14 +389,14 @@ def classify_rpc_error(method: str, error: Any) -> ConnectorError:
                 code=name,
             )
         if name == "ConcurrencyException":
-            return TransientError(f"{method}: {args}", system=SYSTEM, code=name)
+            return ConflictError(f"{method}: {args}", system=SYSTEM, code=name)
         if name == "RateLimitException":
             return RateLimitedError(f"{method}: rate limited", system=SYSTEM, code=name)
         if name == "LoginException":
             return AuthFailed(f"{method}: login needs {args!r}", system=SYSTEM, code=name)
         lowered = name.lower()
-        if any(marker in lowered for marker in _RETRYABLE_SERVER_MESSAGES):
-            return TransientError(f"{method}: {name}", system=SYSTEM, code="ServerError")
+        if any(marker in lowered for marker in _CONFLICT_SERVER_MESSAGES):
+            return ConflictError(f"{method}: {_short(name)}", system=SYSTEM, code="Conflict")
         # An unexpected exception on the server: a bug or bad input it did not validate.
         # Retrying gives the same answer, so a person must look (the traceback is in its log).
         return PermanentError(

@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from canonical import Customer, Invoice, InvoiceStatus, LegalEntity, Money
-from connectors.errors import IdempotencyConflict, NotFound, ValidationFailed
+from connectors.errors import ConnectorError, IdempotencyConflict, NotFound, ValidationFailed
 from connectors.tryton import mapping
 from connectors.tryton.catalog import Catalog, Company
 from connectors.tryton.client import SYSTEM, TrytonClient
@@ -76,15 +76,20 @@ class TrytonErp:
     # -- customers -----------------------------------------------------------------------------
 
     async def find_customer(self, external_ref: str) -> int | None:
+        """The party carrying `external_ref`: by its code (unique and indexed), else by the
+        identifier parties made before q2c set their code carry."""
         code = mapping.external_ref_code(external_ref)
-        found = await self.client.search(
-            "party.party",
-            [("identifiers.code", "=", code)],
-            order=[("id", "ASC")],
-            limit=1,
-            context={"active_test": False},
-        )
-        return found[0] if found else None
+        for domain in ([("code", "=", code)], [("identifiers.code", "=", code)]):
+            found = await self.client.search(
+                "party.party",
+                domain,
+                order=[("id", "ASC")],
+                limit=1,
+                context={"active_test": False},
+            )
+            if found:
+                return found[0]
+        return None
 
     async def upsert_customer(self, customer: Customer, external_ref: str) -> int:
         """Create or update the party carrying `external_ref`; returns the party id.
@@ -93,6 +98,10 @@ class TrytonErp:
         same party, whatever else changed (name, addresses, tax id, terms). The party is
         made a customer of `customer.legal_entity`'s company (its receivable account
         there), in that company's context; a party may be a customer of several.
+
+        A new party's code is made from the reference, so no numbering sequence is used
+        and Tryton's unique code arbitrates concurrent upserts of one account: the loser's
+        create is refused, and it updates the winner's party instead.
         """
         company = await self._company(customer.legal_entity)
         cat = await self.catalog()
@@ -105,32 +114,31 @@ class TrytonErp:
         ]
         party_id = await self.find_customer(external_ref)
         if party_id is None:
-            identifiers: list[dict[str, Any]] = [
-                {"type": None, "code": mapping.external_ref_code(external_ref)}
-            ]
+            code = mapping.external_ref_code(external_ref)
+            identifiers: list[dict[str, Any]] = [{"type": None, "code": code}]
             if customer.tax_id:
                 identifiers.append(self._tax_identifier(customer))
             emails = [mapping.email_values(c) for c in customer.contacts]
-            return await client.create_one(
-                "party.party",
-                {
-                    "name": customer.name,
-                    "customer_payment_term": term,
-                    # Company-dependent: stored for the company of the context.
-                    "account_receivable": receivable,
-                    "addresses": [
-                        [
-                            "create",
-                            [
-                                {**a, "invoice": i == 0, "sequence": i + 1}
-                                for i, a in enumerate(addresses)
-                            ],
-                        ]
-                    ],
-                    "identifiers": [["create", identifiers]],
-                    "contact_mechanisms": [["create", emails]] if emails else [],
-                },
-            )
+            invoice_first = [
+                {**a, "invoice": i == 0, "sequence": i + 1} for i, a in enumerate(addresses)
+            ]
+            values = {
+                "code": code,
+                "name": customer.name,
+                "customer_payment_term": term,
+                # Company-dependent: stored for the company of the context.
+                "account_receivable": receivable,
+                "addresses": [["create", invoice_first]],
+                "identifiers": [["create", identifiers]],
+                "contact_mechanisms": [["create", emails]] if emails else [],
+            }
+            try:
+                return await client.create_one("party.party", values)
+            except ConnectorError:
+                # A concurrent upsert of the same account may have taken the code first.
+                party_id = await self.find_customer(external_ref)
+                if party_id is None:
+                    raise
         await self._update_party(client, party_id, customer, term, receivable, addresses)
         return party_id
 
@@ -411,7 +419,15 @@ class TrytonErp:
                     code="nothing_to_invoice",
                 )
             company = int(amount[0]["company"])
-            await self.client.for_company(company).model("project.work", "invoice", [project_id])
+            try:
+                await self.client.for_company(company).model(
+                    "project.work", "invoice", [project_id]
+                )
+            except ConnectorError:
+                # Refused as nothing to invoice when a concurrent attempt has just
+                # invoiced the time: its draft is adopted below.
+                if not set(await self._project_invoices(project_id)) - set(before):
+                    raise
             created = [i for i in await self._project_invoices(project_id) if i not in before]
             if not created:
                 raise ValidationFailed(
@@ -473,7 +489,13 @@ class TrytonErp:
             values["payment_term"] = await (await self.catalog()).payment_term(
                 client, payment_net_days
             )
-            invoice_id = await client.create_one("account.invoice", values)
+            created = await client.create_one("account.invoice", values)
+            # Nothing unique in an invoice can carry the key, so two attempts of one step
+            # running at once could both create: the first invoice made under the key
+            # wins, and a later one (a draft this call just made) is removed.
+            invoice_id = await self.find_invoice(idempotency_key) or created
+            if invoice_id != created:
+                await client.delete("account.invoice", [created])
         line_ids = await self._invoice_line_ids(invoice_id)
         if len(line_ids) != len(invoice.lines):
             raise IdempotencyConflict(
@@ -682,6 +704,26 @@ class TrytonErp:
         company = cat.company_by_id(int(row["company"]))
         client = self.client.for_company(company.company_id)
         method = await cat.payment_method(client, company)
+        description = mapping.payment_description(reference, idempotency_key)
+        try:
+            await self._pay(client, invoice_id, amount, paid_on, method, description)
+        except ConnectorError:
+            # Another attempt under the same key may have paid first (the rest to pay is
+            # then too small, or the invoice already paid): that payment is this one.
+            if await self._payment_recorded(invoice_id, idempotency_key):
+                return
+            raise
+
+    async def _pay(
+        self,
+        client: TrytonClient,
+        invoice_id: int,
+        amount: Money,
+        paid_on: date,
+        method: int,
+        description: str,
+    ) -> None:
+        """Tryton's pay wizard, as a person would run it from the invoice."""
         wizard = "wizard.account.invoice.pay"
         context = {
             "active_model": "account.invoice",
@@ -696,7 +738,7 @@ class TrytonErp:
                 "start": {
                     **defaults,
                     "amount": amount.amount,
-                    "description": mapping.payment_description(reference, idempotency_key),
+                    "description": description,
                     "payment_method": method,
                     "date": paid_on,
                 }

@@ -220,6 +220,16 @@ def label_value(comment: str | None, label: str) -> str | None:
     return None
 
 
+def project_number(idempotency_key: str) -> str:
+    """The number of the project q2c creates under `idempotency_key` (unique in Tryton)."""
+    return f"{KEY_LABEL}{idempotency_key}"
+
+
+def task_number(project_number: str, position: int) -> str:
+    """Tasks are numbered after their project, so creating them takes no sequence either."""
+    return f"{project_number}/{position}"
+
+
 def project_comment(project: Project, idempotency_key: str) -> str:
     """The project's comment: its key, the q2c project id, its budget and opportunity."""
     comment = with_label(None, KEY_LABEL, idempotency_key)

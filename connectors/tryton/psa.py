@@ -91,6 +91,15 @@ class TrytonPsa:
     # -- projects ------------------------------------------------------------------------------
 
     async def find_project(self, idempotency_key: str) -> ProjectRef | None:
+        """The project created under `idempotency_key`: by its number (unique, indexed),
+        else by the key in the comment that projects made before q2c numbered them carry."""
+        numbered = await self.client.search(
+            "project.work",
+            [("number", "=", mapping.project_number(idempotency_key)), ("type", "=", "project")],
+            limit=1,
+        )
+        if numbered:
+            return await self._project_ref(numbered[0], created=False)
         found = await self.client.search_read(
             "project.work",
             [
@@ -112,6 +121,9 @@ class TrytonPsa:
         It is made in the company of `project.legal_entity_code`, whose currency must be
         the project's. The project and its tasks are created in one call, so one
         transaction: a retry either finds the whole project by its key or creates it afresh.
+        The project's number is made from the key (`mapping.project_number`, tasks after
+        it), so Tryton's unique number refuses a concurrent second create of the project,
+        which then returns the first; no numbering sequence is raced.
         """
         existing = await self.find_project(idempotency_key)
         if existing is not None:
@@ -135,7 +147,9 @@ class TrytonPsa:
         cat = await self.catalog()
         prices = await cat.product_prices(self.client, company)
         default_product = mapping.product_for_role(None, set(cat.product_ids))
+        number = mapping.project_number(idempotency_key)
         values: dict[str, Any] = {
+            "number": number,
             "name": project.name,
             "type": "project",
             "company": company.company_id,
@@ -148,13 +162,26 @@ class TrytonPsa:
             "children": [
                 [
                     "create",
-                    [self._task_values(cat, company, prices, project, t) for t in project.tasks],
+                    [
+                        {
+                            **self._task_values(cat, company, prices, project, t),
+                            "number": mapping.task_number(number, i),
+                        }
+                        for i, t in enumerate(project.tasks, start=1)
+                    ],
                 ]
             ],
         }
-        project_id = await self.client.for_company(company.company_id).create_one(
-            "project.work", values
-        )
+        try:
+            project_id = await self.client.for_company(company.company_id).create_one(
+                "project.work", values
+            )
+        except ConnectorError:
+            # A concurrent create of the same project may have taken the number first.
+            existing = await self.find_project(idempotency_key)
+            if existing is None:
+                raise
+            return existing
         return await self._project_ref(project_id, created=True)
 
     async def _company(self, code: str) -> Company:

@@ -12,8 +12,10 @@ line paging) and events. It imports nothing of q2c: it is the outside world.
   money is in integer minor units, currencies lower-case.
 - `Idempotency-Key` on POST/DELETE: the same key and parameters replay the first answer
   (`Idempotent-Replayed: true`); other parameters or another endpoint give 400
-  `idempotency_error`. Answers are kept for 24 hours, successes and card declines alike;
-  requests refused for their parameters are not kept, as at Stripe.
+  `idempotency_error`; a request arriving while another with the same key is still
+  being answered gives 409 `idempotency_key_in_use` (retry it later). Answers are kept
+  for 24 hours, successes and card declines alike; requests refused for their
+  parameters are not kept, as at Stripe.
 - Webhooks: every event is stored (`GET /v1/events`) and, with `--webhook-url`, posted
   in the background with `Stripe-Signature: t=..,v1=..`, signed with the secret in
   `STANDIN_STRIPE_WEBHOOK_SECRET` (required with `--webhook-url`); failed deliveries are

@@ -118,6 +118,8 @@ class StripeStandin:
         self.api = StripeApi(self.store, webhooks_enabled=self.webhooks.enabled, clock=clock)
         self.clock = clock
         self.endpoints = _endpoints(self.api)
+        #: (account, idempotency key) of the requests being answered.
+        self._in_flight: set[tuple[str, str]] = set()
 
     @asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
@@ -144,21 +146,44 @@ class StripeStandin:
         try:
             endpoint, groups = self._route(request.method, request.url.path)
             account = _account(request)
+        except ApiError as exc:
+            return _json(exc.status, exc.body(), headers)
+        key = request.headers.get("idempotency-key") if endpoint.mutating else None
+        if key is None:
+            return await self._handle(request, endpoint, groups, account, None, headers)
+        headers["Idempotency-Key"] = key
+        # Stripe holds a key from the moment a request arrives until it has answered; a
+        # request with the same key meanwhile is refused, to be retried (not replayed).
+        if (account, key) in self._in_flight:
+            return _json(409, ApiError.key_in_use().body(), headers)
+        self._in_flight.add((account, key))
+        try:
+            return await self._handle(request, endpoint, groups, account, key, headers)
+        finally:
+            self._in_flight.discard((account, key))
+
+    async def _handle(
+        self,
+        request: Request,
+        endpoint: Endpoint,
+        groups: dict[str, str],
+        account: str,
+        key: str | None,
+        headers: dict[str, str],
+    ) -> Response:
+        try:
             if request.method == "POST":
                 params = parse_form(await request.body())
             else:
                 params = parse_form(request.url.query)
         except ApiError as exc:
             return _json(exc.status, exc.body(), headers)
-
-        key = request.headers.get("idempotency-key") if endpoint.mutating else None
         if key is not None:
-            headers["Idempotency-Key"] = key
             early = self._check_idempotency(account, key, request, params, headers)
             if early is not None:
                 return early
         ctx = RequestContext(
-            request_id=request_id, base_url=str(request.base_url), idempotency_key=key
+            request_id=headers["Request-Id"], base_url=str(request.base_url), idempotency_key=key
         )
         status, body = self._run(endpoint, groups, params, ctx, account, key, request)
         self.webhooks.send(ctx.events)

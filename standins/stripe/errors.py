@@ -48,6 +48,18 @@ class ApiError(Exception):
             param=param,
         )
 
+    @classmethod
+    def key_in_use(cls) -> ApiError:
+        """409: another request with this idempotency key is still being answered."""
+        return cls(
+            409,
+            "invalid_request_error",
+            "There is currently another in-progress request using this idempotent key (that"
+            " probably means you submitted twice, and the other request is still going"
+            " through). Please try again later.",
+            code="idempotency_key_in_use",
+        )
+
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"type": self.type, "message": self.message}
         if self.code:

@@ -112,7 +112,7 @@ async def test_validation_error_fails_at_once_naming_the_field(
     [
         (error_for_status(429, "slow down", system="s", retry_after="7"), "RateLimited", True, 7),
         (error_for_status(503, "down", system="s"), "TransientError", True, None),
-        (error_for_status(409, "lock", system="s"), "TransientError", True, None),
+        (error_for_status(409, "lock", system="s"), "Conflict", True, None),
         (error_for_status(408, "timeout", system="s"), "TransientError", True, None),
         (error_for_status(401, "who?", system="s"), "AuthFailed", False, None),
         (error_for_status(404, "gone", system="s"), "NotFound", False, None),

@@ -22,6 +22,7 @@ from canonical import (
 )
 from connectors.errors import (
     AuthFailed,
+    ConflictError,
     IdempotencyConflict,
     NotFound,
     RateLimitedError,
@@ -190,7 +191,9 @@ def error(
 @pytest.mark.parametrize(
     ("exc", "expected", "retryable"),
     [
-        (error(stripe_lib.APIError, 409, code="lock_timeout"), TransientError, True),
+        (error(stripe_lib.APIError, 409, code="lock_timeout"), ConflictError, True),
+        # Another request with the same key is in flight: retry it later.
+        (error(stripe_lib.APIError, 409, code="idempotency_key_in_use"), ConflictError, True),
         (error(stripe_lib.APIError, 503), TransientError, True),
         (error(stripe_lib.APIError, None), TransientError, True),
         (error(stripe_lib.APIConnectionError, None), TransientError, True),

@@ -12,8 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
+from connectors import timeouts
 from connectors.errors import (
     AuthFailed,
+    ConflictError,
     PermanentError,
     RateLimitedError,
     TransientError,
@@ -123,11 +125,30 @@ async def test_required_field_error_names_the_field_label() -> None:
     assert caught.value.field == "Name"
 
 
-async def test_concurrency_and_locked_database_are_transient() -> None:
-    with pytest.raises(TransientError):
-        await _call(lambda body: _rpc(error=["ConcurrencyException", "Records were modified"]))
-    with pytest.raises(TransientError):
-        await _call(lambda body: _rpc(error=["database is locked", "Traceback ..."]))
+@pytest.mark.parametrize(
+    "error",
+    [
+        ["ConcurrencyException", "Records were modified"],
+        ["database is locked", "Traceback ..."],
+        ["could not serialize access due to concurrent update", "Traceback ..."],
+        ["deadlock detected", "Traceback ..."],
+        ['duplicate key value violates unique constraint "party_party_code_uniq"', "Tb"],
+        ["UNIQUE constraint failed: project_work.number", "Traceback ..."],
+        # A numbering sequence raced, or a concurrent create took the same code.
+        ["UserError", ["The code on party must be unique.", "", None]],
+        ["UserError", ["The number on work must be unique.", "", None]],
+    ],
+)
+async def test_write_conflicts_are_retryable_conflicts(error: list[Any]) -> None:
+    with pytest.raises(ConflictError) as caught:
+        await _call(lambda body: _rpc(error=error))
+    assert caught.value.retryable
+    assert caught.value.error_type == "Conflict"
+
+
+async def test_locked_answer_outside_json_rpc_is_a_conflict() -> None:
+    with pytest.raises(ConflictError):
+        await _call(lambda body: httpx.Response(423, text="Records were modified"))
 
 
 async def test_unexpected_server_exception_is_permanent() -> None:
@@ -193,3 +214,33 @@ async def test_a_company_view_runs_calls_in_that_company_on_the_same_session() -
     assert contexts == [in_uk, PREFERENCES, in_uk, PREFERENCES, PREFERENCES]
     assert uk.company_id == 3
     assert client.company_id == 1
+
+
+async def test_a_call_makes_at_most_the_requests_its_worst_case_counts() -> None:
+    """`TRYTON_CALL_MAX` counts the requests of a fresh client whose session the server
+    forgets before the call: login, preferences, the call, login, preferences, replay."""
+    requests: list[str] = []
+
+    class Forgetful(FakeTryton):
+        def __call__(self, request: httpx.Request) -> httpx.Response:
+            method = json.loads(request.content)["method"]
+            requests.append(method)
+            if method == "model.party.party.read" and self.logins == 1:
+                self.logins += 1  # the server restarted: the first session is gone
+            return super().__call__(request)
+
+    fake = Forgetful(lambda body: _rpc([{"id": 1, "name": "Acme"}]))
+    async with _client(fake) as client:
+        assert client._session.http.timeout == timeouts.TRYTON_HTTP_TIMEOUT
+        await client.model("party.party", "read", [1], ["name"])
+    assert len(requests) == timeouts.TRYTON_REQUESTS_PER_CALL
+    assert requests.count("model.party.party.read") == 2
+    assert timeouts.TRYTON_REQUEST_MAX * len(requests) == timeouts.TRYTON_CALL_MAX
+
+
+def test_every_phase_of_a_request_is_bounded() -> None:
+    assert timeouts.request_max(httpx.Timeout(connect=1, read=2, write=3, pool=4)) == timedelta(
+        seconds=10
+    )
+    with pytest.raises(ValueError):
+        timeouts.request_max(httpx.Timeout(None, connect=5))

@@ -3,6 +3,7 @@ ERP with q2c's total, time marked billed (and back), payments recorded, closed p
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -502,6 +503,87 @@ async def test_payments_settle_the_invoice_once_per_key(
         [("origin", "=", f"account.invoice,{created.id}"), ("journal.type", "=", "cash")],
     )
     assert sorted(after) == [m["id"] for m in moves]
+
+
+# -- two attempts of one step at once -------------------------------------------------------------
+
+
+async def _invoices_with_key(client: TrytonClient, key: str) -> list[int]:
+    return await client.search(
+        "account.invoice", [("type", "=", "out"), ("comment", "like", f"%q2c-key: {key}%")]
+    )
+
+
+async def test_invoice_create_that_lost_the_race_leaves_the_first_invoice_only(
+    uk: UkProject, client: TrytonClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both looked before either created: the later invoice is removed, both calls
+    answer with the first."""
+    invoice = _invoice(_line("Discovery", "2", "157.50"))
+    key = f"{uk.ref}:{invoice.id}:erp"
+    first = await _create(uk, invoice, key)
+    late = TrytonErp(client)
+    looks: list[int | None] = []
+    find = late.find_invoice
+
+    async def too_early(idempotency_key: str) -> int | None:
+        found = None if not looks else await find(idempotency_key)
+        looks.append(found)
+        return found
+
+    monkeypatch.setattr(late, "find_invoice", too_early)
+    again = await late.create_invoice(
+        invoice, party_id=uk.party_id, reference="R", idempotency_key=key, payment_net_days=30
+    )
+    assert again == first
+    assert looks == [None, first.id]
+    assert await _invoices_with_key(client, key) == [first.id]
+
+
+@pytest.mark.chaos
+async def test_one_invoice_and_one_payment_when_two_attempts_run_at_once(
+    uk: UkProject, client: TrytonClient, tryton: TrytonServer
+) -> None:
+    invoice = _invoice(_line("Build", "3", "140"))
+    key = f"{uk.ref}:{invoice.id}:erp"
+    sessions = [await tryton.logged_in_client() for _ in range(2)]
+    try:
+        made = await asyncio.gather(
+            *(
+                TrytonErp(s).create_invoice(
+                    invoice,
+                    party_id=uk.party_id,
+                    reference="R",
+                    idempotency_key=key,
+                    payment_net_days=30,
+                )
+                for s in sessions
+            )
+        )
+        assert made[0] == made[1]
+        assert await _invoices_with_key(client, key) == [made[0].id]
+        await uk.erp.post_invoice(made[0].id)
+        await asyncio.gather(
+            *(
+                TrytonErp(s).record_payment(
+                    made[0].id,
+                    amount=invoice.total,
+                    paid_on=END,
+                    reference="pi_twin",
+                    idempotency_key=f"{key}:pay",
+                )
+                for s in sessions
+            )
+        )
+    finally:
+        await asyncio.gather(*(s.aclose() for s in sessions))
+    paid = await uk.erp.get_invoice_info(made[0].id)
+    assert (paid.state, paid.amount_to_pay) == ("paid", Money.zero("GBP"))
+    payments = await client.search(
+        "account.move",
+        [("origin", "=", f"account.invoice,{made[0].id}"), ("journal.type", "=", "cash")],
+    )
+    assert len(payments) == 1
 
 
 # -- a closed period -----------------------------------------------------------------------------

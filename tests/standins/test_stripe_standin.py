@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -420,3 +421,46 @@ def test_webhook_url_needs_a_signing_secret(
         build_app(args)
     monkeypatch.setenv(WEBHOOK_SECRET_ENV, "whsec_x")
     assert build_app(args) is not None
+
+
+async def test_a_key_in_flight_refuses_its_twin_with_409_then_replays(
+    api: httpx.AsyncClient,
+) -> None:
+    """Stripe holds a key while its first request runs: a concurrent twin gets 409
+    `idempotency_key_in_use` and no object; retried after, it replays the first answer."""
+    key = {"Idempotency-Key": "create-twin-1"}
+    form = b"name=Twin+Ltd&metadata[q2c]=C-9"
+    body_sent = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield form[:5]
+        body_sent.set()
+        await release.wait()  # the first request stays in flight until released
+        yield form[5:]
+
+    form_headers = {**key, "Content-Type": "application/x-www-form-urlencoded"}
+    first = asyncio.create_task(
+        api.post("/v1/customers", content=slow_body(), headers=form_headers)
+    )
+    await body_sent.wait()
+    twin = await post(
+        api, "/v1/customers", {"name": "Twin Ltd", "metadata[q2c]": "C-9"}, headers=key
+    )
+    assert twin.status_code == 409
+    assert twin.json()["error"]["code"] == "idempotency_key_in_use"
+    assert "Idempotent-Replayed" not in twin.headers
+    release.set()
+    created = await first
+    assert created.status_code == 200, created.text
+    retried = await post(
+        api, "/v1/customers", {"name": "Twin Ltd", "metadata[q2c]": "C-9"}, headers=key
+    )
+    assert retried.status_code == 200
+    assert retried.json()["id"] == created.json()["id"]
+    assert retried.headers["Idempotent-Replayed"] == "true"
+    listed = (await api.get("/v1/customers", params={"limit": 100})).json()["data"]
+    assert [c["id"] for c in listed] == [created.json()["id"]]
+    # Another key is not held up by the one in flight.
+    other = await post(api, "/v1/customers", {"name": "Other"}, headers={"Idempotency-Key": "x"})
+    assert other.status_code == 200
