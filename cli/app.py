@@ -114,7 +114,7 @@ def dev_status(
 
 
 def _print_status(stack: Stack) -> bool:
-    table = Table("part", "health", "pid", "url")
+    table = Table("part", "health", "pid", "url", "detail")
     statuses = stack.status()
     for s in statuses:
         health = (
@@ -124,7 +124,7 @@ def _print_status(stack: Stack) -> bool:
             if s.running
             else "[red]stopped[/red]"
         )
-        table.add_row(s.name, health, str(s.pid or "-"), s.url)
+        table.add_row(s.name, health, str(s.pid or "-"), s.url, s.detail)
     console.print(table)
     console.print(f"Temporal Web UI: {stack.settings.temporal_ui_url}", highlight=False)
     return all(s.healthy for s in statuses)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from devstack import tryton
+from devstack import tryton, tryton_postgres
 from devstack.process import (
     PartFailed,
     http_ok,
@@ -49,6 +49,8 @@ class Part:
     after_healthy: Callable[[], None] | None = None
     start_timeout: float = START_TIMEOUT_S
     waiting_for: str = "healthy"
+    #: What else a reader of `status` needs to know (Tryton: which database backend).
+    detail: str = ""
 
 
 @dataclass
@@ -68,6 +70,7 @@ class PartStatus:
     url: str
     pid: int | None
     log: str
+    detail: str = ""
 
 
 def ensure_secrets(state_dir: Path) -> None:
@@ -151,12 +154,19 @@ class Stack:
         service = s.service_url
         child_env = {"Q2C_STATE_DIR": str(self.state_dir)}
 
+        tryton_uri = s.tryton_database_uri
+
         def tryton_prepare() -> None:
+            if tryton_postgres.is_postgresql(tryton_uri):
+                reason = tryton_postgres.unreachable(tryton_uri)
+                if reason is not None:
+                    raise PartFailed("tryton", self.logs / "tryton.log", reason)
             tryton.prepare(
                 tryton_dir,
                 port=s.tryton_port,
                 database=s.tryton_database,
                 admin_password=tryton_password,
+                database_uri=tryton_uri,
             )
 
         def tryton_bootstrap() -> None:
@@ -167,6 +177,7 @@ class Stack:
                     database=s.tryton_database,
                     admin_password=tryton_password,
                     legal_entities=s.legal_entities_file,
+                    database_uri=tryton_uri,
                 )
             )
 
@@ -211,6 +222,7 @@ class Stack:
                 after_healthy=tryton_bootstrap,
                 start_timeout=TRYTON_START_TIMEOUT_S,
                 waiting_for="healthy (the first start creates and bootstraps the database)",
+                detail=f"database {s.tryton_database} on {tryton.backend_label(tryton_uri)}",
             ),
             Part(
                 name="salesforce",
@@ -365,6 +377,7 @@ class Stack:
                     url=part.url,
                     pid=pid,
                     log=record.log if record else str(self.logs / f"{part.name}.log"),
+                    detail=part.detail,
                 )
             )
         return result

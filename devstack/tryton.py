@@ -4,6 +4,11 @@ The layout of a Tryton folder: `trytond.conf`, the SQLite database `<db>.sqlite`
 logs, and a marker file written once `bootstrap` succeeded. Everything here works on
 that folder, so the dev stack and the tests share one way of doing it (see
 `notes/tryton.md` for the facts it relies on).
+
+The database is SQLite in that folder unless a `database_uri` names PostgreSQL (Tryton's
+own `[database] uri`, e.g. `postgresql://postgres@127.0.0.1:5432/`): then the database
+of that name lives on that server, is created there when missing, and is set up the same
+way (`devstack/tryton_postgres.py`).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from connectors.tryton import trytond_q2c
 from connectors.tryton.catalog import Catalog
 from connectors.tryton.client import TrytonClient
 from connectors.tryton.mapping import LEGAL_ENTITY_PREFIX
+from devstack import tryton_postgres
 from settings import Settings
 from settings.rules import load_tax_rates as load_tax_rates_by_country
 
@@ -123,8 +129,26 @@ def database_path(folder: Path, database: str) -> Path:
     return folder / f"{database}.sqlite"
 
 
-def marker_path(folder: Path, database: str) -> Path:
+def marker_path(folder: Path, database: str, database_uri: str | None = None) -> Path:
+    """Per backend: a marker left by the SQLite database says nothing of a PostgreSQL one."""
+    if tryton_postgres.is_postgresql(database_uri):
+        return folder / f"{database}.postgresql.bootstrap.json"
     return folder / f"{database}.bootstrap.json"
+
+
+def backend_label(database_uri: str | None) -> str:
+    """Which database serves Tryton, for `q2c dev status` (no credentials)."""
+    if tryton_postgres.is_postgresql(database_uri):
+        return tryton_postgres.server_label(database_uri)
+    return "sqlite"
+
+
+def database_exists(folder: Path, database: str, database_uri: str | None = None) -> bool:
+    """The database exists with Tryton's schema in it (SQLite: a non-empty file)."""
+    if tryton_postgres.is_postgresql(database_uri):
+        return tryton_postgres.is_initialised(database_uri, database)
+    db = database_path(folder, database)
+    return db.exists() and db.stat().st_size > 0
 
 
 def tool_argv(tool: str) -> list[str]:
@@ -139,15 +163,21 @@ def tool_argv(tool: str) -> list[str]:
     return [sys.executable, "-m", "devstack.tryton", tool]
 
 
-def write_config(folder: Path, *, port: int, database: str) -> Path:
-    """Write `trytond.conf` for a server on 127.0.0.1:`port` keeping SQLite files in `folder`."""
+def write_config(
+    folder: Path, *, port: int, database: str, database_uri: str | None = None
+) -> Path:
+    """Write `trytond.conf` for a server on 127.0.0.1:`port`.
+
+    The database is SQLite in `folder` unless `database_uri` says otherwise; `folder`
+    keeps Tryton's file store (attachments) either way.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     path = config_path(folder)
     path.write_text(
         "\n".join(
             [
                 "[database]",
-                "uri = sqlite://",
+                f"uri = {database_uri or 'sqlite://'}",
                 f"path = {folder.resolve()}",
                 # Nobody needs to list the databases of a server that serves one.
                 "list = False",
@@ -174,12 +204,21 @@ def create_database(
     database: str,
     admin_password: str,
     admin_email: str = "admin@example.com",
+    database_uri: str | None = None,
 ) -> None:
-    """Create the schema and activate q2c's modules; the admin password goes through a file."""
+    """Create the schema and activate q2c's modules; the admin password goes through a file.
+
+    trytond-admin fills an existing database: the empty SQLite file, or the PostgreSQL
+    database, is made first (an empty one left by an interrupted run is reused).
+    """
     conf = config_path(folder)
     if not conf.exists():
         raise FileNotFoundError(f"{conf}: write_config first")
-    database_path(folder, database).touch()
+    if tryton_postgres.is_postgresql(database_uri):
+        if not tryton_postgres.database_exists(database_uri, database):
+            tryton_postgres.create_database(database_uri, database)
+    else:
+        database_path(folder, database).touch()
     log_path = folder / ADMIN_LOG_NAME
     with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".pass-", delete=False) as passfile:
         passfile.write(admin_password)
@@ -210,11 +249,16 @@ def _run(argv: list[str], *, env: dict[str, str], log_path: Path) -> None:
         raise RuntimeError(f"{tool} failed with code {done.returncode} (log: {log_path})")
 
 
-def missing_modules(folder: Path, database: str) -> list[str]:
+def missing_modules(folder: Path, database: str, database_uri: str | None = None) -> list[str]:
     """q2c's modules not activated in an existing database (one made by an older q2c)."""
-    with sqlite3.connect(database_path(folder, database)) as conn:
-        rows = conn.execute("SELECT name FROM ir_module WHERE state = 'activated'").fetchall()
-    conn.close()
+    query = "SELECT name FROM ir_module WHERE state = 'activated'"
+    if tryton_postgres.is_postgresql(database_uri):
+        with tryton_postgres.connect(database_uri, database) as pg:
+            rows = pg.execute(query).fetchall()
+    else:
+        with sqlite3.connect(database_path(folder, database)) as conn:
+            rows = conn.execute(query).fetchall()
+        conn.close()
     activated = {str(name) for (name,) in rows}
     return [m for m in MODULES if m not in activated]
 
@@ -258,7 +302,14 @@ def health_check(url: str, database: str) -> bool:
         return False
 
 
-def set_admin_password(folder: Path, database: str, password: str, *, login: str = "admin") -> None:
+def set_admin_password(
+    folder: Path,
+    database: str,
+    password: str,
+    *,
+    login: str = "admin",
+    database_uri: str | None = None,
+) -> None:
     """Give `login` a new password straight in the database; the server must be stopped.
 
     Lets a snapshot built with one password serve a run with another, so no password
@@ -268,14 +319,20 @@ def set_admin_password(folder: Path, database: str, password: str, *, login: str
     from pwdlib.hashers.argon2 import Argon2Hasher
 
     hashed = PasswordHash([Argon2Hasher()]).hash(password)
+    update = "UPDATE res_user SET password_hash = ? WHERE login = ?"
+    # Sessions of the old password must not outlive it.
+    forget_sessions = "DELETE FROM ir_session"
+    if tryton_postgres.is_postgresql(database_uri):
+        with tryton_postgres.connect(database_uri, database) as pg:
+            if pg.execute(update.replace("?", "%s"), (hashed, login)).rowcount != 1:
+                raise LookupError(f"no user {login!r} in {database}")
+            pg.execute(forget_sessions)
+        return
     with sqlite3.connect(database_path(folder, database)) as conn:
-        done = conn.execute(
-            "UPDATE res_user SET password_hash = ? WHERE login = ?", (hashed, login)
-        )
+        done = conn.execute(update, (hashed, login))
         if done.rowcount != 1:
             raise LookupError(f"no user {login!r} in {database}")
-        # Sessions of the old password must not outlive it.
-        conn.execute("DELETE FROM ir_session")
+        conn.execute(forget_sessions)
     conn.close()
 
 
@@ -422,16 +479,20 @@ class BootstrapResult:
         return cls(companies=companies, **data)
 
 
-def is_bootstrapped(folder: Path, database: str) -> bool:
-    return database_path(folder, database).exists() and marker_path(folder, database).exists()
+def is_bootstrapped(folder: Path, database: str, database_uri: str | None = None) -> bool:
+    return marker_path(folder, database, database_uri).exists() and database_exists(
+        folder, database, database_uri
+    )
 
 
-def read_bootstrap(folder: Path, database: str) -> BootstrapResult:
-    return BootstrapResult.from_json(marker_path(folder, database).read_text())
+def read_bootstrap(folder: Path, database: str, database_uri: str | None = None) -> BootstrapResult:
+    return BootstrapResult.from_json(marker_path(folder, database, database_uri).read_text())
 
 
-def mark_bootstrapped(folder: Path, database: str, result: BootstrapResult) -> None:
-    marker_path(folder, database).write_text(result.to_json())
+def mark_bootstrapped(
+    folder: Path, database: str, result: BootstrapResult, database_uri: str | None = None
+) -> None:
+    marker_path(folder, database, database_uri).write_text(result.to_json())
 
 
 async def bootstrap(
@@ -1082,20 +1143,28 @@ def list_price(usd_price: Decimal, currency: str) -> Decimal:
 # -- the dev stack's entry points -------------------------------------------------------------
 
 
-def prepare(folder: Path, *, port: int, database: str, admin_password: str) -> Path:
+def prepare(
+    folder: Path,
+    *,
+    port: int,
+    database: str,
+    admin_password: str,
+    database_uri: str | None = None,
+) -> Path:
     """Write the config and create the database when absent; returns the config path.
 
     A database made by an older q2c gets the modules it lacks (q2c's own among them).
     Start the server with `server_argv`, wait for `health_check`, then `await bootstrap`
     and `mark_bootstrapped` unless `is_bootstrapped` already says so.
     """
-    conf = write_config(folder, port=port, database=database)
-    db = database_path(folder, database)
-    if not db.exists() or db.stat().st_size == 0:
-        marker_path(folder, database).unlink(missing_ok=True)
-        create_database(folder, database=database, admin_password=admin_password)
+    conf = write_config(folder, port=port, database=database, database_uri=database_uri)
+    if not database_exists(folder, database, database_uri):
+        marker_path(folder, database, database_uri).unlink(missing_ok=True)
+        create_database(
+            folder, database=database, admin_password=admin_password, database_uri=database_uri
+        )
     else:
-        missing = missing_modules(folder, database)
+        missing = missing_modules(folder, database, database_uri)
         if missing:
             activate_modules(folder, database, missing)
     return conf
@@ -1109,15 +1178,16 @@ async def ensure_bootstrapped(
     admin_password: str,
     legal_entities: Path = DEFAULT_LEGAL_ENTITIES,
     tax_rates: Path = DEFAULT_TAX_RATES,
+    database_uri: str | None = None,
 ) -> BootstrapResult:
     """Bootstrap a running server once; later calls read the marker.
 
     A marker of an older shape, or one made from other settings files, runs the
     bootstrap again: it reuses what exists and adds what is missing.
     """
-    if is_bootstrapped(folder, database):
+    if is_bootstrapped(folder, database, database_uri):
         try:
-            known = read_bootstrap(folder, database)
+            known = read_bootstrap(folder, database, database_uri)
         except (KeyError, TypeError, ValueError):
             known = None
         if known is not None and known.inputs_sha256 == inputs_digest(legal_entities, tax_rates):
@@ -1125,7 +1195,7 @@ async def ensure_bootstrapped(
     result = await bootstrap(
         url, database, admin_password, legal_entities=legal_entities, tax_rates=tax_rates
     )
-    mark_bootstrapped(folder, database, result)
+    mark_bootstrapped(folder, database, result, database_uri)
     return result
 
 

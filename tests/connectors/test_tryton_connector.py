@@ -26,7 +26,7 @@ from canonical import (
 )
 from connectors.errors import AuthFailed, ValidationFailed
 from connectors.tryton import TrytonClient, TrytonErp, TrytonPsa
-from tests.fixtures.tryton import TrytonServer
+from tests.fixtures.tryton import TrytonServer, on_each_backend
 
 NORTHWIND = LegalEntity(
     code="NW-US",
@@ -38,8 +38,8 @@ NORTHWIND = LegalEntity(
 
 
 @pytest.fixture
-async def client(tryton: TrytonServer) -> AsyncIterator[TrytonClient]:
-    c = await tryton.logged_in_client()
+async def client(tryton_server: TrytonServer) -> AsyncIterator[TrytonClient]:
+    c = await tryton_server.logged_in_client()
     try:
         yield c
     finally:
@@ -115,6 +115,7 @@ def _entries(project_id: int, tasks: dict[str, int], day: date) -> list[TimeEntr
     ]
 
 
+@on_each_backend
 async def test_customer_project_time_and_posted_invoice_land_in_tryton(
     client: TrytonClient,
 ) -> None:
@@ -208,6 +209,7 @@ async def test_customer_project_time_and_posted_invoice_land_in_tryton(
     ]
 
 
+@on_each_backend
 async def test_upsert_with_the_same_reference_updates_the_one_party(client: TrytonClient) -> None:
     erp = TrytonErp(client)
     ref = _ref()
@@ -253,6 +255,7 @@ async def test_upsert_with_the_same_reference_updates_the_one_party(client: Tryt
     assert (active["city"], active["invoice"]) == ("London", True)
 
 
+@on_each_backend
 async def test_create_project_twice_with_the_same_key_makes_one_project(
     client: TrytonClient,
 ) -> None:
@@ -273,6 +276,7 @@ async def test_create_project_twice_with_the_same_key_makes_one_project(
     assert sorted(tasks) == sorted(first.task_ids.values())
 
 
+@on_each_backend
 async def test_retried_timesheet_booking_does_not_double_book(client: TrytonClient) -> None:
     erp, psa = TrytonErp(client), TrytonPsa(client)
     ref = _ref()
@@ -293,6 +297,7 @@ async def test_retried_timesheet_booking_does_not_double_book(client: TrytonClie
     assert sum(e.hours for e in booked) == Decimal("9.5")
 
 
+@on_each_backend
 async def test_invoicing_twice_with_the_same_key_makes_one_invoice(client: TrytonClient) -> None:
     erp, psa = TrytonErp(client), TrytonPsa(client)
     ref = _ref()
@@ -378,8 +383,9 @@ async def test_employees_are_listed(client: TrytonClient, tryton: TrytonServer) 
     assert {e.company_id for e in uk} == {tryton.bootstrap.company_ids["NW-UK"]}
 
 
-async def test_bootstrap_again_reuses_everything(tryton: TrytonServer) -> None:
+@on_each_backend
+async def test_bootstrap_again_reuses_everything(tryton_server: TrytonServer) -> None:
     from devstack.tryton import bootstrap
 
-    again = await bootstrap(tryton.url, tryton.database, tryton.password)
-    assert again == tryton.bootstrap
+    again = await bootstrap(tryton_server.url, tryton_server.database, tryton_server.password)
+    assert again == tryton_server.bootstrap

@@ -102,3 +102,23 @@ def test_a_database_made_before_q2c_module_gets_it_when_prepared(
     devtryton.prepare(folder, port=18125, database=DATABASE, admin_password="unused")
     assert devtryton.missing_modules(folder, DATABASE) == []
     assert "-u q2c" in (folder / devtryton.ADMIN_LOG_NAME).read_text()
+
+
+def test_an_existing_postgresql_database_is_reused_and_its_marker_is_its_own(
+    tryton_postgres: TrytonServer, tmp_path: Path
+) -> None:
+    uri, database = tryton_postgres.database_uri, tryton_postgres.database
+    folder = tmp_path / "tryton"
+    conf = devtryton.prepare(
+        folder, port=18126, database=database, admin_password="unused", database_uri=uri
+    )
+    assert f"uri = {uri}" in conf.read_text()
+    assert not (folder / devtryton.ADMIN_LOG_NAME).exists()
+    assert devtryton.database_exists(folder, database, uri)
+    assert not devtryton.database_path(folder, database).exists()
+    # What the SQLite database's marker says is no proof the PostgreSQL one is set up.
+    devtryton.mark_bootstrapped(folder, database, tryton_postgres.bootstrap)
+    assert not devtryton.is_bootstrapped(folder, database, uri)
+    devtryton.mark_bootstrapped(folder, database, tryton_postgres.bootstrap, uri)
+    assert devtryton.is_bootstrapped(folder, database, uri)
+    assert devtryton.read_bootstrap(folder, database, uri) == tryton_postgres.bootstrap

@@ -29,7 +29,7 @@ from canonical import (
 from connectors.errors import ValidationFailed
 from connectors.tryton import Catalog, ErpInvoice, TrytonClient, TrytonErp, TrytonPsa
 from devstack import tryton as devtryton
-from tests.fixtures.tryton import TrytonServer
+from tests.fixtures.tryton import TrytonServer, on_each_backend
 
 UK = devtryton.load_legal_entities()["NW-UK"]
 ALAN, KAREN = "Alan Turing", "Karen Sparck Jones"
@@ -39,8 +39,8 @@ END = date.today()
 
 
 @pytest.fixture
-async def client(tryton: TrytonServer) -> AsyncIterator[TrytonClient]:
-    c = await tryton.logged_in_client()
+async def client(tryton_server: TrytonServer) -> AsyncIterator[TrytonClient]:
+    c = await tryton_server.logged_in_client()
     try:
         yield c
     finally:
@@ -149,6 +149,7 @@ async def _create(uk: UkProject, invoice: Invoice, key: str | None = None) -> Er
 # -- pulling unbilled time -----------------------------------------------------------------------
 
 
+@on_each_backend
 async def test_unbilled_time_comes_page_by_page_with_roles_and_exact_hours(
     uk: UkProject,
 ) -> None:
@@ -231,8 +232,9 @@ async def test_time_booked_by_hand_that_q2c_cannot_bill_is_named(
 # -- the ERP invoice -----------------------------------------------------------------------------
 
 
+@on_each_backend
 async def test_q2c_invoice_posts_in_the_entity_with_q2c_total_and_billing_number(
-    uk: UkProject, client: TrytonClient, tryton: TrytonServer
+    uk: UkProject, client: TrytonClient, tryton_server: TrytonServer
 ) -> None:
     invoice = _invoice(
         _line("Discovery: Senior Consultant, 12.25 h", "12.25", "157.50"),
@@ -278,7 +280,7 @@ async def test_q2c_invoice_posts_in_the_entity_with_q2c_total_and_billing_number
     (row,) = await client.read(
         "account.invoice", [created.id], ["company", "currency.code", "party", "payment_term.name"]
     )
-    assert row["company"] == tryton.bootstrap.company_ids["NW-UK"]
+    assert row["company"] == tryton_server.bootstrap.company_ids["NW-UK"]
     assert (row["currency."]["code"], row["party"]) == ("GBP", uk.party_id)
     assert row["payment_term."]["name"] == "Net 30"
 
@@ -365,6 +367,7 @@ def _links(booked: dict[str, int], erp: ErpInvoice) -> dict[int, int]:
     return {booked["te-1"]: discovery, booked["te-2"]: discovery, booked["te-3"]: build}
 
 
+@on_each_backend
 async def test_marked_time_leaves_the_unbilled_and_tryton_will_not_bill_it_again(
     uk: UkProject, client: TrytonClient
 ) -> None:
@@ -438,6 +441,7 @@ async def test_time_cannot_be_billed_on_another_entity_invoice(uk: UkProject) ->
 # -- payments ------------------------------------------------------------------------------------
 
 
+@on_each_backend
 async def test_payments_settle_the_invoice_once_per_key(
     uk: UkProject, client: TrytonClient
 ) -> None:

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from devstack import tryton as devtryton
+from devstack import tryton_postgres as pgtryton
 from devstack.process import pid_alive
-from tests.fixtures.ports import free_port
+from tests.fixtures.ports import free_port, require_or_skip
+from tests.fixtures.tryton import PG_URI, cached_template
 
 Q2C = str(Path(sys.executable).parent / "q2c")
 UP_TIMEOUT_S = 420
@@ -41,8 +46,8 @@ def _processes_mentioning(text: str) -> list[str]:
     return found
 
 
-@pytest.fixture(scope="module")
-def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def _fresh_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A fresh state folder and free ports for every part."""
     state = tmp_path_factory.mktemp("stack") / ".q2c"
     env = {k: v for k, v in os.environ.items() if not k.startswith("Q2C_")}
     env.update(
@@ -55,10 +60,46 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         Q2C_SERVICE_PORT=str(free_port()),
         Q2C_TASK_QUEUE="q2c-stack-test",
     )
+    return env
+
+
+@pytest.fixture(scope="module")
+def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    env = _fresh_env(tmp_path_factory)
     try:
         yield env
     finally:
         q2c(env, "dev", "down")
+
+
+@pytest.fixture
+def postgres_stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A stack whose Tryton keeps a throw-away database on the test PostgreSQL server.
+
+    The database starts as a copy of the tests' set-up template (building one from nothing
+    takes minutes on PostgreSQL; `tryton_postgres` builds the template once, with the same
+    `devtryton.prepare`), with the stack's admin password, and without the stack's
+    bootstrap marker: `up` must bootstrap it, then reuse it.
+    """
+    reason = pgtryton.unreachable(PG_URI)
+    if reason is not None:
+        require_or_skip(reason)
+    env = _fresh_env(tmp_path_factory)
+    database = f"q2c_stack_{uuid.uuid4().hex[:12]}"
+    password = secrets.token_urlsafe(18)
+    env.update(
+        Q2C_TRYTON_DATABASE_URI=PG_URI, Q2C_TRYTON_DATABASE=database, Q2C_TRYTON_PASSWORD=password
+    )
+    template, _ = cached_template(PG_URI)
+    pgtryton.create_database(PG_URI, database, template=template)
+    try:
+        devtryton.set_admin_password(
+            Path(env["Q2C_STATE_DIR"]), database, password, database_uri=PG_URI
+        )
+        yield env
+    finally:
+        q2c(env, "dev", "down")
+        pgtryton.drop_database(PG_URI, database)
 
 
 def test_up_status_down(stack_env: dict[str, str]) -> None:
@@ -121,3 +162,62 @@ def test_a_part_that_cannot_start_is_named_with_its_log(stack_env: dict[str, str
     assert "Traceback" not in up.stderr
     q2c(env, "dev", "down")
     assert _processes_mentioning(env["Q2C_STATE_DIR"]) == []
+
+
+def test_tryton_on_postgresql_is_created_bootstrapped_and_reused(
+    postgres_stack_env: dict[str, str],
+) -> None:
+    env = postgres_stack_env
+    state = Path(env["Q2C_STATE_DIR"])
+    database = env["Q2C_TRYTON_DATABASE"]
+    marker = devtryton.marker_path(state / "tryton", database, PG_URI)
+    assert not marker.exists()
+
+    up = q2c(env, "dev", "up", timeout=UP_TIMEOUT_S)
+    assert up.returncode == 0, up.stdout + up.stderr
+    status = q2c(env, "dev", "status", "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    tryton = next(p for p in json.loads(status.stdout)["parts"] if p["name"] == "tryton")
+    assert tryton["healthy"] and tryton["pid"]
+    assert tryton["detail"] == f"database {database} on postgresql://127.0.0.1:5432"
+    assert "postgresql://127.0.0.1:5432" in q2c(env, "dev", "status").stdout
+
+    # The database on PostgreSQL is set up as on SQLite: a company per legal entity, with
+    # its chart, fiscal years and the service products; no SQLite file.
+    entities = devtryton.load_legal_entities()
+    with pgtryton.connect(PG_URI, database) as conn:
+        companies = conn.execute("SELECT count(*) FROM company_company").fetchone()
+        charts = conn.execute(
+            "SELECT count(DISTINCT company) FROM account_account WHERE parent IS NULL"
+        ).fetchone()
+        years = conn.execute("SELECT count(*) FROM account_fiscalyear").fetchone()
+        products = conn.execute(
+            "SELECT count(*) FROM product_template WHERE type = 'service'"
+        ).fetchone()
+        q2c_module = conn.execute(
+            "SELECT state FROM ir_module WHERE name = %s", (devtryton.Q2C_MODULE,)
+        ).fetchone()
+    assert companies == (len(entities),) and charts == (len(entities),)
+    assert years == (2 * len(entities),)
+    assert products == (len(devtryton.SERVICE_PRODUCTS),)
+    assert q2c_module == ("activated",)
+    assert not devtryton.database_path(state / "tryton", database).exists()
+    assert marker.exists()
+
+    down = q2c(env, "dev", "down")
+    assert down.returncode == 0, down.stderr
+    assert not pid_alive(tryton["pid"])
+    assert _processes_mentioning(str(state)) == []
+
+    # The next `up` reuses the database: nothing is created, activated or set up again.
+    admin_log = state / "tryton" / devtryton.ADMIN_LOG_NAME
+    admin_runs = admin_log.read_text().count("$ ") if admin_log.exists() else 0
+    bootstrapped_at = marker.stat().st_mtime_ns
+    again = q2c(env, "dev", "up", timeout=UP_TIMEOUT_S)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (admin_log.read_text().count("$ ") if admin_log.exists() else 0) == admin_runs
+    assert marker.stat().st_mtime_ns == bootstrapped_at
+    with pgtryton.connect(PG_URI, database) as conn:
+        assert conn.execute("SELECT count(*) FROM company_company").fetchone() == companies
+    assert q2c(env, "dev", "down").returncode == 0
+    assert _processes_mentioning(str(state)) == []
