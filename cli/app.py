@@ -151,20 +151,14 @@ def run_service() -> None:
 @store_app.command("migrate")
 @friendly_errors
 def store_migrate() -> None:
-    """Bring the store's schema to the newest revision."""
+    """Bring the store's schema to the newest revision: once per deployment and release,
+    before its workers and service start (they refuse an old schema). Safe to run twice,
+    and from two places at once."""
     from settings import load_settings
-    from store import Store
+    from store.migrate import migrate_store
 
     settings = load_settings()
-
-    async def migrate() -> None:
-        store = Store.from_url(settings.store_url)
-        try:
-            await store.migrate()
-        finally:
-            await store.close()
-
-    asyncio.run(migrate())
+    asyncio.run(migrate_store(settings.store_url))
     console.print(f"store migrated: {settings.store_url.split('@')[-1]}", highlight=False)
 
 
