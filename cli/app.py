@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
+import os
+import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -17,6 +21,7 @@ from rich.table import Table
 from connectors.errors import ConnectorError
 from devstack.process import PartFailed
 from devstack.stack import Stack, load_stack
+from store import StoreNotMigrated
 
 app = typer.Typer(
     name="q2c",
@@ -54,7 +59,7 @@ def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
-        except (CliError, PartFailed, ConnectorError) as exc:
+        except (CliError, PartFailed, ConnectorError, StoreNotMigrated) as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
@@ -132,11 +137,27 @@ def _print_status(stack: Stack) -> bool:
 
 @app.command("worker")
 @friendly_errors
-def run_worker() -> None:
+def run_worker(
+    queues: Annotated[
+        str | None,
+        typer.Option(
+            "--queues",
+            metavar="QUEUE,...",
+            help="Serve only these task queues (comma-separated), e.g. q2c,q2c-tryton. "
+            "Default: the workflows' queue and every system's.",
+        ),
+    ] = None,
+) -> None:
     """Run a worker in the foreground (Ctrl-C drains and stops it)."""
     import worker
+    from cli.common import settings, usage_error
 
-    worker.main()
+    chosen = None if queues is None else queues.split(",")
+    try:
+        worker.select_queues(settings(), chosen)
+    except worker.UnknownQueue as exc:
+        usage_error("--queues", str(exc))
+    worker.main(chosen)
 
 
 @app.command("service")
@@ -151,20 +172,14 @@ def run_service() -> None:
 @store_app.command("migrate")
 @friendly_errors
 def store_migrate() -> None:
-    """Bring the store's schema to the newest revision."""
+    """Bring the store's schema to the newest revision: once per deployment and release,
+    before its workers and service start (they refuse an old schema). Safe to run twice,
+    and from two places at once."""
     from settings import load_settings
-    from store import Store
+    from store.migrate import migrate_store
 
     settings = load_settings()
-
-    async def migrate() -> None:
-        store = Store.from_url(settings.store_url)
-        try:
-            await store.migrate()
-        finally:
-            await store.close()
-
-    asyncio.run(migrate())
+    asyncio.run(migrate_store(settings.store_url))
     console.print(f"store migrated: {settings.store_url.split('@')[-1]}", highlight=False)
 
 
@@ -183,8 +198,36 @@ def run_demo(state_dir: StateDir = None) -> None:
     )
 
 
-def main() -> None:
-    app()
+def main() -> NoReturn:
+    """The console script `q2c`: run the command, flush, and leave through `os._exit`.
+
+    A thread of Temporal's Rust runtime can still touch the GIL while the interpreter
+    finalizes (temporalio sdk-python #300) and abort a command that has done its work
+    (exit 134, "PyGILState_Release"). Leaving without finalizing avoids it; everything the
+    command wrote is flushed first. Only here: a test runner invokes `app`, never `main`.
+    """
+    try:
+        app()  # standalone mode: always ends in SystemExit carrying the exit code
+        code = 0
+    except SystemExit as exc:
+        code = exit_code(exc.code)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing to flush into
+            stream.flush()
+    os._exit(code)
+
+
+def exit_code(code: str | int | None) -> int:
+    """What the interpreter would make of `SystemExit(code)`; a message goes to stderr."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
 
 
 # Register their commands on `app` (imported last: they import `app`, `CliError` and

@@ -32,6 +32,7 @@ from temporalio.client import (
     WorkflowQueryFailedError,
     WorkflowQueryRejectedError,
     WorkflowUpdateFailedError,
+    WorkflowUpdateStage,
 )
 from temporalio.common import TypedSearchAttributes
 from temporalio.exceptions import FailureError, TemporalError
@@ -39,7 +40,13 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from cli.app import CliError, err
 from settings import Settings, load_settings
-from workflows.approvals import ApprovalDecision, Decision
+from workflows.approvals import (
+    OPERATOR,
+    ApprovalDecision,
+    Decision,
+    OperatorAction,
+    OperatorDecision,
+)
 from workflows.client import connect as connect_client
 from workflows.starters import StartedRun
 
@@ -49,8 +56,10 @@ CONNECT_TIMEOUT_S = 5.0
 RPC_TIMEOUT_S = 10.0
 #: A query needs a worker; a closed run with none would otherwise hang the command.
 QUERY_TIMEOUT_S = 5.0
-#: An update needs a worker to validate and record the decision.
+#: An update needs a worker to accept (validate) it or refuse it.
 UPDATE_TIMEOUT_S = 15.0
+#: After the run accepted an update, how long the command waits for its result.
+UPDATE_RESULT_WAIT_S = 15.0
 
 T = TypeVar("T")
 A = TypeVar("A", bound=BaseModel)
@@ -65,6 +74,14 @@ Approver = Annotated[
     ),
 ]
 Reason = Annotated[str, typer.Option("--reason", help="Why: kept with the decision.")]
+Operator = Annotated[
+    str,
+    typer.Option(
+        "--operator",
+        envvar="Q2C_OPERATOR",
+        help="Who decides (your e-mail address): kept with the decision.",
+    ),
+]
 
 
 # --------------------------------------------------------------------------- calling
@@ -99,6 +116,14 @@ async def connect(settings: Settings) -> Client:
         raise CliError(f"cannot reach Temporal at {target}: {_transport_reason(exc)}") from None
 
 
+@dataclass(frozen=True)
+class StillProcessing:
+    """The run accepted the request (its validator said yes) and had not finished it when
+    the CLI stopped waiting. It will finish on its own: sending it again is not needed."""
+
+    update_id: str
+
+
 async def execute_update(
     client: Client,
     wid: str,
@@ -108,21 +133,27 @@ async def execute_update(
     result_type: type[T],
     timeout_s: float,
     consequence: str,
-) -> T:
+) -> T | StillProcessing:
     """An update whose refusal by the run (its validator, its handler) is the user's answer.
 
+    Two waits: up to `timeout_s` for the run to accept or refuse the request (that needs a
+    worker), then up to `UPDATE_RESULT_WAIT_S` for its result. A request accepted but not
+    finished by then is `StillProcessing`, not an error: the run has it and carries on.
     `consequence` finishes the sentence for a closed run: "the run is completed; <...>".
     """
     handle = client.get_workflow_handle(wid)
     try:
-        answer: T = await handle.execute_update(
-            name, arg, result_type=result_type, rpc_timeout=timedelta(seconds=timeout_s)
+        update = await asyncio.wait_for(
+            handle.start_update(
+                name,
+                arg,
+                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                result_type=result_type,
+                rpc_timeout=timedelta(seconds=timeout_s),
+            ),
+            timeout_s,
         )
-    except WorkflowUpdateFailedError as exc:
-        cause = exc.cause
-        reason = cause.message if isinstance(cause, FailureError) else str(cause)
-        raise CliError(f"{wid}: {reason}") from None
-    except RPCTimeoutOrCancelledError:
+    except (TimeoutError, RPCTimeoutOrCancelledError):
         raise CliError(
             f"{wid}: no worker answered within {timeout_s:g}s; is `q2c worker` running?"
         ) from None
@@ -130,7 +161,28 @@ async def execute_update(
         if exc.status == RPCStatusCode.NOT_FOUND:
             await closed_or_missing(handle, consequence)
         raise
+    wait = timedelta(seconds=UPDATE_RESULT_WAIT_S)
+    try:
+        # A refusal by the validator is already known here: no wait, no round trip.
+        answer: T = await asyncio.wait_for(update.result(rpc_timeout=wait), UPDATE_RESULT_WAIT_S)
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        reason = cause.message if isinstance(cause, FailureError) else str(cause)
+        raise CliError(f"{wid}: {reason}") from None
+    except (TimeoutError, RPCTimeoutOrCancelledError):
+        return StillProcessing(update.id)
     return answer
+
+
+def print_still_processing(wid: str, what: str, check: str, link: str) -> None:
+    """The run has the request: say so, and how to follow it, instead of inviting a retry."""
+    typer.echo(f"accepted: {wid}")
+    typer.echo(
+        f"The run accepted the {what} and is still processing it; it finishes on its own,"
+        " so there is no need to send it again."
+    )
+    typer.echo(f"Check on it: {check} {wid}")
+    typer.echo(f"Web UI: {link}")
 
 
 @dataclass(frozen=True)
@@ -367,29 +419,69 @@ def send_decision(
     *,
     update: str,
     ack_type: type[_Acknowledged],
+    check: str,
 ) -> None:
-    """Finance's decision as the run's update: it answers at once, or says why it refuses."""
+    """Finance's decision as the run's update: it answers at once, or says why it refuses.
+
+    `check` is the command that shows the run (`q2c status`), for a decision the run
+    accepted but had not finished processing when the command stopped waiting.
+    """
+    request = _request(ApprovalDecision, decision=decision, approver=approver, reason=reason)
+    config = settings()
+    # The run's validator refuses it when the approver is not listed or nothing waits.
+    ack = _send(config, wid, update, request, ack_type)
+    if isinstance(ack, StillProcessing):
+        print_still_processing(wid, f"{decision.value} decision", check, config.run_link(wid))
+    else:
+        print_decided(DECIDED[decision], wid, ack.approver, reason, config.run_link(wid))
+
+
+DECIDED = {Decision.APPROVE: "approved", Decision.REJECT: "rejected"}
+
+
+def send_operator_decision(
+    wid: str, action: OperatorAction, operator: str, reason: str, *, check: str
+) -> None:
+    """A person's way out of a run that waited out a system's outage: retry or compensate,
+    by the run's `operator` update, whose validator refuses it when nothing waits."""
+    request = _request(OperatorDecision, action=action, operator=operator, reason=reason)
+    config = settings()
+    # The answer's shape is the run's business; that the run took the decision is ours.
+    ack = _send(config, wid, OPERATOR, request, object)
+    if isinstance(ack, StillProcessing):
+        print_still_processing(wid, f"{action.value} decision", check, config.run_link(wid))
+    else:
+        print_decided(OPERATED[action], wid, request.operator, reason, config.run_link(wid))
+
+
+OPERATED = {OperatorAction.RETRY: "retrying", OperatorAction.COMPENSATE: "compensating"}
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _request(model: type[M], **fields: Any) -> M:
+    """The update's argument, refused before Temporal sees it when an option is bad."""
+    people = ("approver", "operator")
     try:
-        request = ApprovalDecision(decision=decision, approver=approver.strip(), reason=reason)
+        return model(**{k: v.strip() if k in people else v for k, v in fields.items()})
     except ValidationError as exc:
         field, problem = first_problem(exc)
         raise CliError(f"--{field}: {problem}") from None
-    config = settings()
 
-    async def send(client: Client) -> _Acknowledged:
-        # The run's validator refuses it when the approver is not listed or nothing waits.
+
+def _send(
+    config: Settings, wid: str, update: str, request: BaseModel, result_type: type[T]
+) -> T | StillProcessing:
+    async def send(client: Client) -> T | StillProcessing:
         return await execute_update(
             client,
             wid,
             update,
             request,
-            result_type=ack_type,
+            result_type=result_type,
             timeout_s=UPDATE_TIMEOUT_S,
             consequence="it takes no more decisions",
         )
 
-    ack = run(config, send, wid)
-    print_decided(DECIDED[decision], wid, ack.approver, reason, config.run_link(wid))
-
-
-DECIDED = {Decision.APPROVE: "approved", Decision.REJECT: "rejected"}
+    return run(config, send, wid)

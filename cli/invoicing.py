@@ -49,6 +49,7 @@ from cli.common import (
     JsonFlag,
     Reason,
     RunView,
+    StillProcessing,
     bullets,
     console,
     describe_and_query,
@@ -56,6 +57,7 @@ from cli.common import (
     first_problem,
     print_decided,
     print_started,
+    print_still_processing,
     query_or_note,
     rpc_timeout,
     run,
@@ -196,7 +198,7 @@ def invoice_adjust(
         raise CliError(f"--{field}: {problem}") from None
     config = settings()
 
-    async def send(client: Client) -> tuple[DecisionAck, InvoiceStatus | None]:
+    async def send(client: Client) -> tuple[DecisionAck | StillProcessing, InvoiceStatus | None]:
         ack = await execute_update(
             client,
             wid,
@@ -206,6 +208,8 @@ def invoice_adjust(
             timeout_s=UPDATE_TIMEOUT_S,
             consequence="its draft can no longer change",
         )
+        if isinstance(ack, StillProcessing):
+            return ack, None
         # The acknowledgement carries the total, the draft its currency.
         status, _ = await query_or_note(
             client.get_workflow_handle(wid),
@@ -216,6 +220,9 @@ def invoice_adjust(
         return ack, status
 
     ack, status = run(config, send, wid)
+    if isinstance(ack, StillProcessing):
+        print_still_processing(wid, "adjustment", "q2c invoice show", config.run_link(wid))
+        return
     currency = status.draft.currency if status and status.draft else None
     unit = f" {currency}" if currency else ""
     details = [
@@ -297,7 +304,13 @@ def schedules(
 
 def _decide(wid: str, decision: Decision, approver: str, reason: str) -> None:
     send_decision(
-        _checked_wid(wid), decision, approver, reason, update=DECIDE, ack_type=DecisionAck
+        _checked_wid(wid),
+        decision,
+        approver,
+        reason,
+        update=DECIDE,
+        ack_type=DecisionAck,
+        check="q2c invoice show",
     )
 
 

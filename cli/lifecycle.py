@@ -1,4 +1,5 @@
-"""A person's handle on lifecycle runs: start, approve, reject, signal, status, list.
+"""A person's handle on lifecycle runs: start, approve, reject, retry, compensate, signal,
+status, list.
 
 Each command is a thin call on Temporal: the run holds the state and the rules (who may
 approve, what a correction does), the CLI only asks and prints. Every failure, a refusal by
@@ -27,6 +28,7 @@ from cli.common import (
     Approver,
     Fields,
     JsonFlag,
+    Operator,
     Reason,
     RunView,
     bullets,
@@ -38,6 +40,7 @@ from cli.common import (
     run,
     run_status,
     send_decision,
+    send_operator_decision,
     settings,
     usage_error,
     user,
@@ -46,6 +49,7 @@ from cli.common import (
 from connectors.errors import ValidationFailed
 from connectors.salesforce import check_id
 from workflows import search_attributes as attrs
+from workflows.approvals import OperatorAction
 from workflows.opportunity_to_project import (
     DATA_CORRECTED,
     DECIDE,
@@ -139,6 +143,20 @@ def approve(wid: WorkflowId, approver: Approver, reason: Reason) -> None:
 def reject(wid: WorkflowId, approver: Approver, reason: Reason) -> None:
     """Reject a deal waiting for finance: nothing is created, the CRM is told why."""
     _decide(wid, Decision.REJECT, approver, reason)
+
+
+@app.command("retry")
+@friendly_errors
+def retry(wid: WorkflowId, operator: Operator, reason: Reason) -> None:
+    """A run waiting for a person after a system's outage: try the step again."""
+    _operate(wid, OperatorAction.RETRY, operator, reason)
+
+
+@app.command("compensate")
+@friendly_errors
+def compensate(wid: WorkflowId, operator: Operator, reason: Reason) -> None:
+    """A run waiting for a person after a system's outage: give up, undo what it created."""
+    _operate(wid, OperatorAction.COMPENSATE, operator, reason)
 
 
 @signal_app.command("data-corrected")
@@ -245,7 +263,16 @@ def list_runs(
 
 
 def _decide(wid: str, decision: Decision, approver: str, reason: str) -> None:
-    send_decision(wid, decision, approver, reason, update=DECIDE, ack_type=ApprovalAck)
+    send_decision(
+        wid, decision, approver, reason, update=DECIDE, ack_type=ApprovalAck, check="q2c status"
+    )
+
+
+def _operate(wid: str, action: OperatorAction, operator: str, reason: str) -> None:
+    wid = wid.strip()
+    invoice_run = wid.startswith(f"{INVOICE_LIFECYCLE}:")
+    check = "q2c invoice show" if invoice_run else "q2c status"
+    send_operator_decision(wid, action, operator, reason, check=check)
 
 
 def _checked_opportunity_id(crm: Crm, value: str) -> str:

@@ -169,6 +169,12 @@ class Stack:
                 database_uri=tryton_uri,
             )
 
+        def store_migrate() -> None:
+            # Once, before the service and the worker, which refuse an unmigrated store.
+            from store.migrate import migrate_store
+
+            asyncio.run(migrate_store(s.store_url))
+
         def tryton_bootstrap() -> None:
             asyncio.run(
                 tryton.ensure_bootstrapped(
@@ -271,6 +277,7 @@ class Stack:
                 url=f"{service}/health",
                 argv=[python, "-m", "service"],
                 env=child_env,
+                before_start=store_migrate,
                 healthy=lambda: _service_healthy(f"{service}/health"),
             ),
             Part(

@@ -16,6 +16,7 @@ from service.psa_events import milestone_completed
 from service.state import ServiceState
 from service.webhooks import salesforce_webhook
 from settings import Settings
+from store import StoreNotMigrated
 
 log = logging.getLogger("q2c.service")
 
@@ -45,7 +46,13 @@ def create_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await state.store.migrate()
+        # Replicas never migrate (`q2c store migrate` does, once); they refuse an old schema.
+        try:
+            await state.store.require_migrated()
+        except StoreNotMigrated as exc:
+            log.error("not starting: %s", exc)
+            await state.store.close()
+            raise
         try:
             await state.temporal()
         except Exception as exc:

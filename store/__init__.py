@@ -1,7 +1,7 @@
 """q2c's own database: cross-reference ids, the audit trail, exceptions."""
 
 from store.models import AuditEntry, CrossReference, ExceptionRecord, InboundEvent, InvoiceDraft
-from store.repository import CrossReferenceConflict, Store, create_engine
+from store.repository import CrossReferenceConflict, Store, StoreNotMigrated, create_engine
 
 __all__ = [
     "AuditEntry",
@@ -11,5 +11,6 @@ __all__ = [
     "InboundEvent",
     "InvoiceDraft",
     "Store",
+    "StoreNotMigrated",
     "create_engine",
 ]

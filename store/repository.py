@@ -29,6 +29,10 @@ async def _nothing() -> None:
     return None
 
 
+class StoreNotMigrated(RuntimeError):
+    """The store's schema is missing or older than this code's: `q2c store migrate`."""
+
+
 class CrossReferenceConflict(ValueError):
     """A canonical record is already linked to another id in that system (or vice versa)."""
 
@@ -63,10 +67,16 @@ class Store:
         return cls(create_engine(url))
 
     async def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision."""
+        """Bring the schema to the newest Alembic revision (`q2c store migrate`)."""
         from store.migrate import upgrade
 
         await upgrade(self.engine)
+
+    async def require_migrated(self) -> None:
+        """Refuse to run on a schema `q2c store migrate` has not brought up to date."""
+        from store.migrate import require_current
+
+        await require_current(self.engine)
 
     async def close(self) -> None:
         await self.engine.dispose()

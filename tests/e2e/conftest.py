@@ -3,7 +3,8 @@
 e2e_settings   settings pointing q2c at the session's Temporal, Tryton and stand-ins,
                with its own store and task queue
 e2e_store      that store, migrated
-e2e_worker     a worker for the session, built by `worker.py` exactly as in production
+e2e_worker     the session's workers, one per task queue (the workflows' and each system's),
+               built by `worker.py` exactly as in production
 crm            a Salesforce client on the stand-in, for seeding deals
 downstream     read-only views on what Tryton and Stripe hold
 """
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +35,7 @@ from store import Store
 from tests.fixtures.salesforce import SalesforceStandin
 from tests.fixtures.stripe import StripeStandin
 from tests.fixtures.tryton import TrytonServer
-from worker import activities_for, build_worker, open_adapters
+from worker import activities_for, build_workers, open_adapters
 
 APPROVER = "controller@northwind.example"
 
@@ -79,12 +81,12 @@ async def e2e_store(e2e_settings: Settings) -> AsyncIterator[Store]:
 async def e2e_worker(
     temporal_env: WorkflowEnvironment, e2e_settings: Settings, e2e_store: Store
 ) -> AsyncIterator[None]:
-    async with open_adapters(e2e_settings) as adapters:
-        worker = build_worker(
+    async with open_adapters(e2e_settings) as adapters, AsyncExitStack() as running:
+        for worker in build_workers(
             temporal_env.client, e2e_settings, activities_for(e2e_settings, adapters, e2e_store)
-        )
-        async with worker:
-            yield
+        ):
+            await running.enter_async_context(worker)
+        yield
 
 
 @pytest.fixture

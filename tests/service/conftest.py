@@ -16,7 +16,9 @@ No worker runs: a started run waits on its task queue, which is all these tests 
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -131,20 +133,30 @@ def service_with_salesforce(
     )
     client = temporal_env.client
     try:
+        env = {
+            "Q2C_SETTINGS_FILE": "",
+            "Q2C_STATE_DIR": str(workdir),
+            "Q2C_HOST": "127.0.0.1",
+            "Q2C_SERVICE_PORT": str(service_port),
+            "Q2C_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'q2c.sqlite'}",
+            "Q2C_TEMPORAL_ADDRESS": temporal_target(client),
+            "Q2C_TEMPORAL_NAMESPACE": client.namespace,
+            "Q2C_TASK_QUEUE": stack.task_queue,
+            "Q2C_SALESFORCE_WEBHOOK_SECRET": stack.webhook_secret,
+        }
+        # A deployment migrates its store once, before its service starts.
+        subprocess.run(
+            [str(Path(sys.executable).parent / "q2c"), "store", "migrate"],
+            env=os.environ | env,
+            cwd=REPO_ROOT,
+            check=True,
+            capture_output=True,
+            timeout=START_TIMEOUT_S,
+        )
         service = spawn(
             [sys.executable, "-m", "service"],
             log_path=stack.service_log,
-            env={
-                "Q2C_SETTINGS_FILE": "",
-                "Q2C_STATE_DIR": str(workdir),
-                "Q2C_HOST": "127.0.0.1",
-                "Q2C_SERVICE_PORT": str(service_port),
-                "Q2C_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'q2c.sqlite'}",
-                "Q2C_TEMPORAL_ADDRESS": temporal_target(client),
-                "Q2C_TEMPORAL_NAMESPACE": client.namespace,
-                "Q2C_TASK_QUEUE": stack.task_queue,
-                "Q2C_SALESFORCE_WEBHOOK_SECRET": stack.webhook_secret,
-            },
+            env=env,
             cwd=REPO_ROOT,
         )
         stack.processes.append(service)

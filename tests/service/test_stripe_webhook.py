@@ -81,7 +81,7 @@ async def http(stripe_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def service_store(stripe_settings: Settings, http: httpx.AsyncClient) -> AsyncIterator[Store]:
-    """The service's own database (migrated by its start), read as a person would."""
+    """The service's own database (migrated before its start), read as a person would."""
     store = Store.from_url(stripe_settings.store_url)
     yield store
     await store.close()
