@@ -1,6 +1,7 @@
 """q2c's own database: cross-reference ids, the audit trail, exceptions."""
 
 from store.models import AuditEntry, CrossReference, ExceptionRecord, InboundEvent, InvoiceDraft
+from store.models import SweepCheckpoint
 from store.repository import CrossReferenceConflict, Store, create_engine
 
 __all__ = [
@@ -11,5 +12,6 @@ __all__ = [
     "InboundEvent",
     "InvoiceDraft",
     "Store",
+    "SweepCheckpoint",
     "create_engine",
 ]

@@ -19,6 +19,7 @@ from store.models import (
     ExceptionRecord,
     InboundEvent,
     InvoiceDraft,
+    SweepCheckpoint,
     utcnow,
 )
 
@@ -362,6 +363,38 @@ class Store:
             await session.commit()
             await session.refresh(row)
             return row
+
+    # Sweep checkpoints ---------------------------------------------------------------
+
+    async def sweep_checkpoint(self, name: str) -> datetime | None:
+        """How far the sweep `name` has looked; None before its first run."""
+        async with self._sessions() as session:
+            row = await session.get(SweepCheckpoint, name)
+            return None if row is None else row.position
+
+    async def advance_sweep_checkpoint(self, name: str, position: datetime) -> datetime:
+        """Move the checkpoint to `position`, never back; the checkpoint as it now stands.
+
+        Sweeps overlap (a retried activity, two workers): the one that saw less never undoes
+        the progress of the one that saw more.
+        """
+        for _ in range(2):  # a racing first insert makes the second round an update
+            async with self._sessions() as session:
+                row = await session.get(SweepCheckpoint, name, with_for_update=True)
+                if row is None:
+                    row = SweepCheckpoint(name=name, position=position)
+                elif position > row.position:
+                    row.position, row.updated_at = position, utcnow()
+                else:
+                    return row.position
+                session.add(row)
+                try:
+                    await session.commit()
+                except IntegrityError:
+                    await session.rollback()
+                    continue
+                return position
+        raise RuntimeError(f"could not advance sweep checkpoint {name!r}")
 
     async def ping(self) -> bool:
         async with self.engine.connect() as conn:
