@@ -7,6 +7,7 @@ from connectors.salesforce.client import (
     SalesforceClient,
     UpsertResult,
     check_id,
+    soql_datetime,
     soql_literal,
 )
 from connectors.salesforce.mapping import to_account, to_opportunity, write_back_fields
@@ -19,12 +20,13 @@ from connectors.salesforce.webhook import (
     parse_closed_won_event,
     verify_webhook_signature,
 )
-from connectors.salesforce.wire import ClosedWonEvent, ClosedWonOpportunity
+from connectors.salesforce.wire import ChangedOpportunity, ClosedWonEvent, ClosedWonOpportunity
 
 __all__ = [
     "DEFAULT_API_VERSION",
     "SIGNATURE_HEADER",
     "SYSTEM",
+    "ChangedOpportunity",
     "ClosedWonEvent",
     "ClosedWonOpportunity",
     "InvalidEvent",
@@ -35,6 +37,7 @@ __all__ = [
     "WebhookError",
     "check_id",
     "parse_closed_won_event",
+    "soql_datetime",
     "soql_literal",
     "to_account",
     "to_opportunity",

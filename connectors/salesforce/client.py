@@ -18,6 +18,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
@@ -40,6 +41,7 @@ from connectors.salesforce import mapping
 from connectors.salesforce.wire import (
     AccountRecord,
     ApiError,
+    ChangedOpportunity,
     ContactRecord,
     OAuthError,
     OpportunityLineItemRecord,
@@ -57,6 +59,9 @@ READ_TIMEOUT_S = 60.0
 DEFAULT_TIMEOUT = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
 #: The org's corporate currency, for single-currency orgs whose records carry no currency.
 DEFAULT_CURRENCY = "USD"
+CLOSED_WON = "Closed Won"
+#: Deals one catch-up query returns at most; the sweep asks again from the newest.
+SWEEP_LIMIT = 200
 MIN_BATCH_SIZE = 200
 MAX_EXACT_DIGITS = 15
 MAX_BATCH_SIZE = 2000
@@ -129,6 +134,13 @@ def soql_literal(value: str) -> str:
     escaped = value.replace("\\", "\\\\").replace("'", "\\'")
     escaped = escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
     return f"'{escaped}'"
+
+
+def soql_datetime(moment: datetime) -> str:
+    """A SOQL dateTime literal in UTC (`2026-12-01T00:05:00Z`): unquoted, whole seconds."""
+    if moment.tzinfo is None:
+        raise ValueError("a SOQL dateTime needs a timezone-aware datetime")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def check_id(value: str, *, field: str = "Id") -> str:
@@ -449,6 +461,23 @@ class SalesforceClient:
             )
         ]
         return mapping.to_opportunity(record, lines, default_currency=self.default_currency)
+
+    async def closed_won_changed_since(
+        self, since: datetime, *, limit: int = SWEEP_LIMIT
+    ) -> list[ChangedOpportunity]:
+        """Closed Won deals changed at or after `since`, oldest change first, at most `limit`.
+
+        SOQL's dateTime literals have whole seconds, so `since` is rounded down: a change in
+        that second may come back again, never be skipped. Paging past `limit` is the
+        caller's: ask again from the newest `last_modified_date` returned.
+        """
+        soql = (
+            "SELECT Id, LastModifiedDate FROM Opportunity "
+            f"WHERE StageName = {soql_literal(CLOSED_WON)} "
+            f"AND LastModifiedDate >= {soql_datetime(since)} "
+            f"ORDER BY LastModifiedDate ASC, Id ASC LIMIT {int(limit)}"
+        )
+        return [ChangedOpportunity.model_validate(r) async for r in self.query(soql)]
 
     async def write_back(
         self,
