@@ -305,7 +305,7 @@ def test_soql_datetime_is_utc_whole_seconds_and_refuses_naive_times() -> None:
     )
     assert soql_datetime(datetime(2026, 12, 1, tzinfo=UTC)) == "2026-12-01T00:00:00Z"
     with pytest.raises(ValueError):
-        soql_datetime(datetime(2026, 12, 1))  # noqa: DTZ001
+        soql_datetime(datetime(2026, 12, 1))
 
 
 async def test_closed_won_changed_since_asks_for_changes_oldest_first() -> None:
