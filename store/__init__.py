@@ -1,7 +1,13 @@
 """q2c's own database: cross-reference ids, the audit trail, exceptions."""
 
-from store.models import AuditEntry, CrossReference, ExceptionRecord, InboundEvent, InvoiceDraft
-from store.models import SweepCheckpoint
+from store.models import (
+    AuditEntry,
+    CrossReference,
+    ExceptionRecord,
+    InboundEvent,
+    InvoiceDraft,
+    SweepCheckpoint,
+)
 from store.repository import CrossReferenceConflict, Store, create_engine
 
 __all__ = [

@@ -13,16 +13,19 @@ from connectors.stripe.client import (
 from connectors.stripe.mapping import (
     EXTERNAL_CUSTOMER,
     EXTERNAL_INVOICE,
+    INVOICE_EVENT_KINDS,
     SYSTEM,
     customer_params,
     invoice_from_stripe,
     payment_from_stripe,
+    payment_kind,
 )
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
     "EXTERNAL_CUSTOMER",
     "EXTERNAL_INVOICE",
+    "INVOICE_EVENT_KINDS",
     "REQUEST_TIMEOUT_S",
     "SYSTEM",
     "WEBHOOK_TOLERANCE_S",
@@ -33,5 +36,6 @@ __all__ = [
     "customer_params",
     "invoice_from_stripe",
     "payment_from_stripe",
+    "payment_kind",
     "verify_webhook",
 ]
