@@ -28,6 +28,7 @@ from activities.erp import ErpActivities
 from activities.invoicing import InvoicingActivities
 from activities.ledger import LedgerActivities
 from activities.psa import PsaActivities
+from activities.sweeps import SweepActivities
 from connectors.salesforce import SalesforceClient
 from connectors.stripe import StripeBilling
 from connectors.tryton import TrytonClient, TrytonErp, TrytonPsa
@@ -37,7 +38,8 @@ from store import Store
 from workflows.client import connect
 from workflows.invoice_cycle import InvoiceCycleWorkflow
 from workflows.opportunity_to_project import OpportunityToProjectWorkflow
-from workflows.starters import ensure_billing_schedules
+from workflows.starters import ensure_billing_schedules, ensure_sweep_schedules
+from workflows.sweeps import BillingSweepWorkflow, CrmSweepWorkflow
 from workflows.time_to_invoice import TimeToInvoiceWorkflow
 
 log = logging.getLogger("q2c.worker")
@@ -47,6 +49,8 @@ WORKFLOWS: Sequence[type] = (
     OpportunityToProjectWorkflow,
     TimeToInvoiceWorkflow,
     InvoiceCycleWorkflow,
+    CrmSweepWorkflow,
+    BillingSweepWorkflow,
 )
 
 
@@ -102,6 +106,8 @@ def activities_for(
     psa = PsaActivities(adapters.psa, store)
     billing = BillingActivities(adapters.billing, store)
     ledger = LedgerActivities(store)
+    # On the workflow queue: sweeps start and signal runs with the worker's client.
+    sweeps = SweepActivities(settings, adapters.crms, adapters.billing, store)
     invoicing = InvoicingActivities(
         psa=adapters.psa,
         erp=adapters.erp,
@@ -136,6 +142,8 @@ def activities_for(
         ledger.record_audit,
         ledger.record_exception,
         ledger.link_reference,
+        sweeps.sweep_crm,
+        sweeps.sweep_billing,
     ]
 
 
@@ -159,6 +167,9 @@ async def run(settings: Settings) -> None:
     client = await connect(settings)
     schedules = await ensure_billing_schedules(client, settings)
     log.info("billing schedules in place: %s", ", ".join(schedules))
+    log.info(
+        "sweep schedules in place: %s", ", ".join(await ensure_sweep_schedules(client, settings))
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

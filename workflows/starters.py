@@ -238,12 +238,14 @@ async def ensure_billing_schedules(client: Client, settings: Settings) -> list[s
 
 # ------------------------------------------------------------------------ catch-up sweeps
 
-#: The sweeps and the workflow each schedule starts: `q2c-sweep-<name>`, run `sweep-<name>`.
+#: The sweeps and the workflow each one's schedule starts.
 SWEEPS = {"crm": CRM_SWEEP, "billing": BILLING_SWEEP}
 
 
-def sweep_schedule_id(name: str) -> str:
-    return f"q2c-sweep-{name}"
+def sweep_schedule_id(task_queue: str, name: str) -> str:
+    """`q2c-sweep-crm` for the deployment on task queue `q2c`: one set of sweeps per
+    deployment, and a test's private queue gets private sweeps."""
+    return f"{task_queue}-sweep-{name}"
 
 
 async def ensure_sweep_schedules(client: Client, settings: Settings) -> list[str]:
@@ -258,7 +260,7 @@ async def ensure_sweep_schedules(client: Client, settings: Settings) -> list[str
             action=ScheduleActionStartWorkflow(
                 workflow,
                 SweepInput(sweep=name),
-                id=f"sweep-{name}",
+                id=sweep_schedule_id(settings.task_queue, name),
                 task_queue=settings.task_queue,
             ),
             spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=settings.sweep_interval)]),
@@ -267,7 +269,7 @@ async def ensure_sweep_schedules(client: Client, settings: Settings) -> list[str
                 note=f"q2c catch-up sweep {name!r}: every {settings.sweep_interval}"
             ),
         )
-        sid = sweep_schedule_id(name)
+        sid = sweep_schedule_id(settings.task_queue, name)
         try:
             await client.create_schedule(sid, schedule)
         except ScheduleAlreadyRunningError:
