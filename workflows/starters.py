@@ -355,6 +355,11 @@ async def deliver_billing_event(
     ):
         unknown_because = f"the run {workflow_id} it names does not exist or has closed"
     try:
+        if unknown_because is not None and (
+            seen := await store.inbound_event(BILLING_SOURCE, event.id)
+        ):
+            # A delivery racing this one signalled first, and the run closed on it.
+            return BillingDelivery("duplicate", seen.workflow_id or None, duplicate=True)
         if unknown_because is not None:
             await _record_unknown(store, event, invoice, kind, unknown_because)
         _, created = await store.record_inbound_event(

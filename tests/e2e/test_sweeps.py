@@ -17,15 +17,22 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
-from temporalio.client import Client, ScheduleActionExecutionStartWorkflow, ScheduleHandle
+from temporalio.client import (
+    Client,
+    ScheduleActionExecutionStartWorkflow,
+    ScheduleHandle,
+    WorkflowHandle,
+)
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.sweeps import BILLING_CHECKPOINT, crm_checkpoint
 from canonical import InvoiceStatus as BillingStatus
 from connectors.salesforce import SalesforceClient
+from connectors.stripe import PaymentDeclined
 from devstack.demo import CLEAN
 from devstack.salesforce_seed import close_won, seed_deal
 from settings import Settings
@@ -48,10 +55,17 @@ from workflows.opportunity_to_project import (
     OpportunityToProjectResult,
 )
 from workflows.opportunity_to_project import workflow_id as deal_workflow_id
-from workflows.starters import SWEEPS, ensure_sweep_schedules, sweep_schedule_id
-from workflows.sweeps import SweepResult
+from workflows.starters import (
+    BILLING_SWEEP,
+    CRM_SWEEP,
+    SWEEPS,
+    ensure_sweep_schedules,
+    sweep_schedule_id,
+)
+from workflows.sweeps import SweepInput, SweepResult
 from workflows.time_to_invoice import (
     DECIDE,
+    PAYMENT,
     STATUS,
     Decision,
     DecisionAck,
@@ -83,7 +97,8 @@ class Sweeping:
         handle = self.schedule(sweep)
         await handle.pause(note="test: not this sweep")
         for running in (await handle.describe()).info.running_actions:
-            await self.client.get_workflow_handle(running.workflow_id).result()
+            if isinstance(running, ScheduleActionExecutionStartWorkflow):
+                await self.client.get_workflow_handle(running.workflow_id).result()
 
     async def sweeps_after(self, sweep: str, moment: datetime, count: int) -> list[SweepResult]:
         """The results of the first `count` sweeps the schedule started after `moment`."""
@@ -94,29 +109,39 @@ class Sweeping:
                     done.action
                     for done in (await handle.describe()).info.recent_actions
                     if done.started_at > moment
-                    and isinstance(done.action, ScheduleActionExecutionStartWorkflow)
                 ]
-                if len(actions) >= count:
+                started = [
+                    a for a in actions if isinstance(a, ScheduleActionExecutionStartWorkflow)
+                ]
+                if len(started) >= count:
                     break
                 await asyncio.sleep(0.2)
         return [
             await self.client.get_workflow_handle(
                 a.workflow_id, run_id=a.first_execution_run_id, result_type=SweepResult
             ).result()
-            for a in actions[:count]
+            for a in started[:count]
         ]
 
 
 @pytest.fixture
+def sweep_interval() -> timedelta:
+    return SWEEP_INTERVAL
+
+
+@pytest.fixture
 async def sweeping(
-    temporal_env: WorkflowEnvironment, e2e_settings: Settings, tmp_path: Path
+    temporal_env: WorkflowEnvironment,
+    e2e_settings: Settings,
+    tmp_path: Path,
+    sweep_interval: timedelta,
 ) -> AsyncIterator[Sweeping]:
-    """A q2c worker of its own with the sweeps scheduled every SWEEP_INTERVAL."""
+    """A q2c worker of its own with the sweeps scheduled every `sweep_interval`."""
     settings = e2e_settings.model_copy(
         update={
             "task_queue": f"sweeps-{uuid.uuid4()}",
             "database_url": f"sqlite+aiosqlite:///{tmp_path / 'q2c.sqlite'}",
-            "sweep_interval": SWEEP_INTERVAL,
+            "sweep_interval": sweep_interval,
         }
     )
     store = Store.from_url(settings.store_url)
@@ -141,6 +166,16 @@ async def sweeping(
                             await sweeping.schedule(sweep).delete()
     finally:
         await store.close()
+
+
+async def signals_in_history(handle: WorkflowHandle[Any, Any], name: str) -> int:
+    """How many `name` signals the run received: what was sent, not what the run kept."""
+    names = [
+        e.workflow_execution_signaled_event_attributes.signal_name
+        async for e in handle.fetch_history_events()
+        if e.HasField("workflow_execution_signaled_event_attributes")
+    ]
+    return names.count(name)
 
 
 async def wait_for_run(client: Client, workflow_id: str) -> str:
@@ -260,6 +295,7 @@ async def test_a_payment_whose_webhook_never_arrives_is_found_by_the_billing_swe
     ]
     [paid_event] = [e for e in events if e["data"]["object"]["id"] == status.billing_invoice_id]
     assert (payment.event_id, payment.kind) == (paid_event["id"], "paid")
+    assert await signals_in_history(handle, PAYMENT) == 1
     # Its webhook really never arrived: every delivery was refused.
     assert paid_event["id"] in {e["id"] for e in stripe.refused_events()}
     posted = await downstream.erp.get_invoice(int(status.erp_invoice_id))
@@ -270,4 +306,93 @@ async def test_a_payment_whose_webhook_never_arrives_is_found_by_the_billing_swe
     later = await sweeping.sweeps_after("billing", done, 2)
     assert [r.delivered_count for r in later] == [0, 0]
     assert all(r.already_handled >= 1 for r in later)
+    assert await signals_in_history(handle, PAYMENT) == 1
     assert await sweeping.store.exceptions() == []
+
+
+@pytest.mark.parametrize("sweep_interval", [timedelta(hours=1)])
+async def test_sweeps_run_twice_at_once_start_and_signal_once(
+    temporal_env: WorkflowEnvironment,
+    sweeping: Sweeping,
+    crm: SalesforceClient,
+    salesforce: SalesforceStandin,
+    stripe: StripeStandin,
+    downstream: Downstream,
+) -> None:
+    """Fault: a deal's Closed Won webhook and an invoice's `invoice.payment_failed` webhook
+    are both lost, and each sweep runs twice at once (two overlapping firings), then twice
+    more. Assertion: the deal gets one run (one Tryton project, one Stripe customer) and the
+    invoice's run one `payment` signal; the later sweeps start and signal nothing."""
+    for sweep in SWEEPS:  # the test starts each sweep itself
+        await sweeping.pause(sweep)
+    billed = await provision_and_book(temporal_env, sweeping.settings, crm, downstream)
+    stripe.api(  # the stand-in's test hook: this customer's card is declined
+        "POST",
+        f"/v1/customers/{billed.billing_customer_id}",
+        data={"metadata[standin_payment]": "fail"},
+    ).raise_for_status()
+    invoice_run = await start_run(temporal_env, sweeping.settings, billed.project_id)
+    await wait_for_step(invoice_run, InvoiceStep.AWAITING_APPROVAL)
+    await invoice_run.execute_update(DECIDE, decision(Decision.APPROVE), result_type=DecisionAck)
+    status = await wait_for_step(invoice_run, InvoiceStep.AWAITING_PAYMENT)
+    assert status.billing_invoice_id
+    stripe.refuse_webhooks(100, event_type="invoice.payment_failed")
+    with pytest.raises(PaymentDeclined):
+        await downstream.stripe.pay_invoice(
+            status.billing_invoice_id, idempotency_key=f"pay-{status.billing_invoice_id}"
+        )
+    key = f"sweep-{uuid.uuid4().hex[:10]}"
+    deal = await seed_deal(crm, replace(CLEAN, key=key, account_name=f"Initech UK {key[-4:]}"))
+    salesforce.fail_next_webhooks(SALESFORCE_ATTEMPTS)
+    await close_won(crm, deal.opportunity_id)
+
+    async def sweep_twice_at_once(workflow: str, sweep: str) -> list[SweepResult]:
+        runs = [
+            await sweeping.client.start_workflow(
+                workflow,
+                SweepInput(sweep=sweep),
+                id=f"{sweeping.settings.task_queue}-{sweep}-{uuid.uuid4().hex[:8]}",
+                task_queue=sweeping.settings.task_queue,
+                result_type=SweepResult,
+            )
+            for _ in range(2)
+        ]
+        return list(await asyncio.gather(*(run.result() for run in runs)))
+
+    crm_sweeps, billing_sweeps = await asyncio.gather(
+        sweep_twice_at_once(CRM_SWEEP, "crm"), sweep_twice_at_once(BILLING_SWEEP, "billing")
+    )
+
+    # The deal: one run, started by one of the two sweeps; the other found it.
+    workflow_id = deal_workflow_id("salesforce", deal.opportunity_id)
+    assert sum(r.delivered_count for r in crm_sweeps) == 1
+    assert [w for r in crm_sweeps for w in r.delivered] == [workflow_id]
+    deal_run = sweeping.client.get_workflow_handle(
+        workflow_id, result_type=OpportunityToProjectResult
+    )
+    provisioned = await deal_run.result()
+    assert len(await downstream.projects_for(deal.opportunity_id)) == 1
+    assert await downstream.billing_customers(deal.account_id) == [
+        provisioned.ids["billing_customer"]
+    ]
+    # The invoice: one signal, from one of the two sweeps.
+    assert sum(r.delivered_count for r in billing_sweeps) == 1
+    assert await signals_in_history(invoice_run, PAYMENT) == 1
+    [failed] = (await invoice_run.query(STATUS, result_type=InvoiceStatus)).payments
+    assert (
+        failed.kind == "payment_failed" and failed.billing_invoice_id == status.billing_invoice_id
+    )
+
+    # Twice more, one after the other: both find the same changes, and deliver nothing.
+    again = [
+        await sweep_twice_at_once(CRM_SWEEP, "crm"),
+        await sweep_twice_at_once(BILLING_SWEEP, "billing"),
+    ]
+    assert [r.delivered_count for pair in again for r in pair] == [0, 0, 0, 0]
+    assert all(r.already_handled >= 1 for pair in again for r in pair)
+    assert (await deal_run.describe()).run_id == (
+        await sweeping.client.get_workflow_handle(workflow_id).describe()
+    ).run_id
+    assert await signals_in_history(invoice_run, PAYMENT) == 1
+    assert len(await downstream.projects_for(deal.opportunity_id)) == 1
+    await invoice_run.terminate("test over")
