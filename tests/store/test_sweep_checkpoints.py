@@ -37,6 +37,10 @@ async def test_concurrent_first_checkpoints_keep_the_newest(store: Store) -> Non
     positions = [T0 + timedelta(seconds=n) for n in range(6)]
     await asyncio.gather(*(store.advance_sweep_checkpoint("crm:x", p) for p in positions))
     assert await store.sweep_checkpoint("crm:x") == positions[-1]
+    # Once it exists, racing sweeps (newest first, so the older ones come last) keep the newest.
+    later = [T0 + timedelta(minutes=1, seconds=n) for n in reversed(range(6))]
+    await asyncio.gather(*(store.advance_sweep_checkpoint("crm:x", p) for p in later))
+    assert await store.sweep_checkpoint("crm:x") == later[0]
 
 
 async def test_migration_0004_goes_down_and_up(store: Store) -> None:
