@@ -6,7 +6,8 @@ when the run created it). The checks run cheapest and most suspicious first:
     secret configured?        no  -> 503 (an operator must set Q2C_STRIPE_WEBHOOK_SECRET)
     body small enough?        no  -> 413
     Stripe-Signature          missing, wrong or stale -> 400 {"error"}  (never echoes it)
-    paid or payment_failed?   no  -> 200 {"ignored": type}
+    an invoice's end?         no  -> 200 {"ignored": type}   (paid, payment_failed,
+                                                                voided, uncollectible)
     event and invoice valid?  no  -> 400 {"error", "field"}
     event id seen before?     yes -> 200 {"duplicate": true, ...}, nothing signalled
     a run named?              no  -> exception recorded, 200 {"exception": ...}
@@ -24,12 +25,13 @@ Why an unknown invoice is answered 200: Stripe sends every invoice of the accoun
 those q2c did not create, and retrying could never make the run appear. The store keeps an
 `unknown_billing_invoice` exception for a person instead.
 
-Duplicates: Stripe delivers at least once, and retries carry the same event id. An event
-id already recorded starts nothing. Deliveries racing each other before the record exists
+Duplicates: Stripe delivers at least once, and retries carry the same event id. From the
+event id check on, delivery is `workflows.starters.deliver_billing_event`, shared with the
+billing sweep, which finds events whose webhook was lost: an event id already recorded
+signals nothing; deliveries racing each other (a retry, the sweep) before the record exists
 all signal with one Temporal request id derived from the event id, and Temporal keeps one
-of those signals per run (the SDK's `handle.signal` draws a random request id, so the
-signal is sent with the raw request here). The run may still see an event twice after a
-continue-as-new, so it also ignores an event id it already has.
+of those signals per run. The run may still see an event twice after a continue-as-new, so
+it also ignores an event id it already has.
 """
 
 from __future__ import annotations
