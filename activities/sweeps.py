@@ -13,8 +13,9 @@ leaves its checkpoint where it was; the retry or the next sweep looks again from
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from pydantic import ValidationError
 from temporalio import activity
@@ -23,8 +24,8 @@ from temporalio.exceptions import ApplicationError
 
 from activities.errors import translate_connector_errors
 from connectors.errors import ValidationFailed
-from connectors.salesforce import SalesforceClient, check_id
-from connectors.stripe import INVOICE_EVENT_KINDS, StripeBilling, payment_kind
+from connectors.salesforce import ChangedOpportunity, check_id
+from connectors.stripe import INVOICE_EVENT_KINDS, payment_kind
 from connectors.stripe import wire as stripe_wire
 from settings import Settings
 from store import Store
@@ -42,8 +43,8 @@ log = logging.getLogger("q2c.sweeps")
 
 #: How far back a sweep looks the very first time, before it has a checkpoint.
 FIRST_LOOKBACK = timedelta(days=1)
-#: Deals per SOQL query; the next query starts from the newest change seen.
-CRM_PAGE = 200
+#: The CRM sweep saves its checkpoint every so many deals, so a retry need not start over.
+CHECKPOINT_EVERY = 200
 #: Billing events per page (Stripe's maximum).
 BILLING_PAGE = 100
 #: Workflow ids a sweep result lists at most (the counts are complete).
@@ -58,6 +59,37 @@ def crm_checkpoint(crm: str) -> str:
 BILLING_CHECKPOINT = "billing:stripe"
 
 
+def _is_record_id(value: str) -> bool:
+    """Never false for what Salesforce sends; the id becomes part of a workflow id."""
+    try:
+        check_id(value)
+    except ValidationFailed:
+        log.warning("sweep skipped opportunity %r: not a Salesforce record id", value)
+        return False
+    return True
+
+
+class ChangedDeals(Protocol):
+    """What the CRM sweep asks of a CRM (`connectors.salesforce.SalesforceClient`)."""
+
+    def closed_won_changed_since(
+        self, since: datetime, *, limit: int | None = None
+    ) -> AsyncIterator[ChangedOpportunity]: ...
+
+
+class BillingEvents(Protocol):
+    """What the billing sweep asks of billing (`connectors.stripe.StripeBilling`)."""
+
+    async def list_events(
+        self,
+        types: Sequence[str],
+        *,
+        created_gte: int,
+        limit: int = ...,
+        starting_after: str | None = None,
+    ) -> stripe_wire.ListObject[stripe_wire.Event]: ...
+
+
 class SweepActivities:
     """The sweeps, holding the CRM and billing clients, the store and the settings.
 
@@ -68,8 +100,8 @@ class SweepActivities:
     def __init__(
         self,
         settings: Settings,
-        crms: Mapping[str, SalesforceClient],
-        billing: StripeBilling,
+        crms: Mapping[str, ChangedDeals],
+        billing: BillingEvents,
         store: Store,
         client: Client | None = None,
     ) -> None:
@@ -98,43 +130,21 @@ class SweepActivities:
         checkpoint: datetime | None = None
         for crm, connector in self.crms.items():
             name = crm_checkpoint(crm)
-            since = await self._since(name)
-            looked_at: set[str] = set()
-            while True:
-                page = await connector.closed_won_changed_since(since, limit=CRM_PAGE)
-                fresh = [deal for deal in page if deal.id not in looked_at]
-                for deal in fresh:
-                    looked_at.add(deal.id)
-                    found += 1
-                    activity.heartbeat(deal.id)
-                    try:
-                        check_id(deal.id)
-                    except ValidationFailed:
-                        skipped += 1
-                        continue
-                    if await find_opportunity_run(client, deal.id, crm=crm) is not None:
-                        already += 1
-                        continue
-                    run = await start_opportunity_run(
-                        client,
-                        self.settings,
-                        deal.id,
-                        crm=crm,
-                        trigger=f"sweep:{crm}",
-                        changed_at=deal.last_modified_date,
-                    )
-                    if run.started:
-                        started.append(run.workflow_id)
-                        log.info("sweep started %s (its webhook was missed)", run.workflow_id)
-                    else:
-                        already += 1
-                if page:
-                    since = max(since, page[-1].last_modified_date)
-                    checkpoint = await self.store.advance_sweep_checkpoint(name, since)
-                # A short page is the last; a page of nothing new (every deal changed in one
-                # second) cannot move the checkpoint on, so the next sweep takes it up.
-                if len(page) < CRM_PAGE or not fresh:
-                    break
+            newest: datetime | None = None
+            # Oldest change first: once a deal is handled, every older change is too, so the
+            # checkpoint may move up to it.
+            async for deal in connector.closed_won_changed_since(await self._since(name)):
+                found += 1
+                activity.heartbeat(deal.id)
+                newest = deal.last_modified_date
+                if not _is_record_id(deal.id):
+                    skipped += 1
+                elif await self._start_unless_seen(client, crm, deal, started):
+                    already += 1
+                if found % CHECKPOINT_EVERY == 0:
+                    checkpoint = await self.store.advance_sweep_checkpoint(name, newest)
+            if newest is not None:
+                checkpoint = await self.store.advance_sweep_checkpoint(name, newest)
         return SweepResult(
             sweep=request.sweep,
             found=found,
@@ -144,6 +154,26 @@ class SweepActivities:
             skipped=skipped,
             checkpoint=checkpoint,
         )
+
+    async def _start_unless_seen(
+        self, client: Client, crm: str, deal: ChangedOpportunity, started: list[str]
+    ) -> bool:
+        """Start the deal's run as its webhook would have; True if it had one already."""
+        if await find_opportunity_run(client, deal.id, crm=crm) is not None:
+            return True
+        run = await start_opportunity_run(
+            client,
+            self.settings,
+            deal.id,
+            crm=crm,
+            trigger=f"sweep:{crm}",
+            changed_at=deal.last_modified_date,
+        )
+        if not run.started:  # a webhook or another sweep started it a moment ago
+            return True
+        started.append(run.workflow_id)
+        log.info("sweep started %s (its webhook was missed)", run.workflow_id)
+        return False
 
     @activity.defn(name=SWEEP_BILLING)
     @translate_connector_errors

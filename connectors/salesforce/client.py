@@ -60,8 +60,8 @@ DEFAULT_TIMEOUT = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
 #: The org's corporate currency, for single-currency orgs whose records carry no currency.
 DEFAULT_CURRENCY = "USD"
 CLOSED_WON = "Closed Won"
-#: Deals one catch-up query returns at most; the sweep asks again from the newest.
-SWEEP_LIMIT = 200
+#: Deals per page of the catch-up query (Salesforce's default batch: 2,000).
+SWEEP_BATCH = 2000
 MIN_BATCH_SIZE = 200
 MAX_EXACT_DIGITS = 15
 MAX_BATCH_SIZE = 2000
@@ -463,21 +463,25 @@ class SalesforceClient:
         return mapping.to_opportunity(record, lines, default_currency=self.default_currency)
 
     async def closed_won_changed_since(
-        self, since: datetime, *, limit: int = SWEEP_LIMIT
-    ) -> list[ChangedOpportunity]:
-        """Closed Won deals changed at or after `since`, oldest change first, at most `limit`.
+        self, since: datetime, *, limit: int | None = None
+    ) -> AsyncIterator[ChangedOpportunity]:
+        """Closed Won deals changed at or after `since`, oldest change first (at most `limit`).
 
         SOQL's dateTime literals have whole seconds, so `since` is rounded down: a change in
-        that second may come back again, never be skipped. Paging past `limit` is the
-        caller's: ask again from the newest `last_modified_date` returned.
+        that second may come back again, never be skipped. Without a limit, every one comes,
+        page by page (`nextRecordsUrl`): however many deals share one second (a bulk update),
+        none is left behind a page boundary.
         """
         soql = (
             "SELECT Id, LastModifiedDate FROM Opportunity "
             f"WHERE StageName = {soql_literal(CLOSED_WON)} "
             f"AND LastModifiedDate >= {soql_datetime(since)} "
-            f"ORDER BY LastModifiedDate ASC, Id ASC LIMIT {int(limit)}"
+            "ORDER BY LastModifiedDate ASC, Id ASC"
         )
-        return [ChangedOpportunity.model_validate(r) async for r in self.query(soql)]
+        if limit is not None:
+            soql += f" LIMIT {int(limit)}"
+        async for record in self.query(soql, batch_size=SWEEP_BATCH):
+            yield ChangedOpportunity.model_validate(record)
 
     async def write_back(
         self,

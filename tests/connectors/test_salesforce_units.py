@@ -323,9 +323,12 @@ async def test_closed_won_changed_since_asks_for_changes_oldest_first() -> None:
         return httpx.Response(200, json={"totalSize": 1, "done": True, "records": [record]})
 
     async with _client(handler) as sf:
-        found = await sf.closed_won_changed_since(
-            datetime(2026, 12, 1, 0, 5, 7, 500000, tzinfo=UTC), limit=50
-        )
+        found = [
+            o
+            async for o in sf.closed_won_changed_since(
+                datetime(2026, 12, 1, 0, 5, 7, 500000, tzinfo=UTC), limit=50
+            )
+        ]
     assert asked == [
         "SELECT Id, LastModifiedDate FROM Opportunity WHERE StageName = 'Closed Won' "
         "AND LastModifiedDate >= 2026-12-01T00:05:07Z "
