@@ -8,6 +8,11 @@ signal it exactly as the webhook would have.
   checkpoint are delivered to the time-to-invoice run their invoice names, deduplicated by
   event id with the webhook.
 
+"Never had a run" is the CRM sweep's test of a missed webhook, so a deal that q2c provisioned
+once and that is won again while the service is down is not restarted by the sweep (its
+replayed webhook still starts the new run). Billing events are kept by Stripe for 30 days;
+a sweep's first look, before it has a checkpoint, goes back one day.
+
 The work is one activity per sweep, on the workflow queue (it starts and signals runs with
 the worker's Temporal client); the checkpoint lives in q2c's store, so a sweep that fails is
 taken up by the next one from the same point. The activity is named, not imported: it calls
