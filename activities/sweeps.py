@@ -31,6 +31,7 @@ from settings import Settings
 from store import Store
 from store.models import utcnow
 from workflows.starters import (
+    RUN_CLOSED,
     DeliveryFailed,
     SignalRefused,
     deliver_billing_event,
@@ -225,7 +226,7 @@ class SweepActivities:
                 raise ApplicationError(
                     f"could not deliver {event.id} now: {exc}", type=type(exc).__name__
                 ) from exc
-            if delivery.duplicate:
+            if delivery.duplicate or delivery.outcome == RUN_CLOSED:
                 already += 1
             elif delivery.outcome == "signalled" and delivery.workflow_id:
                 signalled.append(delivery.workflow_id)

@@ -55,6 +55,7 @@ from service.intake import (
 from service.state import ServiceState
 from workflows.starters import (
     BILLING_SOURCE,
+    RUN_CLOSED,
     UNKNOWN_INVOICE,
     SignalRefused,
     StoreUnavailable,
@@ -122,9 +123,9 @@ async def _intake(state: ServiceState, request: Request, fields: dict[str, Any])
             },
             status_code=200,
         )
-    if delivery.outcome == "duplicate":
-        fields["outcome"] = "duplicate"
-        return _answer(delivery.workflow_id, signalled=None, duplicate=True)
+    if delivery.outcome in ("duplicate", RUN_CLOSED):
+        fields["outcome"] = "duplicate" if delivery.duplicate else delivery.outcome
+        return _answer(delivery.workflow_id, signalled=None, duplicate=delivery.duplicate)
     fields["outcome"] = "duplicate" if delivery.duplicate else "signalled"
     return _answer(delivery.workflow_id, signalled=PAYMENT, duplicate=delivery.duplicate)
 

@@ -308,6 +308,7 @@ class SignalRefused(DeliveryFailed):
 @dataclass(frozen=True)
 class BillingDelivery:
     #: "signalled"; "duplicate": the event id was delivered before, nothing was sent now;
+    #: RUN_CLOSED: a void or write-off after its run ended (recorded, nothing sent);
     #: or UNKNOWN_INVOICE (an exception recorded). `duplicate` is also true when a delivery
     #: racing this one recorded the event first.
     outcome: str
@@ -353,6 +354,9 @@ async def deliver_billing_event(
     elif not await _signal_payment(
         temporal, workflow_id, payment_event(kind, event, invoice), signal_timeout
     ):
+        if kind in ENDS_AFTER_RUN and await _run_existed(temporal, workflow_id):
+            # A run that failed voids its own invoice on the way out: nothing to tell anyone.
+            return await _record_delivery(store, event, invoice, workflow_id, RUN_CLOSED)
         unknown_because = f"the run {workflow_id} it names does not exist or has closed"
     try:
         if unknown_because is not None and (
@@ -375,6 +379,44 @@ async def deliver_billing_event(
         return BillingDelivery(UNKNOWN_INVOICE, None, duplicate=not created, reason=unknown_because)
     # Not created: a delivery racing this one recorded it first; Temporal kept one signal.
     return BillingDelivery("signalled", workflow_id, duplicate=not created)
+
+
+#: Invoice ends that may follow the close of the run that issued the invoice.
+ENDS_AFTER_RUN = frozenset({"voided", "uncollectible"})
+#: `BillingDelivery.outcome` of such an end: recorded, no signal, no exception.
+RUN_CLOSED = "run_closed"
+
+
+async def _run_existed(temporal: Callable[[], Awaitable[Client]], workflow_id: str) -> bool:
+    try:
+        client = await temporal()
+        await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise TemporalUnavailable(exc.status.name) from exc
+    except (RuntimeError, OSError) as exc:
+        raise TemporalUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    return True
+
+
+async def _record_delivery(
+    store: Store,
+    event: stripe_wire.Event,
+    invoice: stripe_wire.Invoice,
+    workflow_id: str,
+    outcome: str,
+) -> BillingDelivery:
+    try:
+        _, created = await store.record_inbound_event(
+            source=BILLING_SOURCE,
+            event_id=event.id,
+            workflow_id=workflow_id,
+            correlation_id=invoice.id,
+        )
+    except (SQLAlchemyError, OSError) as exc:
+        raise StoreUnavailable(str(exc)) from exc
+    return BillingDelivery(outcome, workflow_id, duplicate=not created)
 
 
 def payment_event(

@@ -454,6 +454,30 @@ async def test_an_invoice_ended_unpaid_signals_its_run(
     assert event.event_id == delivery.event["id"] and event.reason
 
 
+async def test_a_void_after_its_run_ended_is_no_exception(
+    http: httpx.AsyncClient,
+    service_store: Store,
+    stripe: StripeStandin,
+    stripe_billing: StripeBilling,
+    listener: WorkflowHandle[Any, list[PaymentEvent]],
+) -> None:
+    """A run that fails voids its own invoice on the way out; the void's event finds the run
+    closed. A paid event for a closed run, by contrast, is still an exception."""
+    invoice_id = await open_invoice(stripe_billing, stripe, listener.id)
+    assert await events_of(listener) == []  # the run has ended
+    await stripe_billing.void_invoice(invoice_id, idempotency_key=key())
+    voided = await delivery_of(stripe, "invoice.voided", invoice_id)
+
+    answer = await post(http, voided)
+
+    assert answer.status_code == 200
+    assert answer.json() == {"workflow_id": listener.id, "duplicate": False}
+    assert (await post(http, voided)).json() == {"workflow_id": listener.id, "duplicate": True}
+    assert await service_store.exceptions() == []
+    paid = await paid_delivery(stripe_billing, stripe, listener.id)
+    assert (await post(http, paid)).json()["exception"] == "unknown_billing_invoice"
+
+
 async def test_temporal_down_answers_503_and_the_retry_signals(
     stripe_settings: Settings,
     stripe: StripeStandin,
