@@ -2,8 +2,8 @@
 start or signal it exactly as the webhook intake would have (`workflows.starters`).
 
 Both run on the workflow queue (`settings.task_queue`), not on a system queue: their work is
-starting and signalling runs with the worker's Temporal client; the few list calls they make
-to Salesforce and Stripe are paged and bounded.
+starting and signalling runs with the worker's Temporal client; their list calls to
+Salesforce and Stripe (one paged query each per sweep) skip those queues' rate limits.
 
 Each is idempotent: a deal that already has a run starts nothing, an event id already
 delivered signals nothing, and the checkpoint only moves forward. A sweep that fails midway
@@ -218,9 +218,11 @@ class SweepActivities:
                     signal_timeout=SIGNAL_TIMEOUT_S,
                 )
             except SignalRefused as exc:
+                # Visible in the Web UI at once; the next sweep tries again from the checkpoint.
                 raise ApplicationError(
                     f"Temporal refused the {kind} signal of {event.id}: {exc}",
                     type="SignalRefused",
+                    non_retryable=True,
                 ) from exc
             except DeliveryFailed as exc:
                 raise ApplicationError(
