@@ -32,6 +32,7 @@ from activities.erp import ErpActivities
 from activities.invoicing import InvoicingActivities
 from activities.ledger import LedgerActivities
 from activities.psa import PsaActivities
+from activities.sweeps import SweepActivities
 from connectors.salesforce import SalesforceClient
 from connectors.stripe import StripeBilling
 from connectors.tryton import TrytonClient, TrytonErp, TrytonPsa
@@ -42,7 +43,8 @@ from workflows.client import connect
 from workflows.invoice_cycle import InvoiceCycleWorkflow
 from workflows.opportunity_to_project import OpportunityToProjectWorkflow
 from workflows.queues import SystemQueue, activity_queue, all_queues
-from workflows.starters import ensure_billing_schedules
+from workflows.starters import ensure_billing_schedules, ensure_sweep_schedules
+from workflows.sweeps import BillingSweepWorkflow, CrmSweepWorkflow
 from workflows.time_to_invoice import TimeToInvoiceWorkflow
 
 log = logging.getLogger("q2c.worker")
@@ -52,6 +54,8 @@ WORKFLOWS: Sequence[type] = (
     OpportunityToProjectWorkflow,
     TimeToInvoiceWorkflow,
     InvoiceCycleWorkflow,
+    CrmSweepWorkflow,
+    BillingSweepWorkflow,
 )
 
 
@@ -108,6 +112,7 @@ class Activities:
     billing: BillingActivities
     ledger: LedgerActivities
     invoicing: InvoicingActivities
+    sweeps: SweepActivities
 
 
 def activities_for(settings: Settings, adapters: Adapters, store: Store) -> Activities:
@@ -127,6 +132,7 @@ def activities_for(settings: Settings, adapters: Adapters, store: Store) -> Acti
             tax_rates=load_tax_rates(settings),
             store=store,
         ),
+        sweeps=SweepActivities(settings, adapters.crms, adapters.billing, store),
     )
 
 
@@ -149,6 +155,8 @@ def activities_by_queue(task_queue: str, a: Activities) -> dict[str, list[Callab
             *defined_activities(a.ledger),
             *defined_activities(a.deal),
             invoicing.adjust_draft,
+            # Sweeps start and signal runs with the worker's Temporal client.
+            *defined_activities(a.sweeps),
         ],
         activity_queue(task_queue, SystemQueue.TRYTON): [
             *defined_activities(a.erp),
@@ -271,6 +279,8 @@ async def run(settings: Settings, queues: Iterable[str] | None = None) -> None:
         client = await connect(settings)
         schedules = await ensure_billing_schedules(client, settings)
         log.info("billing schedules in place: %s", ", ".join(schedules))
+        sweeps = await ensure_sweep_schedules(client, settings)
+        log.info("sweep schedules in place: %s", ", ".join(sweeps))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -71,11 +71,14 @@ from cli.common import (
 from settings import Settings
 from workflows import search_attributes as attrs
 from workflows.starters import (
+    SWEEPS,
     TIME_TO_INVOICE,
     StartedRun,
     ensure_billing_schedules,
+    ensure_sweep_schedules,
     schedule_id,
     start_invoice_run,
+    sweep_schedule_id,
 )
 from workflows.time_to_invoice import (
     ADJUST,
@@ -268,14 +271,21 @@ def schedules(
     ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """q2c's billing calendars as Temporal Schedules: when each next starts an invoice cycle."""
+    """q2c's Temporal Schedules: when each billing calendar next starts an invoice cycle, and
+    each catch-up sweep its next look for missed webhooks."""
     config = settings()
+    sweeps = {sweep_schedule_id(config.task_queue, name): name for name in SWEEPS}
 
     async def look(client: Client) -> list[dict[str, Any]]:
         ids = set(await ensure_billing_schedules(client, config) if apply else [])
+        ids |= set(await ensure_sweep_schedules(client, config) if apply else [])
         # The list comes from visibility, which lags: a schedule just applied may be missing.
         listing = await client.list_schedules(rpc_timeout=rpc_timeout())
-        ids |= {found.id async for found in listing if found.id.startswith(_SCHEDULE_PREFIX)}
+        ids |= {
+            found.id
+            async for found in listing
+            if found.id.startswith(_SCHEDULE_PREFIX) or found.id in sweeps
+        }
         views = []
         for sid in sorted(ids):
             try:
@@ -286,7 +296,7 @@ def schedules(
                 if exc.status == RPCStatusCode.NOT_FOUND:  # deleted since it was listed
                     continue
                 raise
-            views.append(_schedule_json(described, config))
+            views.append(_schedule_json(described, config, sweep=sweeps.get(sid)))
         return views
 
     found = run(config, look)
@@ -294,7 +304,7 @@ def schedules(
         typer.echo(json.dumps(found, indent=2))
         return
     if not found:
-        typer.echo("no billing schedules; `q2c schedules --apply` creates them from the settings")
+        typer.echo("no schedules; `q2c schedules --apply` creates them from the settings")
         return
     _render_schedules(console(), found)
 
@@ -396,18 +406,25 @@ _CRON_FIELDS = (
 )
 
 
-def _schedule_json(described: ScheduleDescription, config: Settings) -> dict[str, Any]:
+def _schedule_json(
+    described: ScheduleDescription, config: Settings, *, sweep: str | None = None
+) -> dict[str, Any]:
+    """A billing calendar's schedule (`calendar`, `cron`) or a sweep's (`sweep`, `every`)."""
     schedule, info = described.schedule, described.info
-    calendar = described.id.removeprefix(_SCHEDULE_PREFIX)
+    calendar = None if sweep else described.id.removeprefix(_SCHEDULE_PREFIX)
+    every = [i.every for i in schedule.spec.intervals]
     action = schedule.action
     starts = action if isinstance(action, ScheduleActionStartWorkflow) else None
     return {
         "schedule_id": described.id,
         "calendar": calendar,
+        "sweep": sweep,
         "cron": _cron(schedule.spec),
+        "every_s": every[0].total_seconds() if len(every) == 1 else None,
         "note": schedule.state.note,
         "paused": schedule.state.paused,
-        "settings_cron": config.billing_calendars.get(calendar),
+        "settings_cron": config.billing_calendars.get(calendar) if calendar else None,
+        "settings_every_s": config.sweep_interval.total_seconds() if sweep else None,
         "workflow": starts.workflow if starts else None,
         "task_queue": starts.task_queue if starts else None,
         "next_runs": [at.isoformat() for at in info.next_action_times[:NEXT_RUNS_SHOWN]],
@@ -455,14 +472,22 @@ def _render_schedules(out: Console, found: list[dict[str, Any]]) -> None:
         out.print(schedule["schedule_id"], style="bold")
         fields = Fields(_SCHEDULE_LABEL_WIDTH)
         row = fields.row
-        row("calendar", schedule["calendar"])
-        row("cron", schedule["cron"])
+        if schedule["sweep"]:
+            row("sweep", schedule["sweep"])
+            row("every", _seconds(schedule["every_s"]))
+        else:
+            row("calendar", schedule["calendar"])
+            row("cron", schedule["cron"])
         row("note", schedule["note"])
         row("state", "paused" if schedule["paused"] else "active")
         if schedule["workflow"]:
             row("starts", f"{schedule['workflow']} on task queue {schedule['task_queue']}")
         configured = schedule["settings_cron"]
-        if configured is None:
+        if schedule["sweep"]:
+            if schedule["settings_every_s"] != schedule["every_s"]:
+                wanted = _seconds(schedule["settings_every_s"])
+                row("settings", f"say every {wanted}; `q2c schedules --apply` updates it")
+        elif configured is None:
             row("settings", "not in the settings' billing calendars")
         elif configured not in (schedule["note"] or ""):
             row("settings", f"say {configured}; `q2c schedules --apply` updates the schedule")
@@ -476,6 +501,10 @@ def _render_schedules(out: Console, found: list[dict[str, Any]]) -> None:
             or "none yet",
         )
         fields.print(out)
+
+
+def _seconds(total: float | None) -> str:
+    return "?" if total is None else str(timedelta(seconds=total))
 
 
 def _iso_when(at: str) -> str:

@@ -162,6 +162,8 @@ async def _start(state: ServiceState, event: ClosedWonEvent) -> StartedRun:
                 trigger=f"salesforce-event:{event.event_id}",
                 summary=f"Salesforce opportunity {opportunity_id} ({event.sobject.name})",
                 refetch=True,  # a fresh CRM change: a run waiting for corrections looks again
+                # A run started after this change (say, by the CRM sweep) has already seen it.
+                changed_at=event.sobject.last_modified_date or event.occurred_at,
             ),
             timeout=START_TIMEOUT_S,
         )

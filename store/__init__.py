@@ -1,6 +1,13 @@
 """q2c's own database: cross-reference ids, the audit trail, exceptions."""
 
-from store.models import AuditEntry, CrossReference, ExceptionRecord, InboundEvent, InvoiceDraft
+from store.models import (
+    AuditEntry,
+    CrossReference,
+    ExceptionRecord,
+    InboundEvent,
+    InvoiceDraft,
+    SweepCheckpoint,
+)
 from store.repository import CrossReferenceConflict, Store, StoreNotMigrated, create_engine
 
 __all__ = [
@@ -12,5 +19,6 @@ __all__ = [
     "InvoiceDraft",
     "Store",
     "StoreNotMigrated",
+    "SweepCheckpoint",
     "create_engine",
 ]

@@ -142,3 +142,17 @@ class InvoiceDraft(SQLModel, table=True):
     erp_line_ids: list[Any] = Field(default_factory=list, sa_type=sa.JSON, nullable=False)
     created_at: datetime = _at()
     updated_at: datetime = _at()
+
+
+class SweepCheckpoint(SQLModel, table=True):
+    """How far a catch-up sweep has looked: the newest change time it has seen.
+
+    The next sweep asks for changes at or after it (`>=`), so changes sharing that instant
+    are seen twice rather than missed; starting or signalling them again is harmless.
+    """
+
+    __tablename__ = "sweep_checkpoint"
+
+    name: str = Field(primary_key=True, max_length=64)  # "crm:salesforce", "billing:stripe"
+    position: datetime = Field(sa_type=AwareDateTime, nullable=False)
+    updated_at: datetime = _at()

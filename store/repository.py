@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -19,6 +19,7 @@ from store.models import (
     ExceptionRecord,
     InboundEvent,
     InvoiceDraft,
+    SweepCheckpoint,
     utcnow,
 )
 
@@ -372,6 +373,49 @@ class Store:
             await session.commit()
             await session.refresh(row)
             return row
+
+    # Sweep checkpoints ---------------------------------------------------------------
+
+    async def sweep_checkpoint(self, name: str) -> datetime | None:
+        """How far the sweep `name` has looked; None before its first run."""
+        async with self._sessions() as session:
+            row = await session.get(SweepCheckpoint, name)
+            return None if row is None else row.position
+
+    async def advance_sweep_checkpoint(self, name: str, position: datetime) -> datetime:
+        """Move the checkpoint to `position`, never back; the checkpoint as it now stands.
+
+        Sweeps overlap (a retried activity, two workers): the one that saw less never undoes
+        the progress of the one that saw more. One conditional UPDATE decides, so it holds
+        on SQLite (which has no row locks) as on PostgreSQL.
+        """
+        table = cast(sa.Table, sa.inspect(SweepCheckpoint).local_table)
+        forward = (
+            sa.update(table)
+            .where(table.c.name == name, table.c.position < position)
+            .values(position=position, updated_at=utcnow())
+        )
+        for _ in range(3):  # a racing first insert makes the next round an update
+            async with self.engine.begin() as conn:
+                moved = await conn.execute(forward)
+                if moved.rowcount:
+                    return position
+                current: datetime | None = (
+                    await conn.execute(sa.select(table.c.position).where(table.c.name == name))
+                ).scalar_one_or_none()
+            if current is not None:
+                if current >= position:
+                    return current
+                continue  # inserted between our UPDATE and SELECT: update it now
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.execute(
+                        sa.insert(table).values(name=name, position=position, updated_at=utcnow())
+                    )
+                return position
+            except IntegrityError:
+                continue
+        raise RuntimeError(f"could not advance sweep checkpoint {name!r}")
 
     async def ping(self) -> bool:
         async with self.engine.connect() as conn:

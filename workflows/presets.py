@@ -50,3 +50,17 @@ COMPENSATION = CallOptions(
         maximum_attempts=30,
     ),
 )
+
+#: A catch-up sweep: one long activity that heartbeats its progress. A sweep that still
+#: fails is not lost: the next scheduled sweep starts from the same checkpoint.
+SWEEP_CALL = CallOptions(
+    start_to_close_timeout=timedelta(minutes=10),
+    retry_policy=RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(seconds=30),
+        maximum_attempts=5,
+    ),
+)
+#: A sweep activity that stops heartbeating this long is presumed lost and run again.
+SWEEP_HEARTBEAT = timedelta(minutes=1)

@@ -7,6 +7,7 @@ from connectors.salesforce.client import (
     SalesforceClient,
     UpsertResult,
     check_id,
+    soql_datetime,
     soql_literal,
 )
 from connectors.salesforce.mapping import to_account, to_opportunity, write_back_fields
@@ -20,12 +21,13 @@ from connectors.salesforce.webhook import (
     parse_closed_won_event,
     verify_webhook_signature,
 )
-from connectors.salesforce.wire import ClosedWonEvent, ClosedWonOpportunity
+from connectors.salesforce.wire import ChangedOpportunity, ClosedWonEvent, ClosedWonOpportunity
 
 __all__ = [
     "DEFAULT_API_VERSION",
     "SIGNATURE_HEADER",
     "SYSTEM",
+    "ChangedOpportunity",
     "ClosedWonEvent",
     "ClosedWonOpportunity",
     "InvalidEvent",
@@ -37,6 +39,7 @@ __all__ = [
     "check_id",
     "closed_won_event",
     "parse_closed_won_event",
+    "soql_datetime",
     "soql_literal",
     "to_account",
     "to_opportunity",

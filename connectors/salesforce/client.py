@@ -18,6 +18,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
@@ -40,6 +41,7 @@ from connectors.salesforce import mapping
 from connectors.salesforce.wire import (
     AccountRecord,
     ApiError,
+    ChangedOpportunity,
     ContactRecord,
     OAuthError,
     OpportunityLineItemRecord,
@@ -56,6 +58,9 @@ DEFAULT_API_VERSION = "v60.0"
 DEFAULT_TIMEOUT = SALESFORCE_HTTP_TIMEOUT
 #: The org's corporate currency, for single-currency orgs whose records carry no currency.
 DEFAULT_CURRENCY = "USD"
+CLOSED_WON = "Closed Won"
+#: Deals per page of the catch-up query (Salesforce's default batch: 2,000).
+SWEEP_BATCH = 2000
 MIN_BATCH_SIZE = 200
 MAX_EXACT_DIGITS = 15
 MAX_BATCH_SIZE = 2000
@@ -128,6 +133,13 @@ def soql_literal(value: str) -> str:
     escaped = value.replace("\\", "\\\\").replace("'", "\\'")
     escaped = escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
     return f"'{escaped}'"
+
+
+def soql_datetime(moment: datetime) -> str:
+    """A SOQL dateTime literal in UTC (`2026-12-01T00:05:00Z`): unquoted, whole seconds."""
+    if moment.tzinfo is None:
+        raise ValueError("a SOQL dateTime needs a timezone-aware datetime")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def check_id(value: str, *, field: str = "Id") -> str:
@@ -448,6 +460,27 @@ class SalesforceClient:
             )
         ]
         return mapping.to_opportunity(record, lines, default_currency=self.default_currency)
+
+    async def closed_won_changed_since(
+        self, since: datetime, *, limit: int | None = None
+    ) -> AsyncIterator[ChangedOpportunity]:
+        """Closed Won deals changed at or after `since`, oldest change first (at most `limit`).
+
+        SOQL's dateTime literals have whole seconds, so `since` is rounded down: a change in
+        that second may come back again, never be skipped. Without a limit, every one comes,
+        page by page (`nextRecordsUrl`): however many deals share one second (a bulk update),
+        none is left behind a page boundary.
+        """
+        soql = (
+            "SELECT Id, LastModifiedDate FROM Opportunity "
+            f"WHERE StageName = {soql_literal(CLOSED_WON)} "
+            f"AND LastModifiedDate >= {soql_datetime(since)} "
+            "ORDER BY LastModifiedDate ASC, Id ASC"
+        )
+        if limit is not None:
+            soql += f" LIMIT {int(limit)}"
+        async for record in self.query(soql, batch_size=SWEEP_BATCH):
+            yield ChangedOpportunity.model_validate(record)
 
     async def write_back(
         self,

@@ -147,3 +147,10 @@ class ClosedWonEvent(WireModel):
     occurred_at: IsoDatetime = Field(alias="occurredAt")
     organization_id: str = Field(alias="organizationId", min_length=1)
     sobject: ClosedWonOpportunity
+
+
+class ChangedOpportunity(WireModel):
+    """A Closed Won deal as the catch-up sweep lists it: which, and when it last changed."""
+
+    id: str = Field(alias="Id", min_length=15, max_length=18)
+    last_modified_date: AwareDatetime = Field(alias="LastModifiedDate")

@@ -12,15 +12,18 @@ from connectors.stripe.client import (
 from connectors.stripe.mapping import (
     EXTERNAL_CUSTOMER,
     EXTERNAL_INVOICE,
+    INVOICE_EVENT_KINDS,
     SYSTEM,
     customer_params,
     invoice_from_stripe,
     payment_from_stripe,
+    payment_kind,
 )
 
 __all__ = [
     "EXTERNAL_CUSTOMER",
     "EXTERNAL_INVOICE",
+    "INVOICE_EVENT_KINDS",
     "SIGNATURE_HEADER",
     "SYSTEM",
     "WEBHOOK_TOLERANCE_S",
@@ -31,5 +34,6 @@ __all__ = [
     "customer_params",
     "invoice_from_stripe",
     "payment_from_stripe",
+    "payment_kind",
     "verify_webhook",
 ]

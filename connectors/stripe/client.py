@@ -16,7 +16,7 @@ done rather than an error, so a late retry still converges.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from decimal import Decimal
@@ -355,6 +355,28 @@ class StripeBilling:
 
     async def get_stripe_invoice(self, invoice_id: str) -> wire.Invoice:
         return await self._request("get", f"/v1/invoices/{invoice_id}", wire.Invoice)
+
+    async def list_events(
+        self,
+        types: Sequence[str],
+        *,
+        created_gte: int,
+        limit: int = PAGE_LIMIT,
+        starting_after: str | None = None,
+    ) -> wire.ListObject[wire.Event]:
+        """One page of `GET /v1/events` of these types created at or after `created_gte`
+        (unix seconds), newest first; pass the last id as `starting_after` for the next.
+
+        Stripe keeps events 30 days: what a lost webhook would have said, with its event id.
+        """
+        params: dict[str, Any] = {
+            "types": list(types),
+            "created": {"gte": created_gte},
+            "limit": limit,
+        }
+        if starting_after:
+            params["starting_after"] = starting_after
+        return await self._request("get", "/v1/events", wire.ListObject[wire.Event], params)
 
     async def get_payment(self, invoice_id: str) -> Payment | None:
         """The payment that settled the invoice, or None while it is unpaid."""

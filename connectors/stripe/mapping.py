@@ -225,3 +225,19 @@ def payment_from_stripe(invoice: wire.Invoice) -> Payment | None:
         reference=invoice.number,
         customer_id=invoice.metadata.get(META_CUSTOMER_ID) or invoice.customer,
     )
+
+
+#: Stripe's invoice events that end or move a payment, and what q2c calls each
+#: (`PaymentEvent.kind`): paid, a failed attempt, voided, or written off as uncollectible.
+INVOICE_EVENT_KINDS: dict[str, str] = {
+    "invoice.paid": "paid",
+    "invoice.payment_failed": "payment_failed",
+    "invoice.voided": "voided",
+    "invoice.marked_uncollectible": "uncollectible",
+}
+
+
+def payment_kind(event_type: object) -> str | None:
+    """The `PaymentEvent.kind` of a Stripe event type; None for events q2c does not act on
+    (`invoice.finalized`, `invoice.payment_succeeded`, which `invoice.paid` follows, ...)."""
+    return INVOICE_EVENT_KINDS.get(event_type) if isinstance(event_type, str) else None

@@ -847,9 +847,30 @@ class StripeApi:
         return event
 
     def list_events(self, params: dict[str, Any]) -> dict[str, Any]:
-        f.check_known(params, ("limit", "starting_after", "ending_before", "type", "created"))
-        filters = {"type": kind} if (kind := f.opt_str(params, "type")) else {}
-        return self._list("event", "/v1/events", params, filters)
+        """Stripe's `GET /v1/events`: `type` (one exact type) or `types` (up to 20), and
+        `created` as a timestamp or a range (`created[gte]=...`; gt, gte, lt, lte)."""
+        f.check_known(
+            params, ("limit", "starting_after", "ending_before", "type", "types", "created")
+        )
+        kind = f.opt_str(params, "type")
+        kinds = f.opt_list(params, "types")
+        if kind is not None and kinds is not None:
+            raise ApiError.invalid(
+                "You may only specify one of these parameters: type, types.",
+                param="types",
+                code="parameters_exclusive",
+            )
+        filters: dict[str, Any] = {"type": kind} if kind else {}
+        one_of: dict[str, list[Any]] = {}
+        if kinds is not None:
+            if len(kinds) > 20 or not all(isinstance(k, str) and k for k in kinds):
+                raise ApiError.invalid(
+                    "Invalid array: types must hold at most 20 event types", param="types"
+                )
+            one_of["type"] = kinds
+        return self._list(
+            "event", "/v1/events", params, filters, one_of=one_of, ranges=_created(params)
+        )
 
     def _event(
         self,
@@ -880,7 +901,14 @@ class StripeApi:
     # ------------------------------------------------------------------- listing
 
     def _list(
-        self, type_: str, url: str, params: dict[str, Any], filters: dict[str, Any]
+        self,
+        type_: str,
+        url: str,
+        params: dict[str, Any],
+        filters: dict[str, Any],
+        *,
+        one_of: dict[str, list[Any]] | None = None,
+        ranges: dict[str, dict[str, int]] | None = None,
     ) -> dict[str, Any]:
         """Newest first, `limit` (1-100, default 10), cursors by object id, as Stripe pages."""
         limit = _limit(params)
@@ -899,12 +927,16 @@ class StripeApi:
                 newest_first=False,
                 after_seq=self._cursor(type_, before, "ending_before"),
                 limit=limit + 1,
+                one_of=one_of,
+                ranges=ranges,
             )
             has_more = len(rows) > limit
             data = list(reversed(rows[:limit]))
         else:
             seq = self._cursor(type_, after, "starting_after") if after else None
-            rows = self.store.find(type_, filters, after_seq=seq, limit=limit + 1)
+            rows = self.store.find(
+                type_, filters, after_seq=seq, limit=limit + 1, one_of=one_of, ranges=ranges
+            )
             has_more = len(rows) > limit
             data = rows[:limit]
         return {"object": "list", "data": data, "has_more": has_more, "url": url}
@@ -914,6 +946,25 @@ class StripeApi:
         if seq is None:
             raise ApiError.missing(type_, object_id, param=param)
         return seq
+
+
+def _created(params: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """`created=<unix>` or `created[gte]=<unix>` (gt, gte, lt, lte), as Stripe lists take it."""
+    value = params.get("created")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        return {
+            "created": {"gte": _timestamp(value, "created"), "lte": _timestamp(value, "created")}
+        }
+    f.check_known(value, ("gt", "gte", "lt", "lte"), prefix="created")
+    return {"created": {op: _timestamp(v, f"created[{op}]") for op, v in value.items()}}
+
+
+def _timestamp(value: Any, param: str) -> int:
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    raise ApiError.invalid(f"Invalid integer: {value}", param=param)
 
 
 def _limit(params: dict[str, Any]) -> int:

@@ -45,6 +45,8 @@ class StoredResult:
     request_id: str
 
 
+_RANGE_OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+
 #: Filter value meaning "the field is null" (pending invoice items have no invoice).
 IS_NULL = object()
 
@@ -106,14 +108,26 @@ class Store:
         after_seq: int | None = None,
         before_seq: int | None = None,
         limit: int | None = None,
+        one_of: dict[str, list[Any]] | None = None,
+        ranges: dict[str, dict[str, int]] | None = None,
     ) -> list[dict[str, Any]]:
         """Objects of a type whose top-level fields equal `filters`, in creation order.
 
+        `one_of` keeps objects whose field is one of the values; `ranges` those whose
+        field compares as asked (`{"created": {"gte": 1700000000}}`, ops gt gte lt lte).
         `after_seq`/`before_seq` follow the listing direction: "after" means further
         down the list, so older objects when `newest_first`.
         """
         where = ["type = ?"]
         args: list[Any] = [type_]
+        for field, values in (one_of or {}).items():
+            marks = ", ".join("?" for _ in values) or "NULL"
+            where.append(f"json_extract(body, '$.{field}') IN ({marks})")
+            args.extend(values)
+        for field, bounds in (ranges or {}).items():
+            for op, bound in bounds.items():
+                where.append(f"json_extract(body, '$.{field}') {_RANGE_OPS[op]} ?")
+                args.append(bound)
         for field, value in (filters or {}).items():
             if value is IS_NULL:
                 where.append(f"json_extract(body, '$.{field}') IS NULL")

@@ -22,7 +22,7 @@ from tests.cli import test_lifecycle_cli as lifecycle_cli
 from tests.cli.test_lifecycle_cli import Invoke, error_line, make_invoke
 from tests.fixtures.ports import free_port
 from tests.workflows.invoice_fakes import APPROVER, FakeInvoicing
-from workflows.starters import schedule_id
+from workflows.starters import SWEEPS, schedule_id, sweep_schedule_id
 from workflows.time_to_invoice import (
     STATUS,
     InvoiceStatus,
@@ -349,12 +349,14 @@ def next_first_of_a_month_at_six(now: datetime) -> datetime:
 
 
 @pytest.fixture
-async def calendar(temporal_client: Client) -> AsyncIterator[str]:
-    """A calendar of this test's own: the session's server is shared; its schedule goes after."""
+async def calendar(temporal_client: Client, task_queue: str) -> AsyncIterator[str]:
+    """A calendar of this test's own: the session's server is shared; its schedule goes after,
+    and so do the sweeps' schedules of the test's task queue (`--apply` makes them too)."""
     name = f"monthly-{uuid.uuid4().hex[:8]}"
     yield name
-    with contextlib.suppress(RPCError):
-        await temporal_client.get_schedule_handle(schedule_id(name)).delete()
+    for sid in (schedule_id(name), *(sweep_schedule_id(task_queue, s) for s in SWEEPS)):
+        with contextlib.suppress(RPCError):
+            await temporal_client.get_schedule_handle(sid).delete()
 
 
 async def test_schedules_apply_lists_the_monthly_schedule_and_its_next_run(
@@ -391,6 +393,43 @@ async def test_schedules_apply_lists_the_monthly_schedule_and_its_next_run(
     assert row(block, "state") == ["active"]
     assert row(block, "next")[1:3] == [expected_next.strftime("%Y-%m-%d"), "06:00:00"]
     assert f"invoice-cycle-{calendar}" in row(block, "recent")[-1]
+
+
+async def test_schedules_apply_lists_the_sweeps_and_their_interval(
+    cli_env: dict[str, str], task_queue: str, calendar: str
+) -> None:
+    q2c = make_invoke(
+        {
+            **cli_env,
+            "Q2C_BILLING_CALENDARS": json.dumps({calendar: "0 6 1 * *"}),
+            "Q2C_SWEEP_INTERVAL": "PT2M",
+        }
+    )
+
+    applied = await q2c("schedules", "--apply", "--json")
+
+    assert applied.exit_code == 0, applied.output
+    sweeps = {s["sweep"]: s for s in json.loads(applied.stdout) if s["sweep"]}
+    assert set(sweeps) == {"crm", "billing"}
+    for name, workflow in (("crm", "CrmSweepWorkflow"), ("billing", "BillingSweepWorkflow")):
+        mine = sweeps[name]
+        assert mine["schedule_id"] == f"{task_queue}-sweep-{name}"
+        assert (mine["workflow"], mine["task_queue"]) == (workflow, task_queue)
+        assert mine["every_s"] == mine["settings_every_s"] == 120
+        assert mine["paused"] is False and len(mine["next_runs"]) == 3
+        gap = datetime.fromisoformat(mine["next_runs"][1]) - datetime.fromisoformat(
+            mine["next_runs"][0]
+        )
+        assert gap == timedelta(minutes=2)
+
+    # The interval changed in the settings: the listing says so until applied again.
+    slower = make_invoke({**cli_env, "Q2C_SWEEP_INTERVAL": "PT5M"})
+    listed = await slower("schedules")
+    assert listed.exit_code == 0, listed.output
+    text = listed.stdout
+    block = text[text.index(f"{task_queue}-sweep-crm") :].split("\n\n")[0]
+    assert row(block, "every") == ["0:02:00"]
+    assert "say every 0:05:00" in block
 
 
 async def test_an_unreachable_temporal_is_one_line(cli_env: dict[str, str]) -> None:

@@ -292,3 +292,48 @@ async def test_decimals_go_out_exactly() -> None:
             "OpportunityLineItem", {"UnitPrice": Decimal("0.10"), "Quantity": Decimal("3")}
         )
     assert json.loads(sent[0], parse_float=str) == {"UnitPrice": "0.1", "Quantity": "3.0"}
+
+
+def test_soql_datetime_is_utc_whole_seconds_and_refuses_naive_times() -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from connectors.salesforce import soql_datetime
+
+    paris = timezone(timedelta(hours=1))
+    assert soql_datetime(datetime(2026, 12, 1, 2, 5, 7, 987000, tzinfo=paris)) == (
+        "2026-12-01T01:05:07Z"  # rounded down: the sweep may see a change twice, never skip it
+    )
+    assert soql_datetime(datetime(2026, 12, 1, tzinfo=UTC)) == "2026-12-01T00:00:00Z"
+    with pytest.raises(ValueError):
+        soql_datetime(datetime(2026, 12, 1))
+
+
+async def test_closed_won_changed_since_asks_for_changes_oldest_first() -> None:
+    from datetime import UTC, datetime
+
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.params["q"])
+        record = {
+            "attributes": {"type": "Opportunity"},
+            "Id": "0065g0000000001AAA",
+            "LastModifiedDate": "2026-12-01T00:05:07.250+0000",
+        }
+        return httpx.Response(200, json={"totalSize": 1, "done": True, "records": [record]})
+
+    async with _client(handler) as sf:
+        found = [
+            o
+            async for o in sf.closed_won_changed_since(
+                datetime(2026, 12, 1, 0, 5, 7, 500000, tzinfo=UTC), limit=50
+            )
+        ]
+    assert asked == [
+        "SELECT Id, LastModifiedDate FROM Opportunity WHERE StageName = 'Closed Won' "
+        "AND LastModifiedDate >= 2026-12-01T00:05:07Z "
+        "ORDER BY LastModifiedDate ASC, Id ASC LIMIT 50"
+    ]
+    assert [(o.id, o.last_modified_date) for o in found] == [
+        ("0065g0000000001AAA", datetime(2026, 12, 1, 0, 5, 7, 250000, tzinfo=UTC))
+    ]

@@ -434,3 +434,27 @@ async def test_undelivered_webhooks_are_sent_after_a_restart(
 
     delivery = stripe.wait_for_event("customer.created", customer_id)
     assert verify_webhook(delivery.body, delivery.signature, stripe.webhook_secret)
+
+
+async def test_events_are_listed_by_type_since_a_time_and_paged(
+    stripe_billing: StripeBilling,
+) -> None:
+    paid_id, _ = await new_open_invoice(stripe_billing)
+    voided_id, _ = await new_open_invoice(stripe_billing)
+    await stripe_billing.pay_invoice(paid_id, idempotency_key=key())
+    await stripe_billing.void_invoice(voided_id, idempotency_key=key())
+    paid = await stripe_billing.get_stripe_invoice(paid_id)
+    since = paid.created
+
+    found, after = [], None
+    while True:
+        page = await stripe_billing.list_events(
+            ["invoice.paid", "invoice.voided"], created_gte=since, limit=1, starting_after=after
+        )
+        found += [(e.type, e.data.object["id"]) for e in page.data]
+        assert all(e.created >= since for e in page.data)
+        if not page.has_more:
+            break
+        after = page.data[-1].id
+    assert ("invoice.paid", paid_id) in found and ("invoice.voided", voided_id) in found
+    assert {t for t, _ in found} <= {"invoice.paid", "invoice.voided"}

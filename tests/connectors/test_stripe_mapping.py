@@ -249,3 +249,26 @@ def test_webhook_body_must_be_a_signed_event() -> None:
     assert verify_webhook(event, future, secret)["id"] == "evt_1"
     with pytest.raises(WebhookRejected):
         verify_webhook(event, "t=abc,v1=zzz", secret)
+
+
+@pytest.mark.parametrize(
+    ("event_type", "kind"),
+    [
+        ("invoice.paid", "paid"),
+        ("invoice.payment_failed", "payment_failed"),
+        ("invoice.voided", "voided"),
+        ("invoice.marked_uncollectible", "uncollectible"),
+        # Not acted on: `invoice.paid` follows a success; the rest move no payment.
+        ("invoice.payment_succeeded", None),
+        ("invoice.finalized", None),
+        ("invoice.updated", None),
+        ("customer.created", None),
+        ("", None),
+        (None, None),
+        (["invoice.paid"], None),
+    ],
+)
+def test_invoice_events_map_to_payment_kinds(event_type: object, kind: str | None) -> None:
+    from connectors.stripe import payment_kind
+
+    assert payment_kind(event_type) == kind

@@ -9,6 +9,7 @@ import hmac
 import json
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -169,12 +170,36 @@ async def test_a_redelivery_starts_nothing_even_after_the_run_ended(
     assert await runs_of(temporal_client, workflow_id, 1) == 1
 
     # The deal won again later is a new event: a new run under the same business key.
-    rewon = await deliver(service, closed_won(opp), webhook_secret)
+    later = closed_won(opp)
+    later["sobject"]["LastModifiedDate"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+    rewon = await deliver(service, later, webhook_secret)
     assert rewon.status_code == 202
     assert rewon.json()["workflow_id"] == workflow_id
     assert rewon.json()["run_id"] != first["run_id"]
     assert rewon.json()["duplicate"] is False
     assert await runs_of(temporal_client, workflow_id, 2) == 2
+
+
+async def test_an_event_older_than_the_deals_run_lands_on_that_run(
+    service: httpx.AsyncClient,
+    webhook_secret: str,
+    temporal_client: Client,
+    started_runs: list[str],
+) -> None:
+    """A Closed Won event delivered late (its webhook was lost, then replayed), after the
+    deal's run started (by the CRM sweep, by hand): the run has read that change already."""
+    opp = new_opportunity_id()
+    workflow_id = expected_id(opp)
+    started_runs.append(workflow_id)
+    first = (await deliver(service, closed_won(opp), webhook_secret)).json()
+    await temporal_client.get_workflow_handle(workflow_id).terminate(reason="test: run over")
+
+    # Another event id for the same change: not a duplicate by id, yet the same Closed Won.
+    late = await deliver(service, closed_won(opp), webhook_secret)
+
+    assert late.status_code == 202
+    assert (late.json()["workflow_id"], late.json()["run_id"]) == (workflow_id, first["run_id"])
+    assert await runs_of(temporal_client, workflow_id, 1) == 1
 
 
 async def test_ten_concurrent_deliveries_of_one_event_make_one_run(

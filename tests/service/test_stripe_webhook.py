@@ -411,21 +411,71 @@ async def test_other_event_types_are_ignored(
 ) -> None:
     invoice_id = await open_invoice(stripe_billing, stripe, listener.id)
     finalized = await delivery_of(stripe, "invoice.finalized", invoice_id)
-    await stripe_billing.void_invoice(invoice_id, idempotency_key=key())
-    voided = await delivery_of(stripe, "invoice.voided", invoice_id)
     customer_id = finalized.event["data"]["object"]["customer"]
     created = await delivery_of(stripe, "customer.created", customer_id)
 
-    answers = [await post(http, d) for d in (finalized, voided, created)]
+    answers = [await post(http, d) for d in (finalized, created)]
 
-    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert [a.status_code for a in answers] == [200, 200]
     assert [a.json() for a in answers] == [
         {"ignored": "invoice.finalized"},
-        {"ignored": "invoice.voided"},
         {"ignored": "customer.created"},
     ]
     assert await events_of(listener) == []
     assert await service_store.exceptions() == []
+
+
+@pytest.mark.parametrize(
+    ("action", "event_type", "kind"),
+    [
+        ("void_invoice", "invoice.voided", "voided"),
+        ("mark_uncollectible", "invoice.marked_uncollectible", "uncollectible"),
+    ],
+)
+async def test_an_invoice_ended_unpaid_signals_its_run(
+    http: httpx.AsyncClient,
+    stripe: StripeStandin,
+    stripe_billing: StripeBilling,
+    listener: WorkflowHandle[Any, list[PaymentEvent]],
+    action: str,
+    event_type: str,
+    kind: str,
+) -> None:
+    invoice_id = await open_invoice(stripe_billing, stripe, listener.id)
+    await getattr(stripe_billing, action)(invoice_id, idempotency_key=key())
+    delivery = await delivery_of(stripe, event_type, invoice_id)
+
+    first, again = await post(http, delivery), await post(http, delivery)
+
+    assert first.json() == signalled(listener.id)
+    assert again.json() == {"workflow_id": listener.id, "duplicate": True}
+    [event] = await events_of(listener)
+    assert (event.kind, event.billing_invoice_id, event.amount) == (kind, invoice_id, None)
+    assert event.event_id == delivery.event["id"] and event.reason
+
+
+async def test_a_void_after_its_run_ended_is_no_exception(
+    http: httpx.AsyncClient,
+    service_store: Store,
+    stripe: StripeStandin,
+    stripe_billing: StripeBilling,
+    listener: WorkflowHandle[Any, list[PaymentEvent]],
+) -> None:
+    """A run that fails voids its own invoice on the way out; the void's event finds the run
+    closed. A paid event for a closed run, by contrast, is still an exception."""
+    invoice_id = await open_invoice(stripe_billing, stripe, listener.id)
+    assert await events_of(listener) == []  # the run has ended
+    await stripe_billing.void_invoice(invoice_id, idempotency_key=key())
+    voided = await delivery_of(stripe, "invoice.voided", invoice_id)
+
+    answer = await post(http, voided)
+
+    assert answer.status_code == 200
+    assert answer.json() == {"workflow_id": listener.id, "duplicate": False}
+    assert (await post(http, voided)).json() == {"workflow_id": listener.id, "duplicate": True}
+    assert await service_store.exceptions() == []
+    paid = await paid_delivery(stripe_billing, stripe, listener.id)
+    assert (await post(http, paid)).json()["exception"] == "unknown_billing_invoice"
 
 
 async def test_temporal_down_answers_503_and_the_retry_signals(

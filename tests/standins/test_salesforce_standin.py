@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -352,3 +353,54 @@ async def test_deleting_an_account_removes_its_opportunities(
     assert r.status_code == 204
     gone = await org.get(f"/sobjects/Opportunity/{deal['opportunity']}")
     assert gone.status_code == 404
+
+
+async def test_soql_compares_and_orders_by_last_modified_date(org: Org) -> None:
+    """What the CRM sweep asks: Closed Won deals changed since a dateTime, oldest first."""
+    account = await org.create("Account", Name="Sweep Co")
+    ids = [
+        await org.create(
+            "Opportunity",
+            Name=f"Sweep {n}",
+            StageName=stage,
+            CloseDate="2026-11-30",
+            AccountId=account,
+        )
+        for n, stage in enumerate(("Closed Won", "Prospecting", "Closed Won", "Closed Won"))
+    ]
+    won = [ids[0], ids[2], ids[3]]
+    soql = (
+        "SELECT Id, LastModifiedDate FROM Opportunity WHERE StageName = 'Closed Won' "
+        "AND LastModifiedDate >= {since} ORDER BY LastModifiedDate ASC, Id ASC LIMIT {limit}"
+    )
+    everything = await org.query(soql.format(since="2000-01-01T00:00:00Z", limit=10))
+    records = everything.json()["records"]
+    assert [r["Id"] for r in records] == won
+    stamps = [r["LastModifiedDate"] for r in records]
+    assert stamps == sorted(stamps)
+
+    limited = await org.query(soql.format(since="2000-01-01T00:00:00Z", limit=2))
+    assert [r["Id"] for r in limited.json()["records"]] == won[:2]
+    # The same instant in another zone; seconds only, as SOQL literals are written.
+    last = stamps[-1][:19]
+    # The same instant written in another zone; whole seconds, as SOQL literals are written.
+    moment = datetime.fromisoformat(f"{last}+00:00").astimezone(timezone(timedelta(hours=1)))
+    same = await org.query(soql.format(since=moment.isoformat(), limit=10))
+    assert ids[3] in [r["Id"] for r in same.json()["records"]]
+    future = await org.query(soql.format(since="2999-01-01T00:00:00Z", limit=10))
+    assert future.json()["totalSize"] == 0
+
+    edited = await org.patch(f"/sobjects/Opportunity/{ids[0]}", {"Description": "edited"})
+    assert edited.status_code == 204
+    again = await org.query(soql.format(since=f"{last}Z", limit=10))
+    assert ids[0] in [r["Id"] for r in again.json()["records"]]  # a change moves it forward
+
+
+@pytest.mark.parametrize(
+    "literal",
+    ["'2026-12-01T00:00:00Z'", "2026-12-01", "1764547200"],
+)
+async def test_last_modified_date_needs_a_datetime_literal(org: Org, literal: str) -> None:
+    r = await org.query(f"SELECT Id FROM Opportunity WHERE LastModifiedDate >= {literal}")
+    assert r.status_code == 400
+    assert r.json()[0]["errorCode"] == "INVALID_QUERY_FILTER_OPERATOR"

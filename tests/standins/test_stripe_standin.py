@@ -464,3 +464,44 @@ async def test_a_key_in_flight_refuses_its_twin_with_409_then_replays(
     # Another key is not held up by the one in flight.
     other = await post(api, "/v1/customers", {"name": "Other"}, headers={"Idempotency-Key": "x"})
     assert other.status_code == 200
+
+
+async def test_events_filter_by_types_and_created_and_page(api: httpx.AsyncClient) -> None:
+    cus = await customer(api)
+    invoices = []
+    for action in ("pay", "void", "mark_uncollectible"):
+        inv = (await post(api, "/v1/invoices", {"customer": cus["id"], "currency": "eur"})).json()
+        await post(
+            api, "/v1/invoiceitems", {"customer": cus["id"], "invoice": inv["id"], "amount": "500"}
+        )
+        await post(api, f"/v1/invoices/{inv['id']}/finalize")
+        extra = {"paid_out_of_band": "true"} if action == "pay" else {}
+        await post(api, f"/v1/invoices/{inv['id']}/{action}", extra)
+        invoices.append(inv["id"])
+    wanted = ["invoice.paid", "invoice.voided", "invoice.marked_uncollectible"]
+
+    first = (await api.get("/v1/events", params={"types[]": wanted, "limit": 2})).json()
+    assert first["has_more"] is True
+    rest = (
+        await api.get(
+            "/v1/events",
+            params={"types[]": wanted, "limit": 2, "starting_after": first["data"][-1]["id"]},
+        )
+    ).json()
+    found = [(e["type"], e["data"]["object"]["id"]) for e in first["data"] + rest["data"]]
+    # Newest first, and only the asked types (no invoice.created, finalized, ...).
+    assert found == list(reversed(list(zip(wanted, invoices, strict=True))))
+    assert rest["has_more"] is False
+
+    newest = first["data"][0]["created"]
+    since = await api.get(
+        "/v1/events", params={"types[0]": "invoice.paid", "created[gte]": str(newest)}
+    )
+    assert all(e["created"] >= newest for e in since.json()["data"])
+    later = await api.get("/v1/events", params={"created[gt]": str(newest + 3600)})
+    assert later.json()["data"] == []
+
+    both = await api.get("/v1/events", params={"type": "invoice.paid", "types[]": wanted})
+    assert both.status_code == 400 and both.json()["error"]["param"] == "types"
+    bad = await api.get("/v1/events", params={"created[gte]": "yesterday"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "created[gte]"
