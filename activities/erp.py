@@ -133,9 +133,7 @@ class ErpActivities:
         row, _ = await stored_invoice(self.store, request.draft_id)
         credit = None
         if row.erp_invoice_id is not None:
-            credit = await self.erp.credit_invoice(
-                int(row.erp_invoice_id), reason=request.reason
-            )
+            credit = await self.erp.credit_invoice(int(row.erp_invoice_id), reason=request.reason)
         return ErpCredited(
             erp_invoice_id=row.erp_invoice_id,
             credit_note_id=str(credit) if credit is not None else None,

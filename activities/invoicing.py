@@ -332,7 +332,6 @@ class InvoicingActivities:
         )
         return draft_view(request.draft_id, rated, adjusted, adjustments, earlier)
 
-
     @activity.defn
     async def set_draft_status(self, request: DraftStatusInput) -> None:
         """Record how billing ended the invoice; a void draft no longer holds its entries."""

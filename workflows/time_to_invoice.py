@@ -10,6 +10,8 @@ the PSA, reports to the CRM and follows the invoice until it is paid.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -42,6 +44,9 @@ class TimeToInvoiceInput(_Message):
     project_id: str = Field(min_length=1, max_length=64)  # the PSA's project id
     period: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")  # "2026-11"
     trigger: str | None = None
+    #: How long after the due date the run follows an unpaid invoice before it ends with
+    #: an exception for finance (the default is `PAYMENT_FOLLOW_UP`).
+    payment_follow_up_days: int | None = Field(default=None, ge=0, le=3650)
 
 
 class InvoiceStep(StrEnum):
@@ -56,6 +61,9 @@ class InvoiceStep(StrEnum):
     RECORD_PAYMENT = "record_payment"
     COMPENSATING = "compensating"
     PAID = "paid"
+    VOIDED = "voided"
+    UNCOLLECTIBLE = "uncollectible"
+    UNPAID = "unpaid"  # followed past the due date for the configured time, never paid
     NOTHING_TO_INVOICE = "nothing_to_invoice"
     REJECTED = "rejected"
     EXPIRED = "expired"
@@ -66,7 +74,7 @@ class PaymentEvent(_Message):
     """What billing told q2c about the invoice (from its webhook): the `payment` signal."""
 
     event_id: str
-    kind: str  # "paid" or "payment_failed"
+    kind: str  # "paid", "payment_failed", "voided" or "uncollectible"
     billing_invoice_id: str
     amount: Decimal | None = None  # in the invoice's currency, for "paid"
     occurred_at: datetime
@@ -83,6 +91,7 @@ class InvoiceRecord(_Message):
     via: str  # "signal" or "update"
     accepted: bool
     ignored_because: str | None = None
+    adjustment_id: str | None = None
 
 
 class InvoiceStatus(_Message):
@@ -102,6 +111,10 @@ class InvoiceStatus(_Message):
     records: list[InvoiceRecord] = Field(default_factory=list)
     payments: list[PaymentEvent] = Field(default_factory=list)
     last_error: str | None = None
+    #: Numbers of the period's earlier invoices when this run bills a supplementary one.
+    supplementary_to: list[str] = Field(default_factory=list)
+    #: What went wrong after the invoice was issued (recorded as exceptions; the run goes on).
+    issues: list[str] = Field(default_factory=list)
 
 
 class DecisionAck(_Message):
@@ -109,10 +122,15 @@ class DecisionAck(_Message):
     approver: str
     step: InvoiceStep
     total: Decimal | None = None
+    adjustment_id: str | None = None
+    #: The adjustment had been applied before: this delivery changed nothing.
+    duplicate: bool = False
 
 
 class TimeToInvoiceResult(_Message):
-    status: InvoiceStep  # PAID, NOTHING_TO_INVOICE, REJECTED or EXPIRED (failures raise)
+    #: PAID, VOIDED, UNCOLLECTIBLE, UNPAID, NOTHING_TO_INVOICE, REJECTED or EXPIRED
+    #: (failures raise)
+    status: InvoiceStep
     invoice_number: str | None = None
     total: Decimal | None = None
     currency: str | None = None
@@ -126,6 +144,10 @@ PAYMENT = "payment"  # signal (from billing's webhooks)
 STATUS = "status"  # query
 #: Billing invoice metadata naming the run, so a payment webhook finds its run.
 BILLING_METADATA_KEY = "q2c_workflow_id"
+#: ... and the run itself: a period run again has the same workflow id.
+BILLING_RUN_METADATA_KEY = "q2c_run_id"
+#: After the due date, how long an unpaid invoice is followed before the run ends.
+PAYMENT_FOLLOW_UP = timedelta(days=90)
 
 
 # --------------------------------------------------------------------------- the workflow
@@ -135,11 +157,13 @@ with workflow.unsafe.imports_passed_through():
         BillingActivities,
         CreateBillingInvoiceInput,
         FinalizeBillingInvoiceInput,
+        FinalizedInvoice,
         VoidBillingInvoiceInput,
     )
     from activities.crm import CrmActivities, CrmInvoiceInput
     from activities.deal import DealActivities, DealPolicyInput
     from activities.erp import (
+        CreditErpInvoiceInput,
         DiscardErpDraftInput,
         ErpActivities,
         PostErpInvoiceInput,
@@ -149,6 +173,7 @@ with workflow.unsafe.imports_passed_through():
         AdjustInput,
         ContractContext,
         DraftInput,
+        DraftStatusInput,
         InvoicingActivities,
         LoadContractInput,
     )
@@ -167,6 +192,18 @@ DRAFT_HEARTBEAT = timedelta(seconds=60)
 #: After the due date passes, how often the run reminds that the invoice is unpaid.
 OVERDUE_REMINDER_EVERY = timedelta(days=7)
 
+#: A compensation: its name for people, and the call that undoes one step.
+Compensation = tuple[str, Callable[[], Awaitable[None]]]
+
+
+def adjustment_key(adjustment: InvoiceAdjustment) -> str:
+    """The id an adjustment is applied once under: its own, or one made from its content
+    (a message from a caller that sends no id)."""
+    if adjustment.adjustment_id is not None:
+        return adjustment.adjustment_id
+    content = adjustment.model_dump_json(exclude={"adjustment_id"}).encode()
+    return "content-" + hashlib.sha256(content).hexdigest()[:32]
+
 
 @workflow.defn
 class TimeToInvoiceWorkflow(LifecycleSteps):
@@ -175,6 +212,10 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
     @workflow.init
     def __init__(self, request: TimeToInvoiceInput) -> None:
         self._request = request
+        info = workflow.info()
+        #: One draft per run: every key that protects the draft or its invoice derives from
+        #: it, so a later run of the same period never meets this run's keys.
+        self._draft_id = f"{info.workflow_id}/{info.run_id}"
         self._correlation_id: str | None = None
         self._step = InvoiceStep.LOAD_CONTRACT
         self._last_error: str | None = None
@@ -184,18 +225,19 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         self._pending_since: datetime | None = None
         self._decision: InvoiceRecord | None = None
         self._adjusting = 0
+        self._adjustments_seen: set[str] = set()
+        self._adjustments_in_flight: set[str] = set()
         self._records: list[InvoiceRecord] = []
         self._payments: list[PaymentEvent] = []
         self._billing_invoice_id: str | None = None
         self._invoice_number: str | None = None
         self._erp_invoice_id: str | None = None
         self._due_date: date | None = None
-        self._compensations: list[tuple[str, Any]] = []
-
-    @property
-    def _draft_id(self) -> str:
-        info = workflow.info()
-        return f"{info.workflow_id}/{info.run_id}"
+        self._compensations: list[Compensation] = []
+        #: Set once billing and the ERP both hold the invoice: from then on nothing is undone,
+        #: and a failing step is an exception, not the end of the run.
+        self._issued = False
+        self._issues: list[str] = []
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -210,6 +252,11 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
             raise ApplicationError(
                 f"{failure.step}: {failure.reason}", type="InvoicingFailed", non_retryable=True
             ) from None
+        except BaseException:
+            # Cancellation is not an Exception: what the run created is undone all the same.
+            if self._compensations:
+                await self._fail(StepFailed(str(self._step), "the run was cancelled"))
+            raise
         await workflow.wait_condition(workflow.all_handlers_finished)
         return result
 
@@ -255,13 +302,25 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         await self._audit(
             InvoiceStep.DRAFT,
             "drafted",
-            detail={"total": str(draft.total), "entries": draft.time_entries},
+            detail={
+                "total": str(draft.total),
+                "entries": draft.time_entries,
+                "supplementary_to": draft.supplementary_to,
+            },
         )
         if not draft.lines:
             self._set_step(InvoiceStep.NOTHING_TO_INVOICE)
+            already = (
+                f" (time billed on {', '.join(draft.supplementary_to)})"
+                if draft.supplementary_to
+                else ""
+            )
             return TimeToInvoiceResult(
                 status=InvoiceStep.NOTHING_TO_INVOICE,
-                message=f"nothing to invoice for project {request.project_id} in {request.period}",
+                message=(
+                    f"nothing to invoice for project {request.project_id} in "
+                    f"{request.period}{already}"
+                ),
             )
 
         decision = await self._approval(self._policy)
@@ -271,7 +330,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
 
     async def _bill(self, context: ContractContext) -> TimeToInvoiceResult:
         contract = context.contract
-        wid = workflow.info().workflow_id
+        info = workflow.info()
         self._set_step(InvoiceStep.BILLING_INVOICE)
         created = await self._call(
             InvoiceStep.BILLING_INVOICE,
@@ -279,25 +338,33 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
             CreateBillingInvoiceInput(
                 draft_id=self._draft_id,
                 billing_customer_id=context.billing_customer_id,
-                metadata={BILLING_METADATA_KEY: wid},
+                metadata={
+                    BILLING_METADATA_KEY: info.workflow_id,
+                    BILLING_RUN_METADATA_KEY: info.run_id,
+                },
                 days_until_due=contract.payment_terms.net_days,
-                idempotency_key=self._key("billing_invoice"),
+                idempotency_key=f"{self._draft_id}:billing-invoice",
             ),
         )
-        self._billing_invoice_id = created.billing_invoice_id
-        final = await self._call(
+        billing_invoice_id: str = created.billing_invoice_id
+        self._billing_invoice_id = billing_invoice_id
+        # Registered before finalize: whatever finalize leaves behind (an open invoice whose
+        # total disagrees, a finalize that timed out) is voided, or deleted while a draft.
+        self._compensations.append(
+            ("void billing invoice", lambda: self._void_billing(billing_invoice_id))
+        )
+        final: FinalizedInvoice = await self._call(
             InvoiceStep.BILLING_INVOICE,
             BillingActivities.finalize_billing_invoice,
             FinalizeBillingInvoiceInput(
                 draft_id=self._draft_id,
-                billing_invoice_id=created.billing_invoice_id,
-                idempotency_key=self._key("finalize"),
+                billing_invoice_id=billing_invoice_id,
+                idempotency_key=f"{billing_invoice_id}:finalize",
             ),
         )
         self._invoice_number = final.number
         self._due_date = final.due_date
-        self._compensations.append(("void billing invoice", created.billing_invoice_id))
-        self._compensations.append(("return time to unbilled", self._draft_id))
+        self._compensations.append(("return time to unbilled", self._unmark_time))
         await self._audit(
             InvoiceStep.BILLING_INVOICE,
             "finalized",
@@ -306,7 +373,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         )
 
         self._set_step(InvoiceStep.ERP_POSTING)
-        self._compensations.append(("discard ERP draft", self._draft_id))
+        self._compensations.append(("discard ERP draft", self._discard_erp))
         posted = await self._call(
             InvoiceStep.ERP_POSTING,
             ErpActivities.post_erp_invoice,
@@ -315,12 +382,13 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
                 erp_customer_id=context.erp_customer_id,
                 reference=final.number,
                 payment_net_days=contract.payment_terms.net_days,
-                idempotency_key=self._key("erp_invoice"),
+                idempotency_key=f"{self._draft_id}:erp-invoice",
             ),
         )
         self._erp_invoice_id = posted.erp_invoice_id
         # Billing and the ERP agree from here on: no more undoing, only reporting.
         self._compensations.clear()
+        self._issued = True
         await self._audit(
             InvoiceStep.ERP_POSTING,
             "posted",
@@ -329,24 +397,80 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         )
 
         self._set_step(InvoiceStep.MARK_BILLED)
-        marked = await self._call(
+        marked = await self._after_issue(
             InvoiceStep.MARK_BILLED,
-            PsaActivities.mark_time_billed,
-            TimeBillingInput(draft_id=self._draft_id),
-            DRAFT_CALL,
+            "mark the time billed in the PSA",
+            self._call(
+                InvoiceStep.MARK_BILLED,
+                PsaActivities.mark_time_billed,
+                TimeBillingInput(draft_id=self._draft_id),
+                DRAFT_CALL,
+            ),
         )
-        await self._audit(
-            InvoiceStep.MARK_BILLED, "marked", system="psa", detail={"entries": marked}
-        )
+        if marked is not None:
+            await self._audit(
+                InvoiceStep.MARK_BILLED, "marked", system="psa", detail={"entries": marked}
+            )
         await self._report_to_crm("open", final.total)
 
         return await self._follow_payment(final.total, final.currency)
+
+    # -- after the invoice is issued -----------------------------------------------------------
+
+    async def _after_issue(self, step: InvoiceStep, what: str, call: Awaitable[Any]) -> Any:
+        """A step after the invoice is issued: its failure is recorded for a person and the
+        run goes on following the payment (the invoice stands in billing and the ERP)."""
+        try:
+            return await call
+        except StepFailed as failure:
+            self._issues.append(f"{step}: {failure.reason}")
+            await self._note_exception(
+                f"after-issue:{step}:{len(self._issues)}",
+                kind="invoice_follow_up_failed",
+                message=(
+                    f"Invoice {self._invoice_number} ({self._customer_name()}) is issued, but "
+                    f"q2c could not {what}: {failure.reason}. The run goes on; "
+                    "do this step by hand."
+                ),
+                step=step,
+            )
+            return None
+
+    async def _note_exception(self, key: str, *, kind: str, message: str, step: str) -> None:
+        """An exception that must not stop an issued invoice's run, even with the store down."""
+        try:
+            await self._record_exception(key, kind=kind, message=message, step=step)
+        except ActivityError as exc:
+            workflow.logger.error("could not record %s (%s): %s", kind, reason_of(exc), message)
+
+    async def _audit(
+        self,
+        step: str,
+        action: str,
+        *,
+        system: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        if not self._issued:
+            await super()._audit(step, action, system=system, detail=detail)
+            return
+        try:
+            await super()._audit(step, action, system=system, detail=detail)
+        except StepFailed as failure:  # bookkeeping never stops an issued invoice's run
+            self._issues.append(f"audit {step}/{action}: {failure.reason}")
+            workflow.logger.error("audit %s/%s not recorded: %s", step, action, failure.reason)
 
     # -- payment ----------------------------------------------------------------------------
 
     async def _follow_payment(self, total: Decimal, currency: str) -> TimeToInvoiceResult:
         self._set_step(InvoiceStep.AWAITING_PAYMENT)
         due = self._due_date
+        follow_up = (
+            timedelta(days=self._request.payment_follow_up_days)
+            if self._request.payment_follow_up_days is not None
+            else PAYMENT_FOLLOW_UP
+        )
+        give_up = datetime.combine(due, time.max, tzinfo=UTC) + follow_up if due else None
         reminders = 0
         seen = 0
         while True:
@@ -355,6 +479,8 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
                 if due
                 else None
             )
+            if next_check is not None and give_up is not None:
+                next_check = min(next_check, give_up)
             timeout = (next_check - workflow.now()) if next_check else None
             try:
                 await workflow.wait_condition(
@@ -362,8 +488,10 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
                     timeout=timeout if timeout is None or timeout > timedelta(0) else timedelta(0),
                 )
             except TimeoutError:
+                if give_up is not None and workflow.now() >= give_up:
+                    return await self._unpaid(total, currency, follow_up)
                 reminders += 1
-                await self._record_exception(
+                await self._note_exception(
                     f"overdue:{reminders}",
                     kind="invoice_overdue",
                     message=(
@@ -371,14 +499,17 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
                         f"{total} {currency} is unpaid past its due date {due}"
                     ),
                     step=InvoiceStep.AWAITING_PAYMENT,
-                    detail={"customer": self._customer_name(), "amount": str(total)},
                 )
                 continue
             for event in self._payments[seen:]:
                 seen += 1
                 if event.kind == "paid":
                     return await self._paid(event, total, currency)
-                await self._record_exception(
+                if event.kind == "voided":
+                    return await self._voided(event, total, currency)
+                if event.kind == "uncollectible":
+                    return await self._uncollectible(event, total, currency)
+                await self._note_exception(
                     f"payment-failed:{event.event_id}",
                     kind="payment_failed",
                     message=(
@@ -393,48 +524,181 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         self, event: PaymentEvent, total: Decimal, currency: str
     ) -> TimeToInvoiceResult:
         self._set_step(InvoiceStep.RECORD_PAYMENT)
-        assert self._erp_invoice_id is not None
-        await self._call(
+        erp_invoice_id = self._erp_invoice_id or ""
+        await self._after_issue(
             InvoiceStep.RECORD_PAYMENT,
-            ErpActivities.record_erp_payment,
-            RecordErpPaymentInput(
-                draft_id=self._draft_id,
-                erp_invoice_id=self._erp_invoice_id,
-                amount=event.amount if event.amount is not None else total,
-                currency=currency,
-                paid_on=event.occurred_at.date(),
-                reference=event.event_id,
-                idempotency_key=self._key("payment"),
+            "record the payment in the ERP",
+            self._call(
+                InvoiceStep.RECORD_PAYMENT,
+                ErpActivities.record_erp_payment,
+                RecordErpPaymentInput(
+                    draft_id=self._draft_id,
+                    erp_invoice_id=erp_invoice_id,
+                    amount=event.amount if event.amount is not None else total,
+                    currency=currency,
+                    paid_on=event.occurred_at.date(),
+                    reference=event.event_id,
+                    idempotency_key=f"erp-invoice:{erp_invoice_id}:payment",
+                ),
             ),
         )
         await self._report_to_crm("paid", total)
         await self._audit(
             InvoiceStep.RECORD_PAYMENT, "paid", system="erp", detail={"event": event.event_id}
         )
-        self._set_step(InvoiceStep.PAID)
+        return self._ended(
+            InvoiceStep.PAID, total, currency, f"invoice {self._invoice_number} paid"
+        )
+
+    async def _voided(
+        self, event: PaymentEvent, total: Decimal, currency: str
+    ) -> TimeToInvoiceResult:
+        """Billing voided the invoice: nobody is to pay it. The ERP's receivable is credited
+        (a credit note, so the books keep both) and the time returns to unbilled, to be billed
+        by the period's next run if it should be."""
+        self._set_step(InvoiceStep.VOIDED)
+        reason = f"voided in billing ({event.event_id})"
+        credited = await self._after_issue(
+            InvoiceStep.VOIDED,
+            "credit the ERP invoice",
+            self._call(
+                InvoiceStep.VOIDED,
+                ErpActivities.credit_erp_invoice,
+                CreditErpInvoiceInput(draft_id=self._draft_id, reason=reason),
+            ),
+        )
+        if credited is not None:
+            await self._after_issue(
+                InvoiceStep.VOIDED,
+                "return the time to unbilled",
+                self._call(
+                    InvoiceStep.VOIDED,
+                    PsaActivities.unmark_time_billed,
+                    TimeBillingInput(draft_id=self._draft_id),
+                    DRAFT_CALL,
+                ),
+            )
+            await self._after_issue(
+                InvoiceStep.VOIDED,
+                "release the draft's time entries",
+                self._call(
+                    InvoiceStep.VOIDED,
+                    InvoicingActivities.set_draft_status,
+                    DraftStatusInput(draft_id=self._draft_id, status="void"),
+                    presets.LOCAL_CALL,
+                ),
+            )
+        credit_note = credited.credit_note_id if credited is not None else None
+        await self._note_exception(
+            "voided",
+            kind="invoice_voided",
+            message=(
+                f"Invoice {self._invoice_number} to {self._customer_name()} for {total} "
+                f"{currency} was voided in billing"
+                + (
+                    f"; ERP credit note {credit_note}, the time is unbilled again"
+                    if credit_note
+                    else ""
+                )
+            ),
+            step=InvoiceStep.VOIDED,
+        )
+        await self._report_to_crm("void", total)
+        await self._audit(
+            InvoiceStep.VOIDED, "voided", system="billing", detail={"credit_note": credit_note}
+        )
+        return self._ended(
+            InvoiceStep.VOIDED, total, currency, f"invoice {self._invoice_number} voided"
+        )
+
+    async def _uncollectible(
+        self, event: PaymentEvent, total: Decimal, currency: str
+    ) -> TimeToInvoiceResult:
+        """Billing gave up collecting: the receivable stays in the ERP for finance to write
+        off (a decision of theirs, not q2c's); the time stays billed."""
+        self._set_step(InvoiceStep.UNCOLLECTIBLE)
+        await self._after_issue(
+            InvoiceStep.UNCOLLECTIBLE,
+            "record the invoice uncollectible",
+            self._call(
+                InvoiceStep.UNCOLLECTIBLE,
+                InvoicingActivities.set_draft_status,
+                DraftStatusInput(draft_id=self._draft_id, status="uncollectible"),
+                presets.LOCAL_CALL,
+            ),
+        )
+        await self._note_exception(
+            "uncollectible",
+            kind="invoice_uncollectible",
+            message=(
+                f"Invoice {self._invoice_number} to {self._customer_name()} for {total} "
+                f"{currency} was marked uncollectible in billing ({event.event_id}): write off "
+                f"the receivable of ERP invoice {self._erp_invoice_id}"
+            ),
+            step=InvoiceStep.UNCOLLECTIBLE,
+        )
+        await self._report_to_crm("uncollectible", total)
+        await self._audit(InvoiceStep.UNCOLLECTIBLE, "uncollectible", system="billing")
+        return self._ended(
+            InvoiceStep.UNCOLLECTIBLE,
+            total,
+            currency,
+            f"invoice {self._invoice_number} uncollectible",
+        )
+
+    async def _unpaid(
+        self, total: Decimal, currency: str, follow_up: timedelta
+    ) -> TimeToInvoiceResult:
+        """Every run ends: past its due date and the follow-up time, finance takes over."""
+        await self._note_exception(
+            "unpaid",
+            kind="invoice_unpaid",
+            message=(
+                f"Invoice {self._invoice_number} to {self._customer_name()} for {total} "
+                f"{currency} is still unpaid {follow_up.days} days after its due date "
+                f"{self._due_date}: q2c stops following it; record a later payment in the ERP"
+            ),
+            step=InvoiceStep.AWAITING_PAYMENT,
+        )
+        await self._report_to_crm("overdue", total)
+        return self._ended(
+            InvoiceStep.UNPAID, total, currency, f"invoice {self._invoice_number} unpaid"
+        )
+
+    def _ended(
+        self, step: InvoiceStep, total: Decimal, currency: str, message: str
+    ) -> TimeToInvoiceResult:
+        self._set_step(step)
+        if self._issues:
+            message += f" ({len(self._issues)} follow-up step(s) failed: see exceptions)"
         return TimeToInvoiceResult(
-            status=InvoiceStep.PAID,
+            status=step,
             invoice_number=self._invoice_number,
             total=total,
             currency=currency,
-            message=f"invoice {self._invoice_number} paid",
+            message=message,
         )
 
     async def _report_to_crm(self, status: str, total: Decimal) -> None:
         context = self._context
         if context is None or context.crm is None or context.opportunity_id is None:
             return
-        assert self._invoice_number is not None
-        await self._call(
+        if self._invoice_number is None:
+            return
+        await self._after_issue(
             InvoiceStep.CRM_UPDATE,
-            CrmActivities.write_invoice_status,
-            CrmInvoiceInput(
-                crm=context.crm,
-                opportunity_id=context.opportunity_id,
-                number=self._invoice_number,
-                amount=total,
-                currency=context.contract.currency,
-                status=status,
+            f"show the invoice {status} in the CRM",
+            self._call(
+                InvoiceStep.CRM_UPDATE,
+                CrmActivities.write_invoice_status,
+                CrmInvoiceInput(
+                    crm=context.crm,
+                    opportunity_id=context.opportunity_id,
+                    number=self._invoice_number,
+                    amount=total,
+                    currency=context.contract.currency,
+                    status=status,
+                ),
             ),
         )
 
@@ -465,14 +729,15 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
                 if workflow.now() >= expires:
                     break
                 reminders += 1
-                assert self._draft is not None
+                draft = self._draft
                 await self._record_exception(
                     f"approval-reminder:{reminders}",
                     kind="invoice_approval_overdue",
                     message=(
                         f"Draft invoice for project {self._request.project_id} "
-                        f"({self._customer_name()}, {self._request.period}, {self._draft.total} "
-                        f"{self._draft.currency}) waits for finance (reminder {reminders})"
+                        f"({self._customer_name()}, {self._request.period}, "
+                        f"{draft.total if draft else '?'} {draft.currency if draft else ''}) "
+                        f"waits for finance (reminder {reminders})"
                     ),
                     step=InvoiceStep.AWAITING_APPROVAL,
                 )
@@ -504,8 +769,17 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
             return f"{approver} is not on the finance approvers list"
         return None
 
-    def _record(self, what: str, approver: str, reason: str, via: str) -> InvoiceRecord:
-        problem = self._refusal(approver)
+    def _record(
+        self,
+        what: str,
+        approver: str,
+        reason: str,
+        via: str,
+        *,
+        adjustment_id: str | None = None,
+        ignored_because: str | None = None,
+    ) -> InvoiceRecord:
+        problem = ignored_because or self._refusal(approver)
         record = InvoiceRecord(
             what=what,
             approver=approver,
@@ -514,6 +788,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
             via=via,
             accepted=problem is None,
             ignored_because=problem,
+            adjustment_id=adjustment_id,
         )
         self._records.append(record)
         return record
@@ -524,17 +799,39 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
             self._decision = record
         return record
 
-    async def _adjust(self, adjustment: InvoiceAdjustment, via: str) -> InvoiceRecord:
-        record = self._record("adjust", adjustment.approver, adjustment.reason, via)
+    async def _adjust(self, adjustment: InvoiceAdjustment, via: str) -> tuple[InvoiceRecord, bool]:
+        """Apply finance's adjustment once per id, however often and by whatever route it
+        arrives; `(record, True)` for a repeat, which changes nothing."""
+        key = adjustment_key(adjustment)
+        # A repeat racing the first delivery waits for it, then answers as it did.
+        await workflow.wait_condition(lambda: key not in self._adjustments_in_flight)
+        if key in self._adjustments_seen:
+            record = self._record(
+                "adjust",
+                adjustment.approver,
+                adjustment.reason,
+                via,
+                adjustment_id=key,
+                ignored_because=f"adjustment {key} was applied already",
+            )
+            return record, True
+        record = self._record(
+            "adjust", adjustment.approver, adjustment.reason, via, adjustment_id=key
+        )
         if not record.accepted:
-            return record
+            return record, False
         self._adjusting += 1
+        self._adjustments_in_flight.add(key)
         try:
             self._draft = await workflow.execute_activity_method(
                 InvoicingActivities.adjust_draft,
-                AdjustInput(draft_id=self._draft_id, adjustment=adjustment),
+                AdjustInput(
+                    draft_id=self._draft_id,
+                    adjustment=adjustment.model_copy(update={"adjustment_id": key}),
+                ),
                 **presets.LOCAL_CALL,
             )
+            self._adjustments_seen.add(key)
         except ActivityError as exc:
             refused = record.model_copy(
                 update={"accepted": False, "ignored_because": reason_of(exc)}
@@ -543,7 +840,8 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
             raise ApplicationError(reason_of(exc), type="InvalidAdjustment") from exc
         finally:
             self._adjusting -= 1
-        return record
+            self._adjustments_in_flight.discard(key)
+        return record, False
 
     @workflow.signal(name=DECIDE)
     def decide_by_signal(self, decision: ApprovalDecision) -> None:
@@ -568,16 +866,21 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
 
     @workflow.update(name=ADJUST)
     async def adjust_by_update(self, adjustment: InvoiceAdjustment) -> DecisionAck:
-        record = await self._adjust(adjustment, "update")
+        record, duplicate = await self._adjust(adjustment, "update")
         return DecisionAck(
             what=record.what,
             approver=record.approver,
             step=self._step,
             total=self._draft.total if self._draft else None,
+            adjustment_id=record.adjustment_id,
+            duplicate=duplicate,
         )
 
     @adjust_by_update.validator
     def _validate_adjustment(self, adjustment: InvoiceAdjustment) -> None:
+        key = adjustment_key(adjustment)
+        if key in self._adjustments_seen or key in self._adjustments_in_flight:
+            return  # a repeat: answered with what the first delivery did
         if (problem := self._refusal(adjustment.approver)) is not None:
             raise ValueError(problem)
         if self._draft is not None:
@@ -590,7 +893,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
 
     @workflow.signal(name=PAYMENT)
     def payment(self, event: PaymentEvent) -> None:
-        """From billing's webhooks; a redelivered event is ignored."""
+        """From billing's webhooks and sweeps; a redelivered event is ignored."""
         if event.billing_invoice_id != self._billing_invoice_id:
             workflow.logger.warning("payment event for another invoice ignored: %s", event)
             return
@@ -615,46 +918,54 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
             records=list(self._records),
             payments=list(self._payments),
             last_error=self._last_error,
+            supplementary_to=list(self._draft.supplementary_to) if self._draft else [],
+            issues=list(self._issues),
         )
 
     # -- failure ----------------------------------------------------------------------------
 
+    async def _void_billing(self, billing_invoice_id: str) -> None:
+        await workflow.execute_activity_method(
+            BillingActivities.void_billing_invoice,
+            VoidBillingInvoiceInput(
+                draft_id=self._draft_id,
+                billing_invoice_id=billing_invoice_id,
+                reason=self._last_error or "invoicing failed",
+                idempotency_key=f"{billing_invoice_id}:void",
+            ),
+            **presets.COMPENSATION,
+        )
+
+    async def _unmark_time(self) -> None:
+        await workflow.execute_activity_method(
+            PsaActivities.unmark_time_billed,
+            TimeBillingInput(draft_id=self._draft_id),
+            **presets.COMPENSATION,
+        )
+
+    async def _discard_erp(self) -> None:
+        await workflow.execute_activity_method(
+            ErpActivities.discard_erp_draft,
+            DiscardErpDraftInput(draft_id=self._draft_id),
+            **presets.COMPENSATION,
+        )
+
     async def _fail(self, failure: StepFailed) -> None:
-        """ERP posting failed after billing finalized: void the invoice, return the time to
-        unbilled; never leave billing and the ERP disagreeing silently."""
+        """A step failed for good before the invoice was issued: undo what this run made
+        (void billing's invoice, discard or credit the ERP's, return the time to unbilled),
+        so billing and the ERP never disagree silently."""
         self._last_error = f"{failure.step}: {failure.reason}"
         undone: list[str] = []
         not_undone: list[str] = []
         if self._compensations:
             self._set_step(InvoiceStep.COMPENSATING)
-        for name, target in reversed(self._compensations):
+        for name, undo in reversed(self._compensations):
             try:
-                if name == "discard ERP draft":
-                    await workflow.execute_activity_method(
-                        ErpActivities.discard_erp_draft,
-                        DiscardErpDraftInput(draft_id=target),
-                        **presets.COMPENSATION,
-                    )
-                elif name == "void billing invoice":
-                    await workflow.execute_activity_method(
-                        BillingActivities.void_billing_invoice,
-                        VoidBillingInvoiceInput(
-                            draft_id=self._draft_id,
-                            billing_invoice_id=target,
-                            reason=self._last_error,
-                            idempotency_key=self._key("void"),
-                        ),
-                        **presets.COMPENSATION,
-                    )
-                else:
-                    await workflow.execute_activity_method(
-                        PsaActivities.unmark_time_billed,
-                        TimeBillingInput(draft_id=target),
-                        **presets.COMPENSATION,
-                    )
+                await undo()
                 undone.append(name)
             except ActivityError as exc:
                 not_undone.append(f"{name}: {reason_of(exc)}")
+        self._compensations.clear()
         self._set_step(InvoiceStep.FAILED)
         message = (
             f"Invoicing project {self._request.project_id} for {self._request.period} failed "
