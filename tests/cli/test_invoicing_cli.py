@@ -249,12 +249,17 @@ async def test_show_adjust_and_approve_a_draft(
     ]
     [adjust_call] = systems.called("adjust_draft")  # the refused ones never reached the draft
     assert [str(line.amount) for line in adjust_call.adjustment.lines] == ["400"]
+    # The command made one id for its adjustment, printed it, and the run applied it by it.
+    adjustment_id = adjust_call.adjustment.adjustment_id
+    assert adjustment_id and adjustment_id.startswith("adj-")
+    assert f"adjustment id: {adjustment_id}" in adjusted.stdout.splitlines()
     adjusted_draft = after_adjustment["invoice"]["draft"]
     assert (adjusted_draft["subtotal"], adjusted_draft["total"]) == ("1600.00", "1920.00")
     [adjustment] = adjusted_draft["adjustments"]
     assert adjustment["lines"] == [
         {"kind": "write_off", "description": "Onboarding", "amount": "400"}
     ]
+    assert adjustment["adjustment_id"] == adjustment_id
 
     # Approved: billed, numbered, posted, waiting for the payment.
     assert approved.stdout.splitlines()[:2] == [f"approved: {wid}", f"by:     {APPROVER}"]
