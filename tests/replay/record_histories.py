@@ -1,4 +1,4 @@
-"""Record histories of opportunity-to-project runs for the replay test.
+"""Record histories of every lifecycle's runs for the replay test.
 
     .venv/bin/python -m tests.replay.record_histories v1
 
@@ -10,12 +10,9 @@ code still replays them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +20,9 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from canonical import AdjustmentKind, AdjustmentLine, InvoiceAdjustment
 from tests.fixtures.temporal import temporal_binary
+from tests.replay.invoice_histories import record_invoice_cycle_history, record_invoice_histories
 from tests.workflows.fakes import APPROVER, FakeSystems, account, opportunity, start_args
-from tests.workflows.invoice_fakes import APPROVER as INVOICE_APPROVER
-from tests.workflows.invoice_fakes import FakeInvoicing
-from tests.workflows.invoice_fakes import start_args as invoice_start_args
 from workflows.opportunity_to_project import (
     DATA_CORRECTED,
     DECIDE,
@@ -42,17 +36,6 @@ from workflows.opportunity_to_project import (
     Step,
 )
 from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
-from workflows.time_to_invoice import (
-    ADJUST,
-    PAYMENT,
-    DecisionAck,
-    InvoiceStatus,
-    InvoiceStep,
-    PaymentEvent,
-    TimeToInvoiceWorkflow,
-)
-from workflows.time_to_invoice import DECIDE as INVOICE_DECIDE
-from workflows.time_to_invoice import STATUS as INVOICE_STATUS
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -95,58 +78,6 @@ async def _compensated(handle: WorkflowHandle, systems: FakeSystems) -> None:  #
 Drive = Callable[[WorkflowHandle, Any], Awaitable[None]]  # type: ignore[type-arg]
 
 
-async def _invoice_paid(handle: WorkflowHandle, systems: FakeInvoicing) -> None:  # type: ignore[type-arg]
-    await _wait_invoice(handle, InvoiceStep.AWAITING_APPROVAL)
-    await handle.execute_update(
-        ADJUST,
-        InvoiceAdjustment(
-            approver=INVOICE_APPROVER,
-            reason="goodwill",
-            lines=[
-                AdjustmentLine(
-                    kind=AdjustmentKind.DISCOUNT, description="Goodwill", amount=Decimal(100)
-                )
-            ],
-        ),
-        result_type=DecisionAck,
-    )
-    await handle.execute_update(
-        INVOICE_DECIDE,
-        ApprovalDecision(decision=Decision.APPROVE, approver=INVOICE_APPROVER, reason="ok"),
-        result_type=DecisionAck,
-    )
-    await _wait_invoice(handle, InvoiceStep.AWAITING_PAYMENT)
-    event = PaymentEvent(
-        event_id="evt_1",
-        kind="paid",
-        billing_invoice_id="in_TEST1",
-        amount=Decimal("2280.00"),
-        occurred_at=datetime(2026, 12, 5, tzinfo=UTC),
-    )
-    await handle.signal(PAYMENT, event)
-    await handle.result()
-
-
-async def _invoice_failed(handle: WorkflowHandle, systems: FakeInvoicing) -> None:  # type: ignore[type-arg]
-    await _wait_invoice(handle, InvoiceStep.AWAITING_APPROVAL)
-    await handle.signal(
-        INVOICE_DECIDE,
-        ApprovalDecision(decision=Decision.APPROVE, approver=INVOICE_APPROVER, reason="ok"),
-    )
-    with contextlib.suppress(Exception):  # fails after compensating: the history we want
-        await handle.result()
-
-
-async def _wait_invoice(handle: WorkflowHandle, step: InvoiceStep) -> None:  # type: ignore[type-arg]
-    while (await handle.query(INVOICE_STATUS, result_type=InvoiceStatus)).step != step:  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
-
-
-INVOICE_SCENARIOS: dict[str, tuple[Callable[[], FakeInvoicing], Drive]] = {
-    "paid": (FakeInvoicing, _invoice_paid),
-    "failed": (lambda: FakeInvoicing(fail_erp="tryton: period closed"), _invoice_failed),
-}
-
 SCENARIOS: dict[str, tuple[Callable[[], FakeSystems], Drive]] = {
     "clean": (FakeSystems, _clean),
     "approved": (lambda: FakeSystems(deal=opportunity(hours="2000")), _approved),
@@ -176,22 +107,9 @@ async def record(label: str) -> None:
             path = HISTORIES / f"opportunity_to_project.{label}.{name}.json"
             path.write_text(history.to_json())
             print(f"{path}: {len(history.events)} events")
-        for name, (make_invoicing, drive) in INVOICE_SCENARIOS.items():
-            invoicing = make_invoicing()
-            task_queue = f"record-{uuid.uuid4()}"
-            async with invoicing.worker(client, task_queue):
-                invoice_request, invoice_wid = invoice_start_args()
-                invoice_handle = await client.start_workflow(
-                    TimeToInvoiceWorkflow.run,
-                    invoice_request,
-                    id=invoice_wid,
-                    task_queue=task_queue,
-                )
-                await drive(invoice_handle, invoicing)
-            history = await invoice_handle.fetch_history()
-            path = HISTORIES / f"time_to_invoice.{label}.{name}.json"
-            path.write_text(history.to_json())
-            print(f"{path}: {len(history.events)} events")
+        # Time-to-invoice and the invoice cycle: their own functions, their own module.
+        await record_invoice_histories(client, label)
+        await record_invoice_cycle_history(client, label)
     finally:
         await env.shutdown()
 

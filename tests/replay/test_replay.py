@@ -10,11 +10,12 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from workflows.invoice_cycle import InvoiceCycleWorkflow
 from workflows.opportunity_to_project import OpportunityToProjectWorkflow
 from workflows.time_to_invoice import TimeToInvoiceWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
-WORKFLOWS = [OpportunityToProjectWorkflow, TimeToInvoiceWorkflow]
+WORKFLOWS = [OpportunityToProjectWorkflow, TimeToInvoiceWorkflow, InvoiceCycleWorkflow]
 
 
 def test_histories_are_recorded_for_every_path() -> None:
@@ -26,6 +27,16 @@ def test_histories_are_recorded_for_every_path() -> None:
         ("opportunity_to_project", "compensated"),
         ("time_to_invoice", "paid"),
         ("time_to_invoice", "failed"),
+    } <= names
+    assert {
+        ("time_to_invoice", "adjusted"),
+        ("time_to_invoice", "payment_failed"),
+        ("time_to_invoice", "overdue"),
+        ("time_to_invoice", "voided"),
+        ("time_to_invoice", "uncollectible"),
+        ("time_to_invoice", "follow_up_failed"),
+        ("time_to_invoice", "totals_disagree"),
+        ("invoice_cycle", "two_projects"),
     } <= names
 
 

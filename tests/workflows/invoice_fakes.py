@@ -107,6 +107,8 @@ class FakeInvoicing(FakeLedger):
     finalize_surcharge: Decimal = Decimal(0)
     #: A permanent refusal from these steps ("mark_time_billed", "write_invoice_status"...).
     refuse: set[str] = field(default_factory=set)
+    #: When billing says the invoice is due.
+    due: date = date(2026, 12, 31)
     #: Invoice numbers the draft is supplementary to.
     supplementary_to: list[str] = field(default_factory=list)
     policy: DealPolicy = field(
@@ -211,7 +213,7 @@ class FakeInvoicing(FakeLedger):
             number="Q2CTEST-0001",
             total=self.view.total,
             currency="GBP",
-            due_date=date(2026, 12, 31),
+            due_date=self.due,
         )
 
     @activity.defn(name="void_billing_invoice")
