@@ -137,6 +137,7 @@ def activities_for(
         billing.deactivate_billing_customer,
         ledger.record_audit,
         ledger.record_exception,
+        ledger.resolve_exception,
         ledger.link_reference,
     ]
 

@@ -86,11 +86,14 @@ class BillingActivities:
         customer = request.customer
         known = await self.store.external_id("customer", customer.id, BILLING_SYSTEM)
         if known is not None:
+            # The key protects the account's creation; an update is this run's own request
+            # (a later run's update must not get this one's answer from the vendor's cache).
+            run = activity.info().workflow_run_id
             await self.billing.update_customer(
-                known, customer, idempotency_key=f"{request.idempotency_key}:update"
+                known, customer, idempotency_key=f"{request.idempotency_key}:update:{run}"
             )
             await self.billing.set_customer_status(
-                known, ACTIVE, idempotency_key=f"{request.idempotency_key}:status"
+                known, ACTIVE, idempotency_key=f"{request.idempotency_key}:status:{run}"
             )
             return ProvisionBillingResult(billing_customer_id=known, created=False)
         created = await self.billing.create_customer(

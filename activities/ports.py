@@ -72,6 +72,11 @@ class ProjectHandle(Protocol):
     @property
     def task_ids(self) -> Mapping[str, int]: ...
 
+    @property
+    def created(self) -> bool:
+        """False when the idempotency key found an existing project."""
+        ...
+
 
 class PsaPort(Protocol):
     async def create_project(

@@ -254,6 +254,16 @@ class Store:
                 await session.refresh(row)
             return row
 
+    async def resolve_exception_by_key(
+        self, dedupe_key: str, resolution: str
+    ) -> ExceptionRecord | None:
+        """Resolve the exception a run opened under `dedupe_key` (a system that came back);
+        resolving twice, or a key never recorded, changes nothing."""
+        found = await self._exception_by_key(dedupe_key)
+        if found is None or found.id is None:
+            return None
+        return await self.resolve_exception(found.id, resolution)
+
     async def _exception_by_key(self, key: str) -> ExceptionRecord | None:
         async with self._sessions() as session:
             result = await session.exec(
