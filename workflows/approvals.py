@@ -50,6 +50,9 @@ class DecisionRecord(Message):
     accepted: bool
     #: Why an accepted=False decision was ignored (an approver not on the finance list).
     ignored_because: str | None = None
+    #: What the record is about, when a lifecycle names it: an adjustment's id, so a repeat
+    #: of the same adjustment is seen as one.
+    ref: str | None = None
 
 
 class ApprovalAck(Message):
@@ -94,9 +97,20 @@ class ApprovalGate:
             return f"{approver} is not on the finance approvers list"
         return None
 
-    def record(self, what: str, approver: str, reason: str, via: str, step: str) -> DecisionRecord:
-        """Record what a person sent; `accepted` says whether it counts."""
-        problem = self.refusal(approver, step)
+    def record(
+        self,
+        what: str,
+        approver: str,
+        reason: str,
+        via: str,
+        step: str,
+        *,
+        ref: str | None = None,
+        ignored_because: str | None = None,
+    ) -> DecisionRecord:
+        """Record what a person sent; `accepted` says whether it counts. `ignored_because`
+        refuses it for a reason of the lifecycle's own (a repeat of an applied adjustment)."""
+        problem = ignored_because or self.refusal(approver, step)
         record = DecisionRecord(
             what=what,
             approver=approver,
@@ -105,6 +119,7 @@ class ApprovalGate:
             via=via,
             accepted=problem is None,
             ignored_because=problem,
+            ref=ref,
         )
         self.records.append(record)
         if problem is not None:

@@ -11,24 +11,26 @@ the PSA, reports to the CRM and follows the invoice until it is paid.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ApplicationError
 
 from workflows.approvals import ApprovalDecision as ApprovalDecision
 from workflows.approvals import Decision as Decision
+from workflows.approvals import DecisionRecord, Message
 
 with workflow.unsafe.imports_passed_through():
     # The draft as finance sees and adjusts it; one class for the workflow and its activities.
     from canonical import DraftView, InvoiceAdjustment
 
 LIFECYCLE = "time-to-invoice"
+R = TypeVar("R")
 
 
 def workflow_id(project_id: str, period: str) -> str:
@@ -36,8 +38,8 @@ def workflow_id(project_id: str, period: str) -> str:
     return f"{LIFECYCLE}:{project_id}:{period}"
 
 
-class _Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+#: Messages accept an added field during a rolling deploy (`Message`: extra="ignore").
+_Message = Message
 
 
 class TimeToInvoiceInput(_Message):
@@ -60,6 +62,7 @@ class InvoiceStep(StrEnum):
     AWAITING_PAYMENT = "awaiting_payment"
     RECORD_PAYMENT = "record_payment"
     COMPENSATING = "compensating"
+    AWAITING_OPERATOR = "awaiting_operator"  # a system stayed down past its deadline
     PAID = "paid"
     VOIDED = "voided"
     UNCOLLECTIBLE = "uncollectible"
@@ -68,6 +71,7 @@ class InvoiceStep(StrEnum):
     REJECTED = "rejected"
     EXPIRED = "expired"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class PaymentEvent(_Message):
@@ -81,17 +85,8 @@ class PaymentEvent(_Message):
     reason: str | None = None  # why a payment failed
 
 
-class InvoiceRecord(_Message):
-    """A decision or adjustment as the run recorded it."""
-
-    what: str  # "approve", "reject", "adjust"
-    approver: str
-    reason: str
-    at: datetime
-    via: str  # "signal" or "update"
-    accepted: bool
-    ignored_because: str | None = None
-    adjustment_id: str | None = None
+#: A decision or adjustment as the run recorded it (`ref`: an adjustment's id).
+InvoiceRecord = DecisionRecord
 
 
 class InvoiceStatus(_Message):
@@ -111,6 +106,8 @@ class InvoiceStatus(_Message):
     records: list[InvoiceRecord] = Field(default_factory=list)
     payments: list[PaymentEvent] = Field(default_factory=list)
     last_error: str | None = None
+    #: The system the run waits on while it is down (an outage), if any.
+    waiting_on: str | None = None
     #: Numbers of the period's earlier invoices when this run bills a supplementary one.
     supplementary_to: list[str] = Field(default_factory=list)
     #: What went wrong after the invoice was issued (recorded as exceptions; the run goes on).
@@ -157,7 +154,6 @@ with workflow.unsafe.imports_passed_through():
         BillingActivities,
         CreateBillingInvoiceInput,
         FinalizeBillingInvoiceInput,
-        FinalizedInvoice,
         VoidBillingInvoiceInput,
     )
     from activities.crm import CrmActivities, CrmInvoiceInput
@@ -179,21 +175,25 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.psa import PsaActivities, TimeBillingInput
     from canonical import DealPolicy
-    from workflows import presets
     from workflows import search_attributes as sa
-    from workflows._lifecycle import LifecycleSteps, StepFailed, reason_of
+    from workflows._lifecycle import (
+        Ending,
+        Lifecycle,
+        StepFailed,
+        outcome_message,
+    )
+    from workflows.approvals import ApprovalGate, AwaitsApproval, PendingApproval
+    from workflows.queues import SystemQueue
 
 #: A period's draft may page through tens of thousands of entries: beat at least this often.
-DRAFT_CALL = presets.CallOptions(
-    start_to_close_timeout=timedelta(minutes=10),
-    retry_policy=presets.SYSTEM_CALL["retry_policy"],
-)
+DRAFT_ATTEMPT = timedelta(minutes=10)
 DRAFT_HEARTBEAT = timedelta(seconds=60)
 #: After the due date passes, how often the run reminds that the invoice is unpaid.
 OVERDUE_REMINDER_EVERY = timedelta(days=7)
 
-#: A compensation: its name for people, and the call that undoes one step.
-Compensation = tuple[str, Callable[[], Awaitable[None]]]
+TRYTON = SystemQueue.TRYTON
+STRIPE = SystemQueue.STRIPE
+SALESFORCE = SystemQueue.SALESFORCE
 
 
 def adjustment_key(adjustment: InvoiceAdjustment) -> str:
@@ -206,11 +206,14 @@ def adjustment_key(adjustment: InvoiceAdjustment) -> str:
 
 
 @workflow.defn
-class TimeToInvoiceWorkflow(LifecycleSteps):
+class TimeToInvoiceWorkflow(Lifecycle, AwaitsApproval):
     LIFECYCLE = LIFECYCLE
+    FAILURE_TYPE = "InvoicingFailed"
 
     @workflow.init
     def __init__(self, request: TimeToInvoiceInput) -> None:
+        self._init_lifecycle()
+        self._approval = ApprovalGate()
         self._request = request
         info = workflow.info()
         #: One draft per run: every key that protects the draft or its invoice derives from
@@ -218,25 +221,17 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         self._draft_id = f"{info.workflow_id}/{info.run_id}"
         self._correlation_id: str | None = None
         self._step = InvoiceStep.LOAD_CONTRACT
-        self._last_error: str | None = None
         self._policy: DealPolicy | None = None
         self._context: ContractContext | None = None
         self._draft: DraftView | None = None
-        self._pending_since: datetime | None = None
-        self._decision: InvoiceRecord | None = None
-        self._adjusting = 0
         self._adjustments_seen: set[str] = set()
         self._adjustments_in_flight: set[str] = set()
-        self._records: list[InvoiceRecord] = []
         self._payments: list[PaymentEvent] = []
         self._billing_invoice_id: str | None = None
         self._invoice_number: str | None = None
         self._erp_invoice_id: str | None = None
         self._due_date: date | None = None
-        self._compensations: list[Compensation] = []
-        #: Set once billing and the ERP both hold the invoice: from then on nothing is undone,
-        #: and a failing step is an exception, not the end of the run.
-        self._issued = False
+        #: What went wrong after the invoice was issued: recorded, and the run went on.
         self._issues: list[str] = []
 
     # -- the run ----------------------------------------------------------------------------
@@ -244,34 +239,22 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
     @workflow.run
     async def run(self, request: TimeToInvoiceInput) -> TimeToInvoiceResult:
         workflow.upsert_search_attributes([sa.LIFECYCLE.value_set(LIFECYCLE)])
-        await self._audit("start", "started", detail={"trigger": request.trigger})
-        try:
-            result = await self._invoice()
-        except StepFailed as failure:
-            await self._fail(failure)
-            raise ApplicationError(
-                f"{failure.step}: {failure.reason}", type="InvoicingFailed", non_retryable=True
-            ) from None
-        except BaseException:
-            # Cancellation is not an Exception: what the run created is undone all the same.
-            if self._compensations:
-                await self._fail(StepFailed(str(self._step), "the run was cancelled"))
-            raise
+        await self.audit("start", "started", detail={"trigger": request.trigger})
+        result = await self.guarded(self._invoice(), self._report_ending)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return result
 
     async def _invoice(self) -> TimeToInvoiceResult:
         request = self._request
-        self._policy = await self._call(
-            InvoiceStep.LOAD_CONTRACT,
-            DealActivities.deal_policy,
-            DealPolicyInput(crm="salesforce"),
-            presets.LOCAL_CALL,
+        self._policy = await self.local(
+            InvoiceStep.LOAD_CONTRACT, DealActivities.deal_policy, DealPolicyInput(crm="salesforce")
         )
-        context = await self._call(
+        self._outages = self._policy.outage
+        context = await self.call(
             InvoiceStep.LOAD_CONTRACT,
             InvoicingActivities.load_billing_contract,
             LoadContractInput(project_id=request.project_id),
+            system=TRYTON,
         )
         self._context = context
         contract = context.contract
@@ -284,22 +267,21 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         )
 
         self._set_step(InvoiceStep.DRAFT)
-        try:
-            self._draft = await workflow.execute_activity_method(
-                InvoicingActivities.draft_invoice,
-                DraftInput(
-                    draft_id=self._draft_id,
-                    workflow_id=workflow.info().workflow_id,
-                    period=request.period,
-                    context=context,
-                ),
-                heartbeat_timeout=DRAFT_HEARTBEAT,
-                **DRAFT_CALL,
-            )
-        except ActivityError as exc:
-            raise StepFailed(InvoiceStep.DRAFT, reason_of(exc)) from exc
-        draft = self._draft
-        await self._audit(
+        draft = await self.call(
+            InvoiceStep.DRAFT,
+            InvoicingActivities.draft_invoice,
+            DraftInput(
+                draft_id=self._draft_id,
+                workflow_id=workflow.info().workflow_id,
+                period=request.period,
+                context=context,
+            ),
+            system=TRYTON,
+            start_to_close=DRAFT_ATTEMPT,
+            heartbeat=DRAFT_HEARTBEAT,
+        )
+        self._draft = draft
+        await self.audit(
             InvoiceStep.DRAFT,
             "drafted",
             detail={
@@ -323,7 +305,9 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
                 ),
             )
 
-        decision = await self._approval(self._policy)
+        self._approval.open(self._policy.approval, [f"draft invoice {draft.total}"])
+        self._set_step(InvoiceStep.AWAITING_APPROVAL)
+        decision = await self._approval.wait(self._remind)
         if decision is None or decision.what == Decision.REJECT:
             return await self._declined(decision)
         return await self._bill(context)
@@ -332,7 +316,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         contract = context.contract
         info = workflow.info()
         self._set_step(InvoiceStep.BILLING_INVOICE)
-        created = await self._call(
+        created = await self.call(
             InvoiceStep.BILLING_INVOICE,
             BillingActivities.create_billing_invoice,
             CreateBillingInvoiceInput(
@@ -345,15 +329,14 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
                 days_until_due=contract.payment_terms.net_days,
                 idempotency_key=f"{self._draft_id}:billing-invoice",
             ),
+            system=STRIPE,
         )
-        billing_invoice_id: str = created.billing_invoice_id
+        billing_invoice_id = created.billing_invoice_id
         self._billing_invoice_id = billing_invoice_id
         # Registered before finalize: whatever finalize leaves behind (an open invoice whose
         # total disagrees, a finalize that timed out) is voided, or deleted while a draft.
-        self._compensations.append(
-            ("void billing invoice", lambda: self._void_billing(billing_invoice_id))
-        )
-        final: FinalizedInvoice = await self._call(
+        self.saga.add("void billing invoice", lambda: self._void_billing(billing_invoice_id))
+        final = await self.call(
             InvoiceStep.BILLING_INVOICE,
             BillingActivities.finalize_billing_invoice,
             FinalizeBillingInvoiceInput(
@@ -361,11 +344,12 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
                 billing_invoice_id=billing_invoice_id,
                 idempotency_key=f"{billing_invoice_id}:finalize",
             ),
+            system=STRIPE,
         )
         self._invoice_number = final.number
         self._due_date = final.due_date
-        self._compensations.append(("return time to unbilled", self._unmark_time))
-        await self._audit(
+        self.saga.add("return time to unbilled", self._unmark_time)
+        await self.audit(
             InvoiceStep.BILLING_INVOICE,
             "finalized",
             system="billing",
@@ -373,8 +357,8 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         )
 
         self._set_step(InvoiceStep.ERP_POSTING)
-        self._compensations.append(("discard ERP draft", self._discard_erp))
-        posted = await self._call(
+        self.saga.add("discard ERP draft", self._discard_erp)
+        posted = await self.call(
             InvoiceStep.ERP_POSTING,
             ErpActivities.post_erp_invoice,
             PostErpInvoiceInput(
@@ -384,12 +368,12 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
                 payment_net_days=contract.payment_terms.net_days,
                 idempotency_key=f"{self._draft_id}:erp-invoice",
             ),
+            system=TRYTON,
         )
         self._erp_invoice_id = posted.erp_invoice_id
         # Billing and the ERP agree from here on: no more undoing, only reporting.
-        self._compensations.clear()
-        self._issued = True
-        await self._audit(
+        self.saga.clear()
+        await self.audit(
             InvoiceStep.ERP_POSTING,
             "posted",
             system="erp",
@@ -400,15 +384,17 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         marked = await self._after_issue(
             InvoiceStep.MARK_BILLED,
             "mark the time billed in the PSA",
-            self._call(
+            self.call(
                 InvoiceStep.MARK_BILLED,
                 PsaActivities.mark_time_billed,
                 TimeBillingInput(draft_id=self._draft_id),
-                DRAFT_CALL,
+                system=TRYTON,
+                start_to_close=DRAFT_ATTEMPT,
+                heartbeat=DRAFT_HEARTBEAT,
             ),
         )
         if marked is not None:
-            await self._audit(
+            await self.audit(
                 InvoiceStep.MARK_BILLED, "marked", system="psa", detail={"entries": marked}
             )
         await self._report_to_crm("open", final.total)
@@ -417,14 +403,16 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
 
     # -- after the invoice is issued -----------------------------------------------------------
 
-    async def _after_issue(self, step: InvoiceStep, what: str, call: Awaitable[Any]) -> Any:
-        """A step after the invoice is issued: its failure is recorded for a person and the
-        run goes on following the payment (the invoice stands in billing and the ERP)."""
+    async def _after_issue(self, step: InvoiceStep, what: str, call: Awaitable[R]) -> R | None:
+        """A step after the invoice is issued. A transient fault is waited out by the kit
+        (and past its deadline a person retries it or gives it up); a permanent failure, or
+        giving up, is recorded for a person and the run goes on following the payment: the
+        invoice stands in billing and the ERP."""
         try:
             return await call
         except StepFailed as failure:
             self._issues.append(f"{step}: {failure.reason}")
-            await self._note_exception(
+            await self.record_exception(
                 f"after-issue:{step}:{len(self._issues)}",
                 kind="invoice_follow_up_failed",
                 message=(
@@ -435,30 +423,6 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
                 step=step,
             )
             return None
-
-    async def _note_exception(self, key: str, *, kind: str, message: str, step: str) -> None:
-        """An exception that must not stop an issued invoice's run, even with the store down."""
-        try:
-            await self._record_exception(key, kind=kind, message=message, step=step)
-        except ActivityError as exc:
-            workflow.logger.error("could not record %s (%s): %s", kind, reason_of(exc), message)
-
-    async def _audit(
-        self,
-        step: str,
-        action: str,
-        *,
-        system: str | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> None:
-        if not self._issued:
-            await super()._audit(step, action, system=system, detail=detail)
-            return
-        try:
-            await super()._audit(step, action, system=system, detail=detail)
-        except StepFailed as failure:  # bookkeeping never stops an issued invoice's run
-            self._issues.append(f"audit {step}/{action}: {failure.reason}")
-            workflow.logger.error("audit %s/%s not recorded: %s", step, action, failure.reason)
 
     # -- payment ----------------------------------------------------------------------------
 
@@ -491,7 +455,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
                 if give_up is not None and workflow.now() >= give_up:
                     return await self._unpaid(total, currency, follow_up)
                 reminders += 1
-                await self._note_exception(
+                await self.record_exception(
                     f"overdue:{reminders}",
                     kind="invoice_overdue",
                     message=(
@@ -509,7 +473,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
                     return await self._voided(event, total, currency)
                 if event.kind == "uncollectible":
                     return await self._uncollectible(event, total, currency)
-                await self._note_exception(
+                await self.record_exception(
                     f"payment-failed:{event.event_id}",
                     kind="payment_failed",
                     message=(
@@ -528,7 +492,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         await self._after_issue(
             InvoiceStep.RECORD_PAYMENT,
             "record the payment in the ERP",
-            self._call(
+            self.call(
                 InvoiceStep.RECORD_PAYMENT,
                 ErpActivities.record_erp_payment,
                 RecordErpPaymentInput(
@@ -540,10 +504,11 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
                     reference=event.event_id,
                     idempotency_key=f"erp-invoice:{erp_invoice_id}:payment",
                 ),
+                system=TRYTON,
             ),
         )
         await self._report_to_crm("paid", total)
-        await self._audit(
+        await self.audit(
             InvoiceStep.RECORD_PAYMENT, "paid", system="erp", detail={"event": event.event_id}
         )
         return self._ended(
@@ -561,35 +526,37 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         credited = await self._after_issue(
             InvoiceStep.VOIDED,
             "credit the ERP invoice",
-            self._call(
+            self.call(
                 InvoiceStep.VOIDED,
                 ErpActivities.credit_erp_invoice,
                 CreditErpInvoiceInput(draft_id=self._draft_id, reason=reason),
+                system=TRYTON,
             ),
         )
         if credited is not None:
             await self._after_issue(
                 InvoiceStep.VOIDED,
                 "return the time to unbilled",
-                self._call(
+                self.call(
                     InvoiceStep.VOIDED,
                     PsaActivities.unmark_time_billed,
                     TimeBillingInput(draft_id=self._draft_id),
-                    DRAFT_CALL,
+                    system=TRYTON,
+                    start_to_close=DRAFT_ATTEMPT,
+                    heartbeat=DRAFT_HEARTBEAT,
                 ),
             )
             await self._after_issue(
                 InvoiceStep.VOIDED,
                 "release the draft's time entries",
-                self._call(
+                self.local(
                     InvoiceStep.VOIDED,
                     InvoicingActivities.set_draft_status,
                     DraftStatusInput(draft_id=self._draft_id, status="void"),
-                    presets.LOCAL_CALL,
                 ),
             )
         credit_note = credited.credit_note_id if credited is not None else None
-        await self._note_exception(
+        await self.record_exception(
             "voided",
             kind="invoice_voided",
             message=(
@@ -604,7 +571,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
             step=InvoiceStep.VOIDED,
         )
         await self._report_to_crm("void", total)
-        await self._audit(
+        await self.audit(
             InvoiceStep.VOIDED, "voided", system="billing", detail={"credit_note": credit_note}
         )
         return self._ended(
@@ -620,14 +587,13 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         await self._after_issue(
             InvoiceStep.UNCOLLECTIBLE,
             "record the invoice uncollectible",
-            self._call(
+            self.local(
                 InvoiceStep.UNCOLLECTIBLE,
                 InvoicingActivities.set_draft_status,
                 DraftStatusInput(draft_id=self._draft_id, status="uncollectible"),
-                presets.LOCAL_CALL,
             ),
         )
-        await self._note_exception(
+        await self.record_exception(
             "uncollectible",
             kind="invoice_uncollectible",
             message=(
@@ -638,7 +604,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
             step=InvoiceStep.UNCOLLECTIBLE,
         )
         await self._report_to_crm("uncollectible", total)
-        await self._audit(InvoiceStep.UNCOLLECTIBLE, "uncollectible", system="billing")
+        await self.audit(InvoiceStep.UNCOLLECTIBLE, "uncollectible", system="billing")
         return self._ended(
             InvoiceStep.UNCOLLECTIBLE,
             total,
@@ -650,7 +616,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         self, total: Decimal, currency: str, follow_up: timedelta
     ) -> TimeToInvoiceResult:
         """Every run ends: past its due date and the follow-up time, finance takes over."""
-        await self._note_exception(
+        await self.record_exception(
             "unpaid",
             kind="invoice_unpaid",
             message=(
@@ -688,7 +654,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         await self._after_issue(
             InvoiceStep.CRM_UPDATE,
             f"show the invoice {status} in the CRM",
-            self._call(
+            self.call(
                 InvoiceStep.CRM_UPDATE,
                 CrmActivities.write_invoice_status,
                 CrmInvoiceInput(
@@ -699,6 +665,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
                     currency=context.contract.currency,
                     status=status,
                 ),
+                system=SALESFORCE,
             ),
         )
 
@@ -707,42 +674,20 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
 
     # -- finance ----------------------------------------------------------------------------
 
-    async def _approval(self, policy: DealPolicy) -> InvoiceRecord | None:
-        approval = policy.approval
-        self._pending_since = workflow.now()
-        self._set_step(InvoiceStep.AWAITING_APPROVAL)
-        expires = self._pending_since + approval.expire_after
-        reminders = 0
-        while True:
-            if self._decision is not None and not self._adjusting:
-                break
-            now = workflow.now()
-            if now >= expires:
-                break
-            remind = self._pending_since + approval.remind_after * (reminders + 1)
-            try:
-                await workflow.wait_condition(
-                    lambda: self._decision is not None and not self._adjusting,
-                    timeout=max(min(remind, expires) - now, timedelta(0)),
-                )
-            except TimeoutError:
-                if workflow.now() >= expires:
-                    break
-                reminders += 1
-                draft = self._draft
-                await self._record_exception(
-                    f"approval-reminder:{reminders}",
-                    kind="invoice_approval_overdue",
-                    message=(
-                        f"Draft invoice for project {self._request.project_id} "
-                        f"({self._customer_name()}, {self._request.period}, "
-                        f"{draft.total if draft else '?'} {draft.currency if draft else ''}) "
-                        f"waits for finance (reminder {reminders})"
-                    ),
-                    step=InvoiceStep.AWAITING_APPROVAL,
-                )
-        self._pending_since = None
-        return self._decision
+    async def _remind(self, pending: PendingApproval) -> None:
+        draft = self._draft
+        count = pending.reminders_sent
+        await self.record_exception(
+            f"approval-reminder:{count}",
+            kind="invoice_approval_overdue",
+            message=(
+                f"Draft invoice for project {self._request.project_id} "
+                f"({self._customer_name()}, {self._request.period}, "
+                f"{draft.total if draft else '?'} {draft.currency if draft else ''}) "
+                f"waits for finance (reminder {count})"
+            ),
+            step=InvoiceStep.AWAITING_APPROVAL,
+        )
 
     async def _declined(self, decision: InvoiceRecord | None) -> TimeToInvoiceResult:
         step = InvoiceStep.REJECTED if decision is not None else InvoiceStep.EXPIRED
@@ -751,9 +696,9 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
             if decision is not None
             else "finance approval expired; the time stays unbilled"
         )
-        await self._audit(step, step.value, detail={"message": message})
+        await self.audit(step, step.value, detail={"message": message})
         if decision is None:
-            await self._record_exception(
+            await self.record_exception(
                 "approval-expired",
                 kind="invoice_approval_expired",
                 message=f"Project {self._request.project_id} {self._request.period}: {message}",
@@ -762,100 +707,46 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         self._set_step(step)
         return TimeToInvoiceResult(status=step, message=message)
 
-    def _refusal(self, approver: str) -> str | None:
-        if self._pending_since is None or self._decision is not None:
-            return f"no draft is waiting for finance (step {self._step})"
-        if self._policy is None or not self._policy.approval.may_decide(approver):
-            return f"{approver} is not on the finance approvers list"
-        return None
-
-    def _record(
-        self,
-        what: str,
-        approver: str,
-        reason: str,
-        via: str,
-        *,
-        adjustment_id: str | None = None,
-        ignored_because: str | None = None,
-    ) -> InvoiceRecord:
-        problem = ignored_because or self._refusal(approver)
-        record = InvoiceRecord(
-            what=what,
-            approver=approver,
-            reason=reason,
-            at=workflow.now(),
-            via=via,
-            accepted=problem is None,
-            ignored_because=problem,
-            adjustment_id=adjustment_id,
-        )
-        self._records.append(record)
-        return record
-
-    def _decide(self, decision: ApprovalDecision, via: str) -> InvoiceRecord:
-        record = self._record(decision.decision.value, decision.approver, decision.reason, via)
-        if record.accepted:
-            self._decision = record
-        return record
-
     async def _adjust(self, adjustment: InvoiceAdjustment, via: str) -> tuple[InvoiceRecord, bool]:
         """Apply finance's adjustment once per id, however often and by whatever route it
         arrives; `(record, True)` for a repeat, which changes nothing."""
         key = adjustment_key(adjustment)
         # A repeat racing the first delivery waits for it, then answers as it did.
         await workflow.wait_condition(lambda: key not in self._adjustments_in_flight)
+        gate, step = self._approval, self._step.value
         if key in self._adjustments_seen:
-            record = self._record(
+            record = gate.record(
                 "adjust",
                 adjustment.approver,
                 adjustment.reason,
                 via,
-                adjustment_id=key,
+                step,
+                ref=key,
                 ignored_because=f"adjustment {key} was applied already",
             )
             return record, True
-        record = self._record(
-            "adjust", adjustment.approver, adjustment.reason, via, adjustment_id=key
-        )
+        record = gate.record("adjust", adjustment.approver, adjustment.reason, via, step, ref=key)
         if not record.accepted:
             return record, False
-        self._adjusting += 1
+        gate.busy += 1
         self._adjustments_in_flight.add(key)
         try:
-            self._draft = await workflow.execute_activity_method(
+            self._draft = await self.local(
+                InvoiceStep.AWAITING_APPROVAL,
                 InvoicingActivities.adjust_draft,
                 AdjustInput(
                     draft_id=self._draft_id,
                     adjustment=adjustment.model_copy(update={"adjustment_id": key}),
                 ),
-                **presets.LOCAL_CALL,
             )
             self._adjustments_seen.add(key)
-        except ActivityError as exc:
-            refused = record.model_copy(
-                update={"accepted": False, "ignored_because": reason_of(exc)}
-            )
-            self._records[self._records.index(record)] = refused
-            raise ApplicationError(reason_of(exc), type="InvalidAdjustment") from exc
+        except StepFailed as failure:
+            gate.refuse(record, failure.reason)
+            raise ApplicationError(failure.reason, type="InvalidAdjustment") from None
         finally:
-            self._adjusting -= 1
+            gate.busy -= 1
             self._adjustments_in_flight.discard(key)
         return record, False
-
-    @workflow.signal(name=DECIDE)
-    def decide_by_signal(self, decision: ApprovalDecision) -> None:
-        self._decide(decision, "signal")
-
-    @workflow.update(name=DECIDE)
-    def decide_by_update(self, decision: ApprovalDecision) -> DecisionAck:
-        record = self._decide(decision, "update")
-        return DecisionAck(what=record.what, approver=record.approver, step=self._step)
-
-    @decide_by_update.validator
-    def _validate_decision(self, decision: ApprovalDecision) -> None:
-        if (problem := self._refusal(decision.approver)) is not None:
-            raise ValueError(problem)
 
     @workflow.signal(name=ADJUST)
     async def adjust_by_signal(self, adjustment: InvoiceAdjustment) -> None:
@@ -872,7 +763,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
             approver=record.approver,
             step=self._step,
             total=self._draft.total if self._draft else None,
-            adjustment_id=record.adjustment_id,
+            adjustment_id=record.ref,
             duplicate=duplicate,
         )
 
@@ -881,7 +772,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         key = adjustment_key(adjustment)
         if key in self._adjustments_seen or key in self._adjustments_in_flight:
             return  # a repeat: answered with what the first delivery did
-        if (problem := self._refusal(adjustment.approver)) is not None:
+        if (problem := self._approval.refusal(adjustment.approver, self._step.value)) is not None:
             raise ValueError(problem)
         if self._draft is not None:
             asked = sum((line.amount for line in adjustment.lines), Decimal(0))
@@ -903,6 +794,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
 
     @workflow.query(name=STATUS)
     def status(self) -> InvoiceStatus:
+        pending = self._approval.pending
         return InvoiceStatus(
             workflow_id=workflow.info().workflow_id,
             project_id=self._request.project_id,
@@ -910,14 +802,15 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
             step=self._step,
             customer_name=self._context.contract.customer_name if self._context else None,
             draft=self._draft,
-            pending_since=self._pending_since,
+            pending_since=pending.requested_at if pending else None,
             billing_invoice_id=self._billing_invoice_id,
             invoice_number=self._invoice_number,
             erp_invoice_id=self._erp_invoice_id,
             due_date=self._due_date,
-            records=list(self._records),
+            records=list(self._approval.records),
             payments=list(self._payments),
             last_error=self._last_error,
+            waiting_on=self._waiting_on,
             supplementary_to=list(self._draft.supplementary_to) if self._draft else [],
             issues=list(self._issues),
         )
@@ -925,7 +818,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
     # -- failure ----------------------------------------------------------------------------
 
     async def _void_billing(self, billing_invoice_id: str) -> None:
-        await workflow.execute_activity_method(
+        await self.compensation(
             BillingActivities.void_billing_invoice,
             VoidBillingInvoiceInput(
                 draft_id=self._draft_id,
@@ -933,57 +826,46 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
                 reason=self._last_error or "invoicing failed",
                 idempotency_key=f"{billing_invoice_id}:void",
             ),
-            **presets.COMPENSATION,
+            system=STRIPE,
         )
 
     async def _unmark_time(self) -> None:
-        await workflow.execute_activity_method(
+        await self.compensation(
             PsaActivities.unmark_time_billed,
             TimeBillingInput(draft_id=self._draft_id),
-            **presets.COMPENSATION,
+            system=TRYTON,
         )
 
     async def _discard_erp(self) -> None:
-        await workflow.execute_activity_method(
+        await self.compensation(
             ErpActivities.discard_erp_draft,
             DiscardErpDraftInput(draft_id=self._draft_id),
-            **presets.COMPENSATION,
+            system=TRYTON,
         )
 
-    async def _fail(self, failure: StepFailed) -> None:
-        """A step failed for good before the invoice was issued: undo what this run made
-        (void billing's invoice, discard or credit the ERP's, return the time to unbilled),
-        so billing and the ERP never disagree silently."""
-        self._last_error = f"{failure.step}: {failure.reason}"
-        undone: list[str] = []
-        not_undone: list[str] = []
-        if self._compensations:
-            self._set_step(InvoiceStep.COMPENSATING)
-        for name, undo in reversed(self._compensations):
-            try:
-                await undo()
-                undone.append(name)
-            except ActivityError as exc:
-                not_undone.append(f"{name}: {reason_of(exc)}")
-        self._compensations.clear()
-        self._set_step(InvoiceStep.FAILED)
-        message = (
-            f"Invoicing project {self._request.project_id} for {self._request.period} failed "
-            f"at {failure.step}: {failure.reason}"
+    async def _report_ending(self, ending: Ending) -> None:
+        """Before the invoice was issued, a step failed for good or the run was cancelled:
+        the saga undid what this run made (void billing's invoice, discard or credit the
+        ERP's, return the time to unbilled); say what, so billing and the ERP never disagree
+        silently."""
+        step = InvoiceStep.CANCELLED if ending.cancelled else InvoiceStep.FAILED
+        verb = "cancelled" if ending.cancelled else "failed"
+        self._set_step(step)
+        message = outcome_message(
+            f"Invoicing project {self._request.project_id} for {self._request.period} {verb} "
+            f"at {ending.step}: {ending.reason}",
+            ending.outcome,
         )
-        if undone:
-            message += f". Undone: {', '.join(undone)}"
-        if not_undone:
-            message += f". NOT undone: {'; '.join(not_undone)}"
-        await self._record_exception(
-            "failed",
-            kind="invoicing_failed",
+        await self.record_exception(
+            verb,
+            kind=f"invoicing_{verb}",
             message=message,
-            step=failure.step,
+            step=ending.step,
             detail={
                 "billing_invoice": self._billing_invoice_id,
                 "number": self._invoice_number,
-                "undone": undone,
-                "not_undone": not_undone,
+                "undone": ending.outcome.undone,
+                "not_undone": ending.outcome.not_undone,
+                "skipped": ending.outcome.skipped,
             },
         )

@@ -4,6 +4,7 @@ with activities that record what they were asked and answer what a test scripts.
 from __future__ import annotations
 
 import uuid
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
@@ -11,7 +12,6 @@ from decimal import Decimal
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
-from temporalio.worker import Worker
 
 from activities.billing import (
     BillingInvoiceResult,
@@ -50,7 +50,7 @@ from canonical import (
     Money,
     PaymentTerms,
 )
-from tests.workflows.fakes import FakeLedger
+from tests.workflows.fakes import FakeLedger, serving
 from workflows.invoice_cycle import InvoiceCycleWorkflow
 from workflows.time_to_invoice import TimeToInvoiceInput, TimeToInvoiceWorkflow, workflow_id
 
@@ -262,29 +262,33 @@ class FakeInvoicing(FakeLedger):
         self._record("write_invoice_status", request)
         self._refuse("write_invoice_status")
 
-    def worker(self, client: Client, task_queue: str) -> Worker:
-        return Worker(
+    def worker(self, client: Client, task_queue: str) -> AbstractAsyncContextManager[None]:
+        """As production runs it: workflows and local activities on the run's queue, each
+        system's activities on that system's queue."""
+        return serving(
             client,
-            task_queue=task_queue,
+            task_queue,
             workflows=[TimeToInvoiceWorkflow, InvoiceCycleWorkflow],
-            activities=[
+            local=[
                 self.deal_policy,
+                self.adjust_draft,
+                self.set_draft_status,
+                *self.ledger_activities(),
+            ],
+            systems=[
                 self.load_billing_contract,
                 self.list_invoiceable_projects,
                 self.draft_invoice,
-                self.adjust_draft,
                 self.create_billing_invoice,
                 self.finalize_billing_invoice,
                 self.void_billing_invoice,
                 self.post_erp_invoice,
                 self.discard_erp_draft,
                 self.credit_erp_invoice,
-                self.set_draft_status,
                 self.record_erp_payment,
                 self.mark_time_billed,
                 self.unmark_time_billed,
                 self.write_invoice_status,
-                *self.ledger_activities(),
             ],
         )
 

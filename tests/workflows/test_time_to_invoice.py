@@ -332,7 +332,7 @@ async def test_an_adjustment_delivered_by_signal_and_update_applies_once(
     applied = [a.adjustment.adjustment_id for a in systems.called("adjust_draft")]
     assert applied[0] == "adj-1" and len(applied) == 2 and applied[1].startswith("content-")
     accepted = [r for r in status.records if r.what == "adjust" and r.accepted]
-    assert [r.adjustment_id for r in accepted] == applied
+    assert [r.ref for r in accepted] == applied
     ignored = [r for r in status.records if r.what == "adjust" and not r.accepted]
     assert len(ignored) == 3 and all(
         "applied already" in (r.ignored_because or "") for r in ignored
