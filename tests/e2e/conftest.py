@@ -15,12 +15,14 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from canonical import customer_id_for
 from connectors.salesforce import SalesforceClient
@@ -34,6 +36,7 @@ from tests.fixtures.salesforce import SalesforceStandin
 from tests.fixtures.stripe import StripeStandin
 from tests.fixtures.tryton import TrytonServer
 from worker import activities_for, build_worker, open_adapters
+from workflows.queues import SystemQueue, activity_queue
 
 APPROVER = "controller@northwind.example"
 
@@ -79,12 +82,21 @@ async def e2e_store(e2e_settings: Settings) -> AsyncIterator[Store]:
 async def e2e_worker(
     temporal_env: WorkflowEnvironment, e2e_settings: Settings, e2e_store: Store
 ) -> AsyncIterator[None]:
-    async with open_adapters(e2e_settings) as adapters:
-        worker = build_worker(
-            temporal_env.client, e2e_settings, activities_for(e2e_settings, adapters, e2e_store)
+    async with open_adapters(e2e_settings) as adapters, AsyncExitStack() as running:
+        activities = activities_for(e2e_settings, adapters, e2e_store)
+        await running.enter_async_context(
+            build_worker(temporal_env.client, e2e_settings, activities)
         )
-        async with worker:
-            yield
+        # Until worker.py serves each system's queue (h3): the kit calls systems there.
+        for system in SystemQueue:
+            await running.enter_async_context(
+                Worker(
+                    temporal_env.client,
+                    task_queue=activity_queue(e2e_settings.task_queue, system),
+                    activities=activities,
+                )
+            )
+        yield
 
 
 @pytest.fixture
