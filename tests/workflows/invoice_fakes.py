@@ -3,6 +3,7 @@ with activities that record what they were asked and answer what a test scripts.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -107,6 +108,8 @@ class FakeInvoicing(FakeLedger):
     finalize_surcharge: Decimal = Decimal(0)
     #: A permanent refusal from these steps ("mark_time_billed", "write_invoice_status"...).
     refuse: set[str] = field(default_factory=set)
+    #: Finalize never answers (until the worker stops): a run can be cancelled mid-billing.
+    hang_finalize: bool = False
     #: When billing says the invoice is due.
     due: date = date(2026, 12, 31)
     #: Invoice numbers the draft is supplementary to.
@@ -200,6 +203,8 @@ class FakeInvoicing(FakeLedger):
     ) -> FinalizedInvoice:
         self._record("finalize_billing_invoice", request)
         assert self.view is not None
+        if self.hang_finalize:
+            await asyncio.Event().wait()
         if self.finalize_surcharge:
             raise ApplicationError(
                 f"billing invoice {request.billing_invoice_id} totals "

@@ -14,7 +14,7 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 
 from canonical import AdjustmentKind, AdjustmentLine, InvoiceAdjustment
@@ -472,3 +472,44 @@ async def test_a_supplementary_draft_says_so_and_a_rerun_gets_its_own_keys(
     assert status.draft is not None and status.draft.supplementary
     first_draft, second_draft = (d.draft_id for d in systems.called("draft_invoice"))
     assert first_draft != second_draft and first_draft.startswith(f"{first.id}/")
+
+
+async def test_a_run_cancelled_while_billing_voids_what_it_created(
+    temporal_client: Client, task_queue: str
+) -> None:
+    systems = FakeInvoicing(hang_finalize=True)
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start(temporal_client, task_queue)
+        await wait_for_step(handle, InvoiceStep.AWAITING_APPROVAL)
+        await handle.execute_update(DECIDE, approve(), result_type=DecisionAck)
+        async with asyncio.timeout(STEP_WAIT_S):
+            while not systems.called("finalize_billing_invoice"):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        status = await status_of(handle)
+
+    assert isinstance(failure.value.cause, CancelledError)
+    assert status.step == InvoiceStep.CANCELLED
+    [void] = systems.called("void_billing_invoice")  # registered before finalize
+    assert void.billing_invoice_id == "in_TEST1"
+    assert not systems.called("post_erp_invoice")
+    [exception] = [e for e in systems.called("record_exception") if e.kind == "invoicing_cancelled"]
+    assert "Undone: void billing invoice" in exception.message
+
+
+async def test_a_run_cancelled_after_issue_undoes_nothing(
+    temporal_client: Client, task_queue: str
+) -> None:
+    systems = FakeInvoicing()
+    async with systems.worker(temporal_client, task_queue):
+        handle = await issued(temporal_client, task_queue)
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+
+    assert not systems.called("void_billing_invoice")
+    assert not systems.called("discard_erp_draft") and not systems.called("unmark_time_billed")
+    [exception] = [e for e in systems.called("record_exception") if e.kind == "invoicing_cancelled"]
+    assert "Undone" not in exception.message
