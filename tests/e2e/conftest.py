@@ -15,12 +15,13 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -36,7 +37,7 @@ from tests.fixtures.salesforce import SalesforceStandin
 from tests.fixtures.stripe import StripeStandin
 from tests.fixtures.tryton import TrytonServer
 from worker import activities_for, build_worker, open_adapters
-from workflows.queues import SystemQueue, activity_queue
+from workflows.queues import all_queues
 
 APPROVER = "controller@northwind.example"
 
@@ -78,24 +79,25 @@ async def e2e_store(e2e_settings: Settings) -> AsyncIterator[Store]:
     await store.close()
 
 
+@asynccontextmanager
+async def serving_every_queue(
+    client: Client, settings: Settings, store: Store
+) -> AsyncIterator[None]:
+    """The worker `worker.py` builds, plus one activity worker per system queue (`q2c-tryton`,
+    ...), until `worker.py` serves those queues itself."""
+    async with open_adapters(settings) as adapters, AsyncExitStack() as stack:
+        activities = activities_for(settings, adapters, store)
+        await stack.enter_async_context(build_worker(client, settings, activities))
+        for queue in all_queues(settings.task_queue)[1:]:
+            await stack.enter_async_context(Worker(client, task_queue=queue, activities=activities))
+        yield
+
+
 @pytest.fixture(scope="session")
 async def e2e_worker(
     temporal_env: WorkflowEnvironment, e2e_settings: Settings, e2e_store: Store
 ) -> AsyncIterator[None]:
-    async with open_adapters(e2e_settings) as adapters, AsyncExitStack() as running:
-        activities = activities_for(e2e_settings, adapters, e2e_store)
-        await running.enter_async_context(
-            build_worker(temporal_env.client, e2e_settings, activities)
-        )
-        # Until worker.py serves each system's queue (h3): the kit calls systems there.
-        for system in SystemQueue:
-            await running.enter_async_context(
-                Worker(
-                    temporal_env.client,
-                    task_queue=activity_queue(e2e_settings.task_queue, system),
-                    activities=activities,
-                )
-            )
+    async with serving_every_queue(temporal_env.client, e2e_settings, e2e_store):
         yield
 
 

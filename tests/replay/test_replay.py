@@ -23,8 +23,13 @@ def test_histories_are_recorded_for_every_path() -> None:
     assert {
         ("opportunity_to_project", "clean"),
         ("opportunity_to_project", "approved"),
+        ("opportunity_to_project", "rejected"),
+        ("opportunity_to_project", "expired"),
         ("opportunity_to_project", "corrected"),
         ("opportunity_to_project", "compensated"),
+        ("opportunity_to_project", "cancelled"),
+        ("opportunity_to_project", "outage_resumed"),
+        ("opportunity_to_project", "operator_retried"),
         ("time_to_invoice", "paid"),
         ("time_to_invoice", "failed"),
     } <= names
