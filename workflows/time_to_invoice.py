@@ -397,6 +397,7 @@ class TimeToInvoiceWorkflow(Lifecycle, AwaitsApproval):
             await self.audit(
                 InvoiceStep.MARK_BILLED, "marked", system="psa", detail={"entries": marked}
             )
+        self._set_step(InvoiceStep.CRM_UPDATE)
         await self._report_to_crm("open", final.total)
 
         return await self._follow_payment(final.total, final.currency)

@@ -49,9 +49,10 @@ from canonical import (
     DraftLine,
     DraftView,
     Money,
+    OutagePolicy,
     PaymentTerms,
 )
-from tests.workflows.fakes import FakeLedger, serving
+from tests.workflows.fakes import FakeLedger, Unavailable, serving
 from workflows.invoice_cycle import InvoiceCycleWorkflow
 from workflows.time_to_invoice import TimeToInvoiceInput, TimeToInvoiceWorkflow, workflow_id
 
@@ -108,6 +109,8 @@ class FakeInvoicing(FakeLedger):
     finalize_surcharge: Decimal = Decimal(0)
     #: A permanent refusal from these steps ("mark_time_billed", "write_invoice_status"...).
     refuse: set[str] = field(default_factory=set)
+    #: Steps whose system answers 503 (retryable) while named here.
+    down: set[str] = field(default_factory=set)
     #: Finalize never answers (until the worker stops): a run can be cancelled mid-billing.
     hang_finalize: bool = False
     #: When billing says the invoice is due.
@@ -122,6 +125,9 @@ class FakeInvoicing(FakeLedger):
                 expire_after=timedelta(hours=10),
             ),
             correction_deadline=timedelta(hours=6),
+            outage=OutagePolicy(
+                notice_after=timedelta(seconds=1), default_deadline=timedelta(hours=1)
+            ),
         )
     )
     view: DraftView | None = None
@@ -169,6 +175,8 @@ class FakeInvoicing(FakeLedger):
         return self.view
 
     def _refuse(self, name: str) -> None:
+        if name in self.down:
+            raise Unavailable(name)
         if name in self.refuse:
             raise ApplicationError(f"{name} refused", type="ValidationFailed", non_retryable=True)
 

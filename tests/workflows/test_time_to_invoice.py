@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -19,6 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from canonical import AdjustmentKind, AdjustmentLine, InvoiceAdjustment
 from tests.workflows.invoice_fakes import APPROVER, FakeInvoicing, start_args
+from workflows.approvals import OPERATOR, OperatorAck, OperatorAction, OperatorDecision
 from workflows.time_to_invoice import (
     ADJUST,
     BILLING_METADATA_KEY,
@@ -513,3 +514,65 @@ async def test_a_run_cancelled_after_issue_undoes_nothing(
     assert not systems.called("discard_erp_draft") and not systems.called("unmark_time_billed")
     [exception] = [e for e in systems.called("record_exception") if e.kind == "invoicing_cancelled"]
     assert "Undone" not in exception.message
+
+
+async def test_a_crm_outage_after_issue_is_waited_out_and_payment_still_closes_the_run(
+    temporal_client: Client, task_queue: str
+) -> None:
+    systems = FakeInvoicing(down={"write_invoice_status"})
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start(temporal_client, task_queue)
+        await wait_for_step(handle, InvoiceStep.AWAITING_APPROVAL)
+        await handle.execute_update(DECIDE, approve(), result_type=DecisionAck)
+        async with asyncio.timeout(STEP_WAIT_S):
+            while (status := await status_of(handle)).waiting_on != "salesforce":  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        assert status.step == InvoiceStep.CRM_UPDATE
+        # The customer pays while the CRM is down: the payment waits for the run, not lost.
+        await handle.signal(PAYMENT, paid())
+        [notice] = systems.open_exceptions()
+        assert (notice.kind, notice.step) == ("system_unavailable", "crm_update")
+        systems.down.clear()  # Salesforce is back
+        result = await handle.result()
+
+    assert result.status == InvoiceStep.PAID
+    assert systems.open_exceptions() == []  # the outage notice resolved itself
+    assert len(systems.called("record_erp_payment")) == 1
+    assert [c.status for c in systems.called("write_invoice_status")][-2:] == ["open", "paid"]
+    assert not systems.called("void_billing_invoice")
+
+
+async def test_past_its_deadline_an_operator_gives_up_a_step_after_issue_and_the_run_goes_on(
+    temporal_client: Client, task_queue: str
+) -> None:
+    systems = FakeInvoicing(down={"mark_time_billed"})
+    outage = systems.policy.outage.model_copy(
+        update={"deadlines": {"tryton": timedelta(seconds=3)}}
+    )
+    systems.policy = systems.policy.model_copy(update={"outage": outage})
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start(temporal_client, task_queue)
+        await wait_for_step(handle, InvoiceStep.AWAITING_APPROVAL)
+        await handle.execute_update(DECIDE, approve(), result_type=DecisionAck)
+        status = await wait_for_step(handle, InvoiceStep.AWAITING_OPERATOR)
+        assert status.waiting_on == "tryton"
+        await handle.execute_update(
+            OPERATOR,
+            OperatorDecision(
+                action=OperatorAction.COMPENSATE,
+                operator="ops@northwind.example",
+                reason="the PSA is being migrated; marking by hand",
+            ),
+            result_type=OperatorAck,
+        )
+        await wait_for_step(handle, InvoiceStep.AWAITING_PAYMENT)
+        await handle.signal(PAYMENT, paid())
+        result = await handle.result()
+
+    assert result.status == InvoiceStep.PAID
+    [gave_up] = systems.open_exceptions()
+    assert (gave_up.kind, gave_up.step) == ("invoice_follow_up_failed", "mark_billed")
+    assert "decided to compensate" in gave_up.message
+    # An issued invoice is never undone: giving up a later step only records it.
+    assert not systems.called("void_billing_invoice") and not systems.called("unmark_time_billed")
+    assert systems.crm_statuses() == ["open", "paid"]
