@@ -305,6 +305,31 @@ async def test_reject_from_the_environment_ends_the_run_rejected(
     assert error_line(late) == f"error: {wid}: the run is completed; it takes no more decisions"
 
 
+async def test_show_says_a_draft_is_supplementary(
+    q2c: Invoke, temporal_client: Client, task_queue: str, started_runs: list[str]
+) -> None:
+    systems = FakeInvoicing(supplementary_to=["Q2CTEST-0001"])
+    async with systems.worker(temporal_client, task_queue):
+        wid = await run_by_cli(q2c, started_runs)
+        await wait_for_step(temporal_client, wid, InvoiceStep.AWAITING_APPROVAL)
+        human = await q2c("invoice", "show", wid)
+        machine = await q2c("invoice", "show", wid, "--json")
+
+    assert human.exit_code == 0, human.output
+    assert row(human.stdout, "supplementary") == [
+        "bills",
+        "only",
+        "time",
+        "not",
+        "billed",
+        "on",
+        "Q2CTEST-0001",
+    ]
+    shown = json.loads(machine.stdout)["invoice"]
+    assert shown["supplementary_to"] == ["Q2CTEST-0001"]
+    assert shown["draft"]["supplementary_to"] == ["Q2CTEST-0001"]
+
+
 # --------------------------------------------------------------------------- show
 
 
