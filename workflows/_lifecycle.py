@@ -20,7 +20,13 @@ from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, RetryState
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    FailureError,
+    RetryState,
+)
 
 from workflows.approvals import (
     OPERATOR,
@@ -400,7 +406,9 @@ class Lifecycle:
                 schedule_to_close_timeout=presets.BOOKKEEPING_FOR,
                 **presets.BOOKKEEPING,
             )
-        except ActivityError as exc:
+        except FailureError as exc:  # a local activity fails as its own error, unwrapped
+            if isinstance(exc, CancelledError):
+                raise
             self._last_error = f"{step}: {reason_of(exc)}"
             raise StepFailed(str(step), reason_of(exc)) from exc
 
@@ -434,7 +442,9 @@ class Lifecycle:
                 schedule_to_close_timeout=presets.BOOKKEEPING_FOR,
                 **presets.BOOKKEEPING,
             )
-        except ActivityError as exc:
+        except FailureError as exc:  # a local activity fails as its own error, unwrapped
+            if isinstance(exc, CancelledError):
+                raise
             workflow.logger.error("bookkeeping %s failed: %s", arg, reason_of(exc))
             return None
 
