@@ -183,7 +183,6 @@ class Lifecycle:
         self._outage: Outage | None = None
         self._outage_episodes = 0
         self._operator: OperatorDecision | None = None
-        self._operator_decisions: list[OperatorDecision] = []
 
     @property
     def _waiting_on(self) -> str | None:
@@ -364,7 +363,6 @@ class Lifecycle:
         return None
 
     def _take_operator(self, decision: OperatorDecision) -> OperatorAck | None:
-        self._operator_decisions.append(decision)
         if (problem := self._operator_refusal()) is not None or self._outage is None:
             workflow.logger.warning("operator decision ignored: %s", problem)
             return None
