@@ -20,7 +20,13 @@ from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, RetryState
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    FailureError,
+    RetryState,
+)
 
 from workflows.approvals import (
     OPERATOR,
@@ -177,7 +183,6 @@ class Lifecycle:
         self._outage: Outage | None = None
         self._outage_episodes = 0
         self._operator: OperatorDecision | None = None
-        self._operator_decisions: list[OperatorDecision] = []
 
     @property
     def _waiting_on(self) -> str | None:
@@ -358,7 +363,6 @@ class Lifecycle:
         return None
 
     def _take_operator(self, decision: OperatorDecision) -> OperatorAck | None:
-        self._operator_decisions.append(decision)
         if (problem := self._operator_refusal()) is not None or self._outage is None:
             workflow.logger.warning("operator decision ignored: %s", problem)
             return None
@@ -400,7 +404,9 @@ class Lifecycle:
                 schedule_to_close_timeout=presets.BOOKKEEPING_FOR,
                 **presets.BOOKKEEPING,
             )
-        except ActivityError as exc:
+        except FailureError as exc:  # a local activity fails as its own error, unwrapped
+            if isinstance(exc, CancelledError):
+                raise
             self._last_error = f"{step}: {reason_of(exc)}"
             raise StepFailed(str(step), reason_of(exc)) from exc
 
@@ -434,7 +440,9 @@ class Lifecycle:
                 schedule_to_close_timeout=presets.BOOKKEEPING_FOR,
                 **presets.BOOKKEEPING,
             )
-        except ActivityError as exc:
+        except FailureError as exc:  # a local activity fails as its own error, unwrapped
+            if isinstance(exc, CancelledError):
+                raise
             workflow.logger.error("bookkeeping %s failed: %s", arg, reason_of(exc))
             return None
 

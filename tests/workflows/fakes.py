@@ -114,6 +114,8 @@ class FakeLedger:
     """What every fake-systems worker shares: a record of every call, and q2c's own ledger."""
 
     calls: dict[str, list[Any]] = field(default_factory=dict)
+    #: q2c's store refuses cross-references (bookkeeping fails).
+    fail_link: str | None = None
 
     def _record(self, name: str, arg: Any) -> None:
         self.calls.setdefault(name, []).append(arg)
@@ -137,6 +139,8 @@ class FakeLedger:
     @activity.defn(name="link_reference")
     async def link_reference(self, request: LinkReferenceInput) -> None:
         self._record("link_reference", request)
+        if self.fail_link:
+            raise ApplicationError(self.fail_link, type="StoreError", non_retryable=True)
 
     def ledger_activities(self) -> list[Any]:
         return [
@@ -208,6 +212,8 @@ class FakeSystems(FakeLedger):
     billing_down: bool = False
     #: The project exists already (an earlier run made it): create_project finds it.
     project_exists: bool = False
+    #: Closing the project is refused for good (the compensation fails).
+    fail_close: str | None = None
 
     @activity.defn(name="deal_policy")
     async def deal_policy(self, request: DealPolicyInput) -> DealPolicy:
@@ -243,6 +249,8 @@ class FakeSystems(FakeLedger):
     @activity.defn(name="close_project")
     async def close_project(self, request: CloseProjectInput) -> None:
         self._record("close_project", request)
+        if self.fail_close:
+            raise ApplicationError(self.fail_close, type="ValidationFailed", non_retryable=True)
 
     @activity.defn(name="provision_billing_customer")
     async def provision_billing_customer(

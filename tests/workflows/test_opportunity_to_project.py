@@ -453,6 +453,37 @@ async def test_failed_re_entry_leaves_the_live_project_alone(
     ]
 
 
+async def test_a_compensation_that_fails_is_reported_as_not_undone(
+    temporal_client: Client, task_queue: str
+):
+    systems = FakeSystems(
+        fail_billing="stripe HTTP 400: address invalid", fail_close="tryton: project locked"
+    )
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start(temporal_client, task_queue)
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+
+    message = systems.called("write_back_deal")[-1].message
+    assert "NOT undone: close project: " in message and "project locked" in message
+    assert "Undone:" not in message
+    [failed] = systems.called("record_exception")
+    [not_undone] = failed.detail["not_undone"]
+    assert not_undone.startswith("close project: ") and "project locked" in not_undone
+
+
+async def test_a_store_hiccup_never_undoes_business_work(temporal_client: Client, task_queue: str):
+    systems = FakeSystems()
+    systems.fail_link = "store: database is locked"
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start(temporal_client, task_queue)
+        result = await handle.result()
+
+    assert result.status == Step.COMPLETED
+    assert len(systems.called("link_reference")) == 2  # tried, logged, went on
+    assert not systems.called("close_project") and systems.statuses() == ["provisioned"]
+
+
 async def test_messages_with_an_added_field_are_accepted(temporal_client: Client, task_queue: str):
     """A newer sender during a rolling deploy: input, signal and update carry a field this
     version does not know."""
