@@ -155,6 +155,7 @@ def activities_by_queue(task_queue: str, a: Activities) -> dict[str, list[Callab
             *defined_activities(a.ledger),
             *defined_activities(a.deal),
             invoicing.adjust_draft,
+            invoicing.set_draft_status,
             # Sweeps start and signal runs with the worker's Temporal client.
             *defined_activities(a.sweeps),
         ],

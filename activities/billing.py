@@ -12,7 +12,7 @@ from activities._base import ActivityModel
 from activities.errors import translate_connector_errors
 from activities.invoicing import stored_invoice
 from activities.ports import BillingPort
-from canonical import Customer
+from canonical import Customer, InvoiceStatus
 from store import Store
 
 #: The store's name for the billing system's customer ids.
@@ -86,11 +86,14 @@ class BillingActivities:
         customer = request.customer
         known = await self.store.external_id("customer", customer.id, BILLING_SYSTEM)
         if known is not None:
+            # The key protects the account's creation; an update is this run's own request
+            # (a later run's update must not get this one's answer from the vendor's cache).
+            run = activity.info().workflow_run_id
             await self.billing.update_customer(
-                known, customer, idempotency_key=f"{request.idempotency_key}:update"
+                known, customer, idempotency_key=f"{request.idempotency_key}:update:{run}"
             )
             await self.billing.set_customer_status(
-                known, ACTIVE, idempotency_key=f"{request.idempotency_key}:status"
+                known, ACTIVE, idempotency_key=f"{request.idempotency_key}:status:{run}"
             )
             return ProvisionBillingResult(billing_customer_id=known, created=False)
         created = await self.billing.create_customer(
@@ -115,7 +118,10 @@ class BillingActivities:
     async def create_billing_invoice(
         self, request: CreateBillingInvoiceInput
     ) -> BillingInvoiceResult:
-        _, invoice = await stored_invoice(self.store, request.draft_id)
+        row, invoice = await stored_invoice(self.store, request.draft_id)
+        if row.billing_invoice_id is not None:
+            # Made by an earlier attempt: the store remembers past Stripe's 24-hour window.
+            return BillingInvoiceResult(billing_invoice_id=row.billing_invoice_id)
         invoice_id = await self.billing.create_invoice(
             invoice,
             customer_id=request.billing_customer_id,
@@ -158,9 +164,18 @@ class BillingActivities:
     @activity.defn
     @translate_connector_errors
     async def void_billing_invoice(self, request: VoidBillingInvoiceInput) -> None:
-        """Compensation: the customer must not be asked to pay what the ERP does not hold."""
+        """Compensation: the customer must not be asked to pay what the ERP does not hold.
+
+        Registered before finalize, so it may find the invoice still a draft: a draft is
+        deleted (Stripe voids only finalized invoices); a void one stays void."""
         activity.logger.info("voiding %s: %s", request.billing_invoice_id, request.reason)
-        await self.billing.void_invoice(
-            request.billing_invoice_id, idempotency_key=request.idempotency_key
-        )
+        current = await self.billing.get_invoice(request.billing_invoice_id)
+        if current.status == InvoiceStatus.DRAFT:
+            await self.billing.delete_draft_invoice(
+                request.billing_invoice_id, idempotency_key=request.idempotency_key
+            )
+        elif current.status != InvoiceStatus.VOID:
+            await self.billing.void_invoice(
+                request.billing_invoice_id, idempotency_key=request.idempotency_key
+            )
         await self.store.update_draft(request.draft_id, status="void")

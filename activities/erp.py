@@ -46,6 +46,16 @@ class DiscardErpDraftInput(ActivityModel):
     draft_id: str
 
 
+class CreditErpInvoiceInput(ActivityModel):
+    draft_id: str
+    reason: str
+
+
+class ErpCredited(ActivityModel):
+    erp_invoice_id: str | None
+    credit_note_id: str | None
+
+
 class RecordErpPaymentInput(ActivityModel):
     draft_id: str
     erp_invoice_id: str
@@ -107,11 +117,27 @@ class ErpActivities:
     @activity.defn
     @translate_connector_errors
     async def discard_erp_draft(self, request: DiscardErpDraftInput) -> None:
-        """Compensation: an ERP invoice created but never posted is deleted, so the ERP holds
-        no receivable that billing voided."""
+        """Compensation: the ERP holds no receivable that billing voided. An invoice never
+        posted is deleted; one posted (its total disagreed with billing's) is credited."""
         row, _ = await stored_invoice(self.store, request.draft_id)
         if row.erp_invoice_id is not None:
-            await self.erp.delete_draft_invoice(int(row.erp_invoice_id))
+            await self.erp.credit_invoice(
+                int(row.erp_invoice_id), reason="billing voided its invoice"
+            )
+
+    @activity.defn
+    @translate_connector_errors
+    async def credit_erp_invoice(self, request: CreditErpInvoiceInput) -> ErpCredited:
+        """Billing voided an issued invoice: the ERP's receivable goes too, by a credit note
+        (the books keep both). Repeating it finds the credit note made before."""
+        row, _ = await stored_invoice(self.store, request.draft_id)
+        credit = None
+        if row.erp_invoice_id is not None:
+            credit = await self.erp.credit_invoice(int(row.erp_invoice_id), reason=request.reason)
+        return ErpCredited(
+            erp_invoice_id=row.erp_invoice_id,
+            credit_note_id=str(credit) if credit is not None else None,
+        )
 
     @activity.defn
     @translate_connector_errors

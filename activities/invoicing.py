@@ -97,6 +97,12 @@ class AdjustInput(ActivityModel):
     adjustment: InvoiceAdjustment
 
 
+class DraftStatusInput(ActivityModel):
+    draft_id: str
+    #: "uncollectible" (billing wrote it off) or "void" (billing voided it: its time is free).
+    status: str
+
+
 class InvoicingActivities:
     def __init__(
         self,
@@ -218,6 +224,19 @@ class InvoicingActivities:
         contract = context.contract
         period = BillingPeriod.parse(request.period)
         rater = Rater(contract, period)
+        # Entries an issued invoice holds are billed, whether or not the PSA shows it yet
+        # (marking may have failed, or may still be to come): never bill them twice.
+        issued = [
+            d
+            for d in await self.store.billed_drafts(contract.project_id)
+            if d.id != request.draft_id
+        ]
+        held = {
+            entry
+            for d in issued
+            for entry in RatedPeriod.model_validate(d.rated["period"]).billed_time_entry_ids
+        }
+        earlier = [d.invoice_number or d.id for d in issued if d.period == period.key]
         after: int | None = None
         pulled = 0
         while True:
@@ -228,7 +247,7 @@ class InvoicingActivities:
                 after_id=after,
                 limit=PAGE_SIZE,
             )
-            rater.add_time(page.entries)
+            rater.add_time([e for e in page.entries if e.id not in held])
             pulled += len(page.entries)
             activity.heartbeat(pulled)
             if page.next_after is None:
@@ -241,6 +260,12 @@ class InvoicingActivities:
             project_id=contract.project_id,
             legal_entity_code=contract.legal_entity_code,
             po_number=contract.po_number,
+            memo=(
+                f"Supplementary invoice for billing period {period.key}: time not billed on "
+                f"{', '.join(earlier)}"
+                if earlier
+                else None
+            ),
         )
         await self.store.save_draft(
             InvoiceDraft(
@@ -252,12 +277,13 @@ class InvoicingActivities:
                 rated={
                     "period": rated.model_dump(mode="json"),
                     "invoice": invoice.model_dump(mode="json"),
+                    "supplementary_to": earlier,
                 },
             )
         )
         if rated.rejected:
             await self._record_rejections(request, rated.rejected)
-        return draft_view(request.draft_id, rated, invoice, [])
+        return draft_view(request.draft_id, rated, invoice, [], earlier)
 
     async def _record_rejections(self, request: DraftInput, rejected: list[RejectedEntry]) -> None:
         contract = request.context.contract
@@ -285,6 +311,11 @@ class InvoicingActivities:
         rated = RatedPeriod.model_validate(row.rated["period"])
         invoice = Invoice.model_validate(row.rated["invoice"])
         adjustments = [InvoiceAdjustment.model_validate(a) for a in row.adjustments]
+        earlier = list(row.rated.get("supplementary_to", []))
+        wanted = request.adjustment.adjustment_id
+        if wanted is not None and any(a.adjustment_id == wanted for a in adjustments):
+            # Applied already (a retried activity, or the same adjustment delivered again).
+            return draft_view(request.draft_id, rated, invoice, adjustments, earlier)
         adjusted = with_adjustment(invoice, request.adjustment)
         if adjusted.subtotal.amount < 0:
             raise _permanent(
@@ -296,10 +327,15 @@ class InvoicingActivities:
         await self.store.update_draft(
             request.draft_id,
             status="adjusted",
-            rated={"period": row.rated["period"], "invoice": adjusted.model_dump(mode="json")},
+            rated={**row.rated, "invoice": adjusted.model_dump(mode="json")},
             adjustments=[a.model_dump(mode="json") for a in adjustments],
         )
-        return draft_view(request.draft_id, rated, adjusted, adjustments)
+        return draft_view(request.draft_id, rated, adjusted, adjustments, earlier)
+
+    @activity.defn
+    async def set_draft_status(self, request: DraftStatusInput) -> None:
+        """Record how billing ended the invoice; a void draft no longer holds its entries."""
+        await self.store.update_draft(request.draft_id, status=request.status)
 
 
 def with_adjustment(invoice: Invoice, adjustment: InvoiceAdjustment) -> Invoice:
@@ -323,6 +359,7 @@ def draft_view(
     rated: RatedPeriod,
     invoice: Invoice,
     adjustments: list[InvoiceAdjustment],
+    supplementary_to: list[str] | None = None,
 ) -> DraftView:
     return DraftView(
         draft_id=draft_id,
@@ -346,6 +383,7 @@ def draft_view(
         time_entries=len(rated.billed_time_entry_ids),
         rejected_entries=len(rated.rejected),
         adjustments=adjustments,
+        supplementary_to=supplementary_to or [],
     )
 
 

@@ -45,6 +45,11 @@ class RecordExceptionResult(_Input):
     exception_id: int
 
 
+class ResolveExceptionInput(_Input):
+    dedupe_key: str
+    resolution: str
+
+
 class LinkReferenceInput(_Input):
     entity: str
     canonical_id: str
@@ -75,8 +80,13 @@ class LedgerActivities:
     @activity.defn
     async def record_exception(self, record: RecordExceptionInput) -> RecordExceptionResult:
         row = await self.store.record_exception(**record.model_dump())
-        assert row.id is not None
+        if row.id is None:
+            raise ApplicationError("the store returned an exception without an id")
         return RecordExceptionResult(exception_id=row.id)
+
+    @activity.defn
+    async def resolve_exception(self, request: ResolveExceptionInput) -> None:
+        await self.store.resolve_exception_by_key(request.dedupe_key, request.resolution)
 
     @activity.defn
     async def link_reference(self, ref: LinkReferenceInput) -> None:

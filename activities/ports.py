@@ -52,6 +52,8 @@ class ErpPort(Protocol):
 
     async def delete_draft_invoice(self, invoice_id: int) -> None: ...
 
+    async def credit_invoice(self, invoice_id: int, *, reason: str) -> int | None: ...
+
     async def record_payment(
         self,
         invoice_id: int,
@@ -69,6 +71,11 @@ class ProjectHandle(Protocol):
 
     @property
     def task_ids(self) -> Mapping[str, int]: ...
+
+    @property
+    def created(self) -> bool:
+        """False when the idempotency key found an existing project."""
+        ...
 
 
 class PsaPort(Protocol):
@@ -107,6 +114,10 @@ class BillingPort(Protocol):
     async def finalize_invoice(self, invoice_id: str, *, idempotency_key: str) -> Invoice: ...
 
     async def void_invoice(self, invoice_id: str, *, idempotency_key: str) -> Invoice: ...
+
+    async def delete_draft_invoice(self, invoice_id: str, *, idempotency_key: str) -> None: ...
+
+    async def get_invoice(self, invoice_id: str) -> Invoice: ...
 
 
 class ErpInvoiceHandle(Protocol):

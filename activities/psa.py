@@ -25,6 +25,8 @@ class CreateProjectInput(ActivityModel):
 class CreateProjectResult(ActivityModel):
     project_id: str
     task_ids: dict[str, str]
+    #: False when the idempotency key found the project (an earlier run made it).
+    created: bool
 
 
 class CloseProjectInput(ActivityModel):
@@ -52,6 +54,7 @@ class PsaActivities:
         return CreateProjectResult(
             project_id=str(ref.project_id),
             task_ids={name: str(task_id) for name, task_id in ref.task_ids.items()},
+            created=ref.created,
         )
 
     @activity.defn

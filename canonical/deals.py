@@ -32,6 +32,7 @@ __all__ = [
     "DealPlan",
     "DealPolicy",
     "DealRules",
+    "OutagePolicy",
     "customer_id_for",
     "plan_deal",
     "project_id_for",
@@ -72,6 +73,22 @@ class ApprovalPolicy(CanonicalModel):
         return approver.strip().lower() in {a.lower() for a in self.approvers}
 
 
+class OutagePolicy(CanonicalModel):
+    """How long a run retries a system that is down before it tells people, and before it
+    stops and waits for a person to decide (retry or compensate). Only a permanent refusal
+    undoes work; an outage is waited out."""
+
+    #: After this long retrying one step, the run shows what it waits on and records it.
+    notice_after: timedelta = Field(default=timedelta(minutes=3), gt=timedelta(0))
+    #: System name ("tryton", "stripe", "salesforce") -> how long an outage is waited out.
+    deadlines: dict[str, timedelta] = Field(default_factory=dict)
+    #: For a system not named in `deadlines`.
+    default_deadline: timedelta = Field(default=timedelta(hours=24), gt=timedelta(0))
+
+    def deadline(self, system: str) -> timedelta:
+        return self.deadlines.get(system, self.default_deadline)
+
+
 class DealRules(CanonicalModel):
     legal_entities: dict[str, LegalEntity]
     countries: dict[CountryCode, CountryRule]
@@ -80,6 +97,7 @@ class DealRules(CanonicalModel):
     default_payment_terms: PaymentTerms = PaymentTerms(net_days=30)
     #: How long a run waits for bad deal data to be corrected before it gives up.
     correction_deadline: timedelta = timedelta(days=3)
+    outage: OutagePolicy = OutagePolicy()
 
     @model_validator(mode="after")
     def _countries_name_known_entities(self) -> DealRules:
@@ -96,7 +114,11 @@ class DealRules(CanonicalModel):
         return found or CatalogueEntry(role=line.service)
 
     def policy(self) -> DealPolicy:
-        return DealPolicy(approval=self.approval, correction_deadline=self.correction_deadline)
+        return DealPolicy(
+            approval=self.approval,
+            correction_deadline=self.correction_deadline,
+            outage=self.outage,
+        )
 
 
 class DealPolicy(CanonicalModel):
@@ -104,6 +126,7 @@ class DealPolicy(CanonicalModel):
 
     approval: ApprovalPolicy
     correction_deadline: timedelta
+    outage: OutagePolicy = OutagePolicy()
 
 
 class DealPlan(CanonicalModel):

@@ -35,8 +35,14 @@ class AdjustmentLine(CanonicalModel):
 
 
 class InvoiceAdjustment(CanonicalModel):
-    """Write-off or discount lines added to the draft by finance: the `adjust` signal/update."""
+    """Write-off or discount lines added to the draft by finance: the `adjust` signal/update.
 
+    `adjustment_id` makes a delivery safe to repeat: the CLI makes one per command, and a run
+    applies each id once however often it arrives (signal, update, or both). Without an id
+    (a message from before ids existed) the run falls back to the adjustment's content.
+    """
+
+    adjustment_id: str | None = Field(default=None, min_length=1, max_length=64)
     approver: str = Field(min_length=3, max_length=254)
     reason: str = Field(min_length=1, max_length=1000)
     lines: list[AdjustmentLine] = Field(min_length=1)
@@ -65,3 +71,10 @@ class DraftView(CanonicalModel):
     time_entries: int
     rejected_entries: int
     adjustments: list[InvoiceAdjustment] = Field(default_factory=list)
+    #: Numbers of the invoices already issued for this project and period: when not empty,
+    #: this draft is a supplementary invoice billing only time those did not bill.
+    supplementary_to: list[str] = Field(default_factory=list)
+
+    @property
+    def supplementary(self) -> bool:
+        return bool(self.supplementary_to)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
@@ -195,7 +196,13 @@ def invoice_adjust(
         usage_error("--write-off/--discount", "give at least one DESCRIPTION=AMOUNT")
     wid = _checked_wid(wid)
     try:
-        request = InvoiceAdjustment(approver=approver.strip(), reason=reason, lines=lines)
+        # One id per command: a retry of this delivery (or the same one by signal) applies once.
+        request = InvoiceAdjustment(
+            adjustment_id=f"adj-{uuid.uuid4().hex[:16]}",
+            approver=approver.strip(),
+            reason=reason,
+            lines=lines,
+        )
     except ValidationError as exc:
         field, problem = first_problem(exc)
         raise CliError(f"--{field}: {problem}") from None
@@ -234,6 +241,9 @@ def invoice_adjust(
     ]
     if ack.total is not None:
         details.append(f"new total: {_amount(ack.total, currency)}{unit}")
+    details.append(f"adjustment id: {request.adjustment_id}")
+    if ack.duplicate:
+        details.append("(applied before: this delivery changed nothing)")
     print_decided("adjusted", wid, ack.approver, reason, config.run_link(wid), details)
 
 
@@ -537,6 +547,11 @@ def _render_invoice(out: Console, view: RunView[InvoiceStatus], link: str) -> No
     header.row("step", f"{status.step.value}{pending}")
     header.row("project", f"{status.project_id}, period {status.period}")
     header.row("customer", status.customer_name)
+    if status.supplementary_to:
+        header.row(
+            "supplementary",
+            "bills only time not billed on " + ", ".join(status.supplementary_to),
+        )
     draft = status.draft
     if draft is None:
         header.row("draft", "not drafted yet")
@@ -563,7 +578,8 @@ def _render_invoice(out: Console, view: RunView[InvoiceStatus], link: str) -> No
             bullets(
                 [
                     f"{_KIND_LABEL[line.kind]} {line.description}: {_amount(line.amount, c)} {c} "
-                    f"(by {adjustment.approver}: {adjustment.reason})"
+                    f"(by {adjustment.approver}: {adjustment.reason}"
+                    f"{f'; {adjustment.adjustment_id}' if adjustment.adjustment_id else ''})"
                     for adjustment in draft.adjustments
                     for line in adjustment.lines
                 ]
@@ -578,6 +594,7 @@ def _render_invoice(out: Console, view: RunView[InvoiceStatus], link: str) -> No
     currency = draft.currency if draft else None
     rest.row("payments", bullets([_payment_line(p, currency) for p in status.payments]))
     rest.row("last error", status.last_error)
+    rest.row("follow-up", bullets(status.issues) if status.issues else None)
     out.print()
     rest.print(out, link)
 

@@ -336,6 +336,17 @@ def _render_status(out: Console, view: RunView[DealStatus], link: str) -> None:
                 f"expires {when(pending.expires_at)}\n" + bullets(pending.reasons),
             )
         row("decisions", "\n".join(_decision_line(record) for record in deal.decisions))
+        if (outage := deal.outage) is not None:
+            row(
+                "waiting on",
+                f"{outage.system} since {when(outage.since)} at {outage.step}, "
+                f"until {when(outage.deadline)}"
+                + (
+                    " (deadline passed: q2c retry | q2c compensate)"
+                    if outage.awaiting_operator
+                    else ""
+                ),
+            )
         row("last error", deal.last_error)
     fields.print(out, link)
 
@@ -343,6 +354,6 @@ def _render_status(out: Console, view: RunView[DealStatus], link: str) -> None:
 def _decision_line(record: DecisionRecord) -> str:
     outcome = "accepted" if record.accepted else f"ignored: {record.ignored_because}"
     return (
-        f"{record.decision} by {record.approver} via {record.via} at {when(record.at)} "
+        f"{record.what} by {record.approver} via {record.via} at {when(record.at)} "
         f"({outcome}): {record.reason}"
     )

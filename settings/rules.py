@@ -60,6 +60,14 @@ def load_deal_rules(settings: Settings) -> DealRules:
                 },
                 "default_payment_terms": {"net_days": settings.standard_net_days},
                 "correction_deadline": settings.correction_deadline,
+                "outage": {
+                    "notice_after": settings.outage_notice_after,
+                    "deadlines": {
+                        "tryton": settings.tryton_outage_deadline,
+                        "stripe": settings.stripe_outage_deadline,
+                        "salesforce": settings.salesforce_outage_deadline,
+                    },
+                },
             }
         )
     except ValidationError as exc:

@@ -23,6 +23,9 @@ from store.models import (
     utcnow,
 )
 
+#: Draft statuses of an issued invoice: its entries are billed, whatever the PSA says yet.
+ISSUED_STATUSES = ("billed", "paid", "uncollectible")
+
 RowT = TypeVar("RowT", CrossReference, AuditEntry, ExceptionRecord, InboundEvent)
 
 
@@ -262,6 +265,16 @@ class Store:
                 await session.refresh(row)
             return row
 
+    async def resolve_exception_by_key(
+        self, dedupe_key: str, resolution: str
+    ) -> ExceptionRecord | None:
+        """Resolve the exception a run opened under `dedupe_key` (a system that came back);
+        resolving twice, or a key never recorded, changes nothing."""
+        found = await self._exception_by_key(dedupe_key)
+        if found is None or found.id is None:
+            return None
+        return await self.resolve_exception(found.id, resolution)
+
     async def _exception_by_key(self, key: str) -> ExceptionRecord | None:
         async with self._sessions() as session:
             result = await session.exec(
@@ -350,15 +363,21 @@ class Store:
         async with self._sessions() as session:
             return await session.get(InvoiceDraft, draft_id)
 
-    async def billed_drafts(self, project_id: str) -> Sequence[InvoiceDraft]:
-        """The project's drafts that became invoices (billed, then perhaps paid)."""
+    async def billed_drafts(
+        self, project_id: str, *, period: str | None = None
+    ) -> Sequence[InvoiceDraft]:
+        """The project's drafts that became invoices (billed, then perhaps paid or written
+        off), oldest first; a voided one is not among them. Each holds its time entries
+        until it is voided: a later draft must not bill them again, even while the PSA does
+        not yet show them billed."""
+        query = select(InvoiceDraft).where(
+            InvoiceDraft.project_id == project_id,
+            col(InvoiceDraft.status).in_(ISSUED_STATUSES),
+        )
+        if period is not None:
+            query = query.where(InvoiceDraft.period == period)
         async with self._sessions() as session:
-            result = await session.exec(
-                select(InvoiceDraft).where(
-                    InvoiceDraft.project_id == project_id,
-                    col(InvoiceDraft.status).in_(("billed", "paid")),
-                )
-            )
+            result = await session.exec(query.order_by(col(InvoiceDraft.created_at)))
             return result.all()
 
     async def update_draft(self, draft_id: str, **changes: Any) -> InvoiceDraft:

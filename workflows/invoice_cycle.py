@@ -5,8 +5,9 @@ key, so a period is never invoiced twice however often the cycle runs."""
 from __future__ import annotations
 
 from datetime import timedelta
+from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from temporalio import workflow
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -15,7 +16,9 @@ from temporalio.workflow import ParentClosePolicy
 with workflow.unsafe.imports_passed_through():
     from activities.invoicing import InvoicingActivities, ProjectsInput
     from canonical import BillingPeriod
-    from workflows import presets
+    from workflows._lifecycle import AWAITING_OPERATOR, COMPENSATING, Lifecycle
+    from workflows.approvals import Message
+    from workflows.queues import SystemQueue
     from workflows.time_to_invoice import (
         TimeToInvoiceInput,
         TimeToInvoiceWorkflow,
@@ -25,32 +28,51 @@ with workflow.unsafe.imports_passed_through():
 LIFECYCLE = "invoice-cycle"
 
 
-class InvoiceCycleInput(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class CycleStep(StrEnum):
+    LIST_PROJECTS = "list_projects"
+    START_RUNS = "start_runs"
+    DONE = "done"
+    AWAITING_OPERATOR = AWAITING_OPERATOR  # the PSA stayed down past its outage deadline
+    COMPENSATING = COMPENSATING  # never: a cycle only starts runs, it has nothing to undo
 
+
+class InvoiceCycleInput(Message):
     calendar: str = "monthly"
     #: Invoice this period instead of the one that just ended ("2026-11").
     period: str | None = Field(default=None, pattern=r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
-class InvoiceCycleResult(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class InvoiceCycleResult(Message):
     period: str
     started: list[str]
     already_started: list[str]
 
 
 @workflow.defn
-class InvoiceCycleWorkflow:
+class InvoiceCycleWorkflow(Lifecycle):
+    """The projects come from the PSA's queue through the kit's call: an outage of the PSA is
+    waited out (shown, recorded, handed to an operator past its deadline), not a lost cycle."""
+
+    LIFECYCLE = LIFECYCLE
+    FAILURE_TYPE = "InvoiceCycleFailed"
+
+    @workflow.init
+    def __init__(self, request: InvoiceCycleInput) -> None:
+        self._init_lifecycle()
+        self._step = CycleStep.LIST_PROJECTS
+        self._correlation_id: str | None = None
+
     @workflow.run
     async def run(self, request: InvoiceCycleInput) -> InvoiceCycleResult:
         period = request.period or BillingPeriod.of(workflow.now().date()).previous().key
-        projects = await workflow.execute_activity_method(
+        self._correlation_id = f"{LIFECYCLE}:{request.calendar}:{period}"
+        projects = await self.call(
+            CycleStep.LIST_PROJECTS,
             InvoicingActivities.list_invoiceable_projects,
             ProjectsInput(calendar=request.calendar),
-            **presets.LOCAL_CALL,
+            system=SystemQueue.TRYTON,
         )
+        self._set_step(CycleStep.START_RUNS)
         started: list[str] = []
         already: list[str] = []
         for project_id in projects:
@@ -70,4 +92,5 @@ class InvoiceCycleWorkflow:
                 started.append(wid)
             except WorkflowAlreadyStartedError:
                 already.append(wid)
+        self._set_step(CycleStep.DONE)
         return InvoiceCycleResult(period=period, started=started, already_started=already)

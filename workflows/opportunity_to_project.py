@@ -9,16 +9,23 @@ CRM. A step that fails for good after others succeeded is compensated in reverse
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows.approvals import ApprovalDecision as ApprovalDecision
-from workflows.approvals import Decision as Decision
+from workflows.approvals import (
+    DECIDE,
+    ApprovalAck,
+    ApprovalDecision,
+    ApprovalGate,
+    AwaitsApproval,
+    Decision,
+    DecisionRecord,
+    Message,
+    PendingApproval,
+)
 
 with workflow.unsafe.imports_passed_through():
     from activities.billing import (
@@ -29,16 +36,37 @@ with workflow.unsafe.imports_passed_through():
     from activities.crm import CrmActivities, FetchDealInput, WriteBackInput
     from activities.deal import DealActivities, DealPolicyInput, PlanDealInput
     from activities.erp import ErpActivities, UpsertCustomerInput
-    from activities.ledger import (
-        LedgerActivities,
-        LinkReferenceInput,
-    )
     from activities.psa import CloseProjectInput, CreateProjectInput, PsaActivities
     from canonical import DealPlan, DealPolicy
-    from workflows import presets
     from workflows import search_attributes as sa
-    from workflows._lifecycle import LifecycleSteps, StepFailed, reason_of
+    from workflows._lifecycle import (
+        Ending,
+        Lifecycle,
+        NothingToUndo,
+        Outage,
+        StepFailed,
+        defect,
+        outcome_message,
+    )
+    from workflows.queues import SystemQueue
 
+__all__ = [
+    "DATA_CORRECTED",
+    "DECIDE",
+    "STATUS",
+    "ApprovalAck",
+    "ApprovalDecision",
+    "DataCorrected",
+    "DealStatus",
+    "Decision",
+    "DecisionRecord",
+    "OpportunityToProjectInput",
+    "OpportunityToProjectResult",
+    "OpportunityToProjectWorkflow",
+    "PendingApproval",
+    "Step",
+    "workflow_id",
+]
 
 LIFECYCLE = "opportunity-to-project"
 
@@ -48,11 +76,7 @@ def workflow_id(crm: str, opportunity_id: str) -> str:
     return f"{LIFECYCLE}:{crm}:{opportunity_id}"
 
 
-class _Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class OpportunityToProjectInput(_Message):
+class OpportunityToProjectInput(Message):
     opportunity_id: str = Field(min_length=1, max_length=64)
     crm: str = "salesforce"
     #: What started the run (a webhook event id, "cli:<user>"): kept in the audit trail.
@@ -68,48 +92,23 @@ class Step(StrEnum):
     CREATE_PROJECT = "create_project"
     PROVISION_BILLING = "provision_billing"
     WRITE_BACK = "write_back"
+    AWAITING_OPERATOR = "awaiting_operator"
     COMPENSATING = "compensating"
     COMPLETED = "completed"
     REJECTED = "rejected"
     EXPIRED = "expired"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
-class ApprovalAck(_Message):
-    """What an approver gets back from the update: the decision is recorded."""
-
-    decision: Decision
-    approver: str
-    step: Step
-
-
-class DataCorrected(_Message):
+class DataCorrected(Message):
     """Sent after someone fixed the deal in the CRM: fetch and validate again."""
 
     corrected_by: str | None = None
     note: str | None = None
 
 
-class DecisionRecord(_Message):
-    decision: Decision
-    approver: str
-    reason: str
-    at: datetime
-    via: str  # "signal" or "update"
-    accepted: bool
-    #: Why an accepted=False decision was ignored (an approver not on the finance list).
-    ignored_because: str | None = None
-
-
-class PendingApproval(_Message):
-    reasons: list[str]
-    requested_at: datetime
-    remind_at: datetime
-    expires_at: datetime
-    reminders_sent: int = 0
-
-
-class DealStatus(_Message):
+class DealStatus(Message):
     """The `status` query: where the run is and what it has made so far."""
 
     workflow_id: str
@@ -121,20 +120,24 @@ class DealStatus(_Message):
     currency: str | None = None
     #: system-role -> id there: "erp_customer", "psa_project", "billing_customer".
     ids: dict[str, str] = Field(default_factory=dict)
+    #: system-role -> True when this run created it (False: an earlier run had).
+    created: dict[str, bool] = Field(default_factory=dict)
     validation_issues: list[str] = Field(default_factory=list)
     pending_approval: PendingApproval | None = None
     decisions: list[DecisionRecord] = Field(default_factory=list)
+    #: The system the run waits on during an outage ("stripe"), and since when.
+    waiting_on: str | None = None
+    outage: Outage | None = None
     last_error: str | None = None
 
 
-class OpportunityToProjectResult(_Message):
+class OpportunityToProjectResult(Message):
     status: Step  # COMPLETED, REJECTED or EXPIRED (a failed run raises)
     ids: dict[str, str] = Field(default_factory=dict)
     message: str
 
 
-# Message names, shared with the CLI and the service.
-DECIDE = "decide"  # signal and update
+# Message names, shared with the CLI and the service (DECIDE and OPERATOR: workflows.approvals).
 DATA_CORRECTED = "data_corrected"  # signal
 STATUS = "status"  # query
 
@@ -149,30 +152,29 @@ CRM_STATUS = {
     Step.REJECTED: "rejected",
     Step.EXPIRED: "approval_expired",
     Step.FAILED: "failed",
+    Step.CANCELLED: "cancelled",
 }
 
 
 @workflow.defn
-class OpportunityToProjectWorkflow(LifecycleSteps):
+class OpportunityToProjectWorkflow(Lifecycle, AwaitsApproval):
     LIFECYCLE = LIFECYCLE
+    FAILURE_TYPE = "ProvisioningFailed"
 
     @workflow.init
     def __init__(self, request: OpportunityToProjectInput) -> None:
+        self._init_lifecycle()
+        self._approval = ApprovalGate()
         self._request = request
         self._correlation_id = request.opportunity_id
         self._step = Step.FETCH_DEAL
         self._ids: dict[str, str] = {}
+        self._created: dict[str, bool] = {}
         self._issues: list[str] = []
         self._customer_name: str | None = None
         self._legal_entity: str | None = None
         self._currency: str | None = None
-        self._policy: DealPolicy | None = None
-        self._pending: PendingApproval | None = None
-        self._decision: DecisionRecord | None = None
-        self._decisions: list[DecisionRecord] = []
         self._corrections = 0
-        self._last_error: str | None = None
-        self._compensations: list[tuple[str, Callable[[], Awaitable[None]]]] = []
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -184,80 +186,77 @@ class OpportunityToProjectWorkflow(LifecycleSteps):
                 sa.LIFECYCLE.value_set(LIFECYCLE),
             ]
         )
-        await self._audit("start", "started", detail={"trigger": request.trigger})
-        try:
-            result = await self._provision()
-        except StepFailed as failure:
-            await self._fail(failure)
-            raise ApplicationError(
-                f"{failure.step}: {failure.reason}", type="ProvisioningFailed", non_retryable=True
-            ) from None
+        await self.audit("start", "started", detail={"trigger": request.trigger})
+        result = await self.guarded(self._provision(), self._report_ending)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return result
 
     async def _provision(self) -> OpportunityToProjectResult:
-        self._policy = await self._call(
-            Step.FETCH_DEAL,
-            DealActivities.deal_policy,
-            DealPolicyInput(crm=self._request.crm),
-            presets.LOCAL_CALL,
+        policy = await self.local(
+            Step.FETCH_DEAL, DealActivities.deal_policy, DealPolicyInput(crm=self._request.crm)
         )
-        plan = await self._validated_plan(self._policy)
-        assert plan.customer is not None and plan.project is not None
+        self._outages = policy.outage
+        plan = await self._validated_plan(policy)
+        if plan.customer is None or plan.project is None:
+            raise defect("a ready plan without a customer or a project")
+        customer, project = plan.customer, plan.project
 
         if plan.risks:
-            decision = await self._approval(plan.risks, self._policy)
-            if decision is None or decision.decision is Decision.REJECT:
+            decision = await self._approval_of(plan.risks, policy)
+            if decision is None or decision.what == Decision.REJECT:
                 return await self._declined(decision)
 
         self._set_step(Step.UPSERT_CUSTOMER)
-        customer = await self._call(
+        erp = await self.call(
             Step.UPSERT_CUSTOMER,
             ErpActivities.upsert_customer,
-            UpsertCustomerInput(customer=plan.customer),
+            UpsertCustomerInput(customer=customer),
+            system=SystemQueue.TRYTON,
         )
-        self._ids["erp_customer"] = customer.erp_customer_id
-        await self._link("customer", plan.customer.id, "erp", customer.erp_customer_id)
-        await self._audit(
+        self._ids["erp_customer"] = erp.erp_customer_id
+        await self.link("customer", customer.id, "erp", erp.erp_customer_id)
+        await self.audit(
             Step.UPSERT_CUSTOMER,
-            "created" if customer.created else "updated",
+            "created" if erp.created else "updated",
             system="erp",
-            detail={"erp_customer_id": customer.erp_customer_id},
+            detail={"erp_customer_id": erp.erp_customer_id},
         )
 
+        # One project per deal, whichever run makes it: a re-entered deal finds its project.
         self._set_step(Step.CREATE_PROJECT)
-        project = await self._call(
+        self.saga.add("close project", self._close_project)
+        made = await self.call(
             Step.CREATE_PROJECT,
             PsaActivities.create_project,
             CreateProjectInput(
-                project=plan.project,
-                erp_customer_id=customer.erp_customer_id,
-                idempotency_key=self._key(Step.CREATE_PROJECT),
+                project=project,
+                erp_customer_id=erp.erp_customer_id,
+                idempotency_key=f"project:{project.id}",
             ),
+            system=SystemQueue.TRYTON,
         )
-        self._ids["psa_project"] = project.project_id
-        self._compensate_with("close project", self._close_project(project.project_id))
-        await self._link("project", plan.project.id, "psa", project.project_id)
-        await self._audit(
+        self._made("psa_project", made.project_id, made.created)
+        await self.link("project", project.id, "psa", made.project_id)
+        await self.audit(
             Step.CREATE_PROJECT,
-            "created",
+            "created" if made.created else "found",
             system="psa",
-            detail={"project_id": project.project_id, "task_ids": project.task_ids},
+            detail={"project_id": made.project_id, "task_ids": made.task_ids},
         )
 
+        # One billing account per customer, for good.
         self._set_step(Step.PROVISION_BILLING)
-        billing = await self._call(
+        self.saga.add("deactivate billing account", self._deactivate_billing)
+        billing = await self.call(
             Step.PROVISION_BILLING,
             BillingActivities.provision_billing_customer,
             ProvisionBillingInput(
-                customer=plan.customer, idempotency_key=self._key(Step.PROVISION_BILLING)
+                customer=customer, idempotency_key=f"billing-customer:{customer.id}"
             ),
+            system=SystemQueue.STRIPE,
         )
-        self._ids["billing_customer"] = billing.billing_customer_id
-        self._compensate_with(
-            "deactivate billing account", self._deactivate_billing(billing.billing_customer_id)
-        )
-        await self._audit(
+        self._made("billing_customer", billing.billing_customer_id, billing.created)
+        await self.audit(
             Step.PROVISION_BILLING,
             "created" if billing.created else "updated",
             system="billing",
@@ -266,16 +265,21 @@ class OpportunityToProjectWorkflow(LifecycleSteps):
 
         self._set_step(Step.WRITE_BACK)
         message = (
-            f"Project {project.project_id} ({plan.project.legal_entity_code}, "
-            f"{plan.project.currency}) and billing account {billing.billing_customer_id} ready"
+            f"Project {made.project_id} ({project.legal_entity_code}, "
+            f"{project.currency}) and billing account {billing.billing_customer_id} ready"
         )
         await self._write_back(Step.WRITE_BACK, CRM_STATUS[Step.COMPLETED], message)
-        await self._audit(Step.WRITE_BACK, "updated", system="crm", detail={"message": message})
+        self.saga.clear()
+        await self.audit(Step.WRITE_BACK, "updated", system="crm", detail={"message": message})
         self._set_step(Step.COMPLETED)
-        await self._audit(Step.COMPLETED, "completed", detail=dict(self._ids))
+        await self.audit(Step.COMPLETED, "completed", detail=dict(self._ids))
         return OpportunityToProjectResult(
             status=Step.COMPLETED, ids=dict(self._ids), message=message
         )
+
+    def _made(self, role: str, external_id: str, created: bool) -> None:
+        self._ids[role] = external_id
+        self._created[role] = created
 
     # -- validation, waiting for corrections ------------------------------------------------
 
@@ -286,30 +290,29 @@ class OpportunityToProjectWorkflow(LifecycleSteps):
             round_ += 1
             seen = self._corrections
             self._set_step(Step.FETCH_DEAL)
-            snapshot = await self._call(
+            snapshot = await self.call(
                 Step.FETCH_DEAL,
                 CrmActivities.fetch_deal,
                 FetchDealInput(crm=self._request.crm, opportunity_id=self._request.opportunity_id),
+                system=SystemQueue.SALESFORCE,
             )
             self._set_step(Step.VALIDATE)
             issues = list(snapshot.problems)
             plan: DealPlan | None = None
             if snapshot.opportunity is not None and snapshot.account is not None:
                 self._customer_name = snapshot.account.name
-                plan = await self._call(
+                plan = await self.local(
                     Step.VALIDATE,
                     DealActivities.plan_deal,
                     PlanDealInput(opportunity=snapshot.opportunity, account=snapshot.account),
-                    presets.LOCAL_CALL,
                 )
                 issues = plan.issues
             self._issues = issues
-            if plan is not None and plan.ready:
-                assert plan.customer is not None and plan.project is not None
+            if plan is not None and plan.ready and plan.customer and plan.project:
                 self._legal_entity = plan.project.legal_entity_code
                 self._currency = plan.project.currency
                 workflow.upsert_search_attributes([sa.CUSTOMER.value_set(plan.customer.name)])
-                await self._audit(Step.VALIDATE, "validated", detail={"risks": plan.risks})
+                await self.audit(Step.VALIDATE, "validated", detail={"risks": plan.risks})
                 return plan
 
             summary = "; ".join(issues)
@@ -318,7 +321,7 @@ class OpportunityToProjectWorkflow(LifecycleSteps):
                 CRM_STATUS[Step.AWAITING_CORRECTION],
                 f"Fix in the CRM, then q2c continues: {summary}",
             )
-            await self._record_exception(
+            await self.record_exception(
                 f"validation:{round_}",
                 kind="invalid_deal",
                 message=f"Opportunity {self._request.opportunity_id}: {summary}",
@@ -342,52 +345,26 @@ class OpportunityToProjectWorkflow(LifecycleSteps):
 
     # -- finance approval -------------------------------------------------------------------
 
-    async def _approval(self, risks: list[str], policy: DealPolicy) -> DecisionRecord | None:
-        """Wait for finance; remind every `remind_after`; give up at `expire_after`."""
-        now = workflow.now()
-        approval = policy.approval
-        self._pending = PendingApproval(
-            reasons=risks,
-            requested_at=now,
-            remind_at=now + approval.remind_after,
-            expires_at=now + approval.expire_after,
-        )
+    async def _approval_of(self, risks: list[str], policy: DealPolicy) -> DecisionRecord | None:
+        self._approval.open(policy.approval, risks)
         self._set_step(Step.AWAITING_APPROVAL)
         await self._write_back(
             Step.AWAITING_APPROVAL,
             CRM_STATUS[Step.AWAITING_APPROVAL],
             "Waiting for finance approval: " + "; ".join(risks),
         )
-        await self._audit(Step.AWAITING_APPROVAL, "approval_requested", detail={"risks": risks})
-        while self._decision is None:
-            pending = self._pending
-            now = workflow.now()
-            if now >= pending.expires_at:
-                break
-            wake = min(pending.remind_at, pending.expires_at)
-            try:
-                await workflow.wait_condition(
-                    lambda: self._decision is not None, timeout=max(wake - now, timedelta(0))
-                )
-            except TimeoutError:
-                if workflow.now() >= pending.expires_at:
-                    break
-                await self._remind(pending, approval.remind_after)
-        self._pending = None
-        decision = self._decision
-        await self._audit(
+        await self.audit(Step.AWAITING_APPROVAL, "approval_requested", detail={"risks": risks})
+        decision = await self._approval.wait(self._remind)
+        await self.audit(
             Step.AWAITING_APPROVAL,
-            decision.decision.value if decision else "approval_expired",
+            decision.what if decision else "approval_expired",
             detail=decision.model_dump(mode="json") if decision else {},
         )
         return decision
 
-    async def _remind(self, pending: PendingApproval, every: timedelta) -> None:
-        count = pending.reminders_sent + 1
-        self._pending = pending.model_copy(
-            update={"reminders_sent": count, "remind_at": pending.remind_at + every}
-        )
-        await self._record_exception(
+    async def _remind(self, pending: PendingApproval) -> None:
+        count = pending.reminders_sent
+        await self.record_exception(
             f"approval-reminder:{count}",
             kind="approval_overdue",
             message=(
@@ -407,7 +384,7 @@ class OpportunityToProjectWorkflow(LifecycleSteps):
         )
         await self._write_back(step, CRM_STATUS[step], message)
         if decision is None:
-            await self._record_exception(
+            await self.record_exception(
                 "approval-expired",
                 kind="approval_expired",
                 message=f"Opportunity {self._request.opportunity_id} ({self._customer_name}): "
@@ -415,49 +392,9 @@ class OpportunityToProjectWorkflow(LifecycleSteps):
                 step=Step.AWAITING_APPROVAL,
             )
         self._set_step(step)
-        await workflow.wait_condition(workflow.all_handlers_finished)
         return OpportunityToProjectResult(status=step, ids=dict(self._ids), message=message)
 
-    def _receive(self, decision: ApprovalDecision, via: str) -> DecisionRecord:
-        problem = self._refusal(decision)
-        record = DecisionRecord(
-            decision=decision.decision,
-            approver=decision.approver,
-            reason=decision.reason,
-            at=workflow.now(),
-            via=via,
-            accepted=problem is None,
-            ignored_because=problem,
-        )
-        self._decisions.append(record)
-        if problem is None:
-            self._decision = record
-        else:
-            workflow.logger.warning("decision from %s ignored: %s", decision.approver, problem)
-        return record
-
-    def _refusal(self, decision: ApprovalDecision) -> str | None:
-        if self._pending is None or self._decision is not None:
-            return f"no approval is pending (step {self._step})"
-        if self._policy is None or not self._policy.approval.may_decide(decision.approver):
-            return f"{decision.approver} is not on the finance approvers list"
-        return None
-
-    @workflow.signal(name=DECIDE)
-    def decide_by_signal(self, decision: ApprovalDecision) -> None:
-        """Finance tools and webhooks: recorded, and ignored when the approver may not decide."""
-        self._receive(decision, via="signal")
-
-    @workflow.update(name=DECIDE)
-    def decide_by_update(self, decision: ApprovalDecision) -> ApprovalAck:
-        """The CLI: the approver gets an immediate answer, refusals included."""
-        record = self._receive(decision, via="update")
-        return ApprovalAck(decision=record.decision, approver=record.approver, step=self._step)
-
-    @decide_by_update.validator
-    def _validate_decision(self, decision: ApprovalDecision) -> None:
-        if (problem := self._refusal(decision)) is not None:
-            raise ValueError(problem)
+    # -- messages ---------------------------------------------------------------------------
 
     @workflow.signal(name=DATA_CORRECTED)
     def data_corrected(self, note: DataCorrected) -> None:
@@ -469,81 +406,82 @@ class OpportunityToProjectWorkflow(LifecycleSteps):
             workflow_id=workflow.info().workflow_id,
             opportunity_id=self._request.opportunity_id,
             crm=self._request.crm,
-            step=self._step,
+            step=Step(self._step),
             customer_name=self._customer_name,
             legal_entity=self._legal_entity,
             currency=self._currency,
             ids=dict(self._ids),
+            created=dict(self._created),
             validation_issues=list(self._issues),
-            pending_approval=self._pending,
-            decisions=list(self._decisions),
+            pending_approval=self._approval.pending,
+            decisions=list(self._approval.records),
+            waiting_on=self._waiting_on,
+            outage=self._outage,
             last_error=self._last_error,
         )
 
-    # -- failure and compensation -----------------------------------------------------------
+    # -- compensations: only what this run created ------------------------------------------
 
-    def _compensate_with(self, name: str, undo: Callable[[], Awaitable[None]]) -> None:
-        self._compensations.append((name, undo))
+    def _ours(self, role: str, what: str) -> str:
+        if role not in self._ids:
+            raise NothingToUndo(f"no {what} was made")
+        if not self._created.get(role):
+            raise NothingToUndo(f"{what} {self._ids[role]} was made by an earlier run")
+        return self._ids[role]
 
-    def _close_project(self, project_id: str) -> Callable[[], Awaitable[None]]:
-        async def undo() -> None:
-            await workflow.execute_activity_method(
-                PsaActivities.close_project,
-                CloseProjectInput(project_id=project_id, reason=self._last_error or "compensation"),
-                **presets.COMPENSATION,
-            )
+    async def _close_project(self) -> None:
+        project_id = self._ours("psa_project", "project")
+        await self.compensation(
+            PsaActivities.close_project,
+            CloseProjectInput(project_id=project_id, reason=self._last_error or "compensation"),
+            system=SystemQueue.TRYTON,
+        )
 
-        return undo
+    async def _deactivate_billing(self) -> None:
+        customer_id = self._ours("billing_customer", "billing account")
+        await self.compensation(
+            BillingActivities.deactivate_billing_customer,
+            DeactivateBillingInput(
+                billing_customer_id=customer_id,
+                reason=self._last_error or "compensation",
+                # This run's undo: a later run may reactivate the account and undo again.
+                idempotency_key=f"billing-customer:{customer_id}:deactivate:"
+                f"{workflow.info().run_id}",
+            ),
+            system=SystemQueue.STRIPE,
+        )
 
-    def _deactivate_billing(self, customer_id: str) -> Callable[[], Awaitable[None]]:
-        async def undo() -> None:
-            await workflow.execute_activity_method(
-                BillingActivities.deactivate_billing_customer,
-                DeactivateBillingInput(
-                    billing_customer_id=customer_id,
-                    reason=self._last_error or "compensation",
-                    idempotency_key=self._key("deactivate_billing"),
-                ),
-                **presets.COMPENSATION,
-            )
-
-        return undo
-
-    async def _fail(self, failure: StepFailed) -> None:
-        """Undo what was done, newest first; tell the CRM and a person; then the run fails."""
-        self._last_error = f"{failure.step}: {failure.reason}"
-        undone: list[str] = []
-        not_undone: list[str] = []
-        if self._compensations:
-            self._set_step(Step.COMPENSATING)
-        for name, undo in reversed(self._compensations):
-            try:
-                await undo()
-                undone.append(name)
-            except ActivityError as exc:
-                not_undone.append(f"{name}: {reason_of(exc)}")
-        self._set_step(Step.FAILED)
-        message = f"Provisioning failed at {failure.step}: {failure.reason}"
-        if undone:
-            message += f". Undone: {', '.join(undone)}"
-        if not_undone:
-            message += f". NOT undone: {'; '.join(not_undone)}"
+    async def _report_ending(self, ending: Ending) -> None:
+        """Tell the CRM and a person how the run ended, and what was (NOT) undone."""
+        step = Step.CANCELLED if ending.cancelled else Step.FAILED
+        verb = "cancelled" if ending.cancelled else "failed"
+        message = outcome_message(
+            f"Provisioning {verb} at {ending.step}: {ending.reason}", ending.outcome
+        )
+        self._set_step(step)
+        not_undone = list(ending.outcome.not_undone)
         try:
-            await self._write_back(Step.FAILED, CRM_STATUS[Step.FAILED], message)
+            await self._write_back(step, CRM_STATUS[step], message)
         except StepFailed as exc:
             not_undone.append(f"CRM status: {exc.reason}")
-        await self._record_exception(
-            "failed",
-            kind="provisioning_failed",
+        await self.record_exception(
+            verb,
+            kind=f"provisioning_{verb}",
             message=f"Opportunity {self._request.opportunity_id}: {message}",
-            step=failure.step,
-            detail={"ids": dict(self._ids), "undone": undone, "not_undone": not_undone},
+            step=ending.step,
+            detail={
+                "ids": dict(self._ids),
+                "created": dict(self._created),
+                "undone": ending.outcome.undone,
+                "not_undone": not_undone,
+                "skipped": ending.outcome.skipped,
+            },
         )
 
     # -- helpers ----------------------------------------------------------------------------
 
     async def _write_back(self, step: Step, status: str, message: str) -> None:
-        await self._call(
+        await self.call(
             step,
             CrmActivities.write_back_deal,
             WriteBackInput(
@@ -555,14 +493,5 @@ class OpportunityToProjectWorkflow(LifecycleSteps):
                 billing_customer_id=self._ids.get("billing_customer"),
                 message=message,
             ),
-        )
-
-    async def _link(self, entity: str, canonical_id: str, system: str, external_id: str) -> None:
-        await self._call(
-            self._step,
-            LedgerActivities.link_reference,
-            LinkReferenceInput(
-                entity=entity, canonical_id=canonical_id, system=system, external_id=external_id
-            ),
-            presets.LOCAL_CALL,
+            system=SystemQueue.SALESFORCE,
         )

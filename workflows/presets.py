@@ -1,8 +1,9 @@
 """Activity timeouts and retry policies, in one place.
 
-Connectors classify errors; a permanent one arrives as a non-retryable `ApplicationError`,
-so these policies only bound how long a transient fault is retried before a step fails
-for good (and the saga compensates).
+Connectors classify errors: a permanent one arrives as a non-retryable `ApplicationError` and
+fails its step at once (the saga compensates). A transient one (connection refused, 5xx, 429,
+a timeout) is retried without an attempt cap; the lifecycle kit (`_lifecycle.py`) bounds the
+wait by the system's outage deadline, and then asks a person.
 """
 
 from __future__ import annotations
@@ -18,8 +19,34 @@ class CallOptions(TypedDict):
     retry_policy: RetryPolicy
 
 
-#: A call to a downstream system: ~10 minutes of retries with backoff, then it fails for good.
-#: 30 s per attempt: vendors count 20 s as long-running, and a lost worker is noticed sooner.
+#: One attempt at a system: above the connectors' HTTP timeouts (Tryton's client reads for up
+#: to 60 s), so an attempt is never abandoned while its request may still land.
+SYSTEM_ATTEMPT = timedelta(minutes=2)
+
+#: Retry a transient fault for as long as the kit allows, at most a minute apart, so a run
+#: resumes within about a minute of its system coming back.
+TRANSIENT_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    maximum_attempts=0,
+)
+
+#: q2c's own store and rules, as local activities: quick, retried for a while (`BOOKKEEPING_FOR`);
+#: bookkeeping that still fails is logged and the run goes on.
+BOOKKEEPING = CallOptions(
+    start_to_close_timeout=timedelta(seconds=15),
+    retry_policy=RetryPolicy(
+        initial_interval=timedelta(milliseconds=200),
+        maximum_interval=timedelta(seconds=30),
+        maximum_attempts=0,
+    ),
+)
+#: How long a bookkeeping write is retried before the run logs it and goes on.
+BOOKKEEPING_FOR = timedelta(minutes=10)
+
+#: Legacy, for `LifecycleSteps` only (time-to-invoice until it moves onto `Lifecycle`):
+#: ~10 minutes of retries, then the step fails for good.
 SYSTEM_CALL = CallOptions(
     start_to_close_timeout=timedelta(seconds=30),
     retry_policy=RetryPolicy(
@@ -29,8 +56,7 @@ SYSTEM_CALL = CallOptions(
         maximum_attempts=10,
     ),
 )
-
-#: q2c's own store and rules: local, quick, retried a while longer.
+#: Legacy, for `LifecycleSteps` only: q2c's store as a full activity.
 LOCAL_CALL = CallOptions(
     start_to_close_timeout=timedelta(seconds=15),
     retry_policy=RetryPolicy(
@@ -42,7 +68,7 @@ LOCAL_CALL = CallOptions(
 
 #: Undoing a step: it must eventually happen, so it is retried far longer than a step.
 COMPENSATION = CallOptions(
-    start_to_close_timeout=timedelta(seconds=60),
+    start_to_close_timeout=SYSTEM_ATTEMPT,
     retry_policy=RetryPolicy(
         initial_interval=timedelta(seconds=1),
         backoff_coefficient=2.0,

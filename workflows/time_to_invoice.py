@@ -10,23 +10,27 @@ the PSA, reports to the CRM and follows the invoice until it is paid.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Awaitable
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ApplicationError
 
 from workflows.approvals import ApprovalDecision as ApprovalDecision
 from workflows.approvals import Decision as Decision
+from workflows.approvals import DecisionRecord, Message
 
 with workflow.unsafe.imports_passed_through():
     # The draft as finance sees and adjusts it; one class for the workflow and its activities.
     from canonical import DraftView, InvoiceAdjustment
 
 LIFECYCLE = "time-to-invoice"
+R = TypeVar("R")
 
 
 def workflow_id(project_id: str, period: str) -> str:
@@ -34,14 +38,17 @@ def workflow_id(project_id: str, period: str) -> str:
     return f"{LIFECYCLE}:{project_id}:{period}"
 
 
-class _Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+#: Messages accept an added field during a rolling deploy (`Message`: extra="ignore").
+_Message = Message
 
 
 class TimeToInvoiceInput(_Message):
     project_id: str = Field(min_length=1, max_length=64)  # the PSA's project id
     period: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")  # "2026-11"
     trigger: str | None = None
+    #: How long after the due date the run follows an unpaid invoice before it ends with
+    #: an exception for finance (the default is `PAYMENT_FOLLOW_UP`).
+    payment_follow_up_days: int | None = Field(default=None, ge=0, le=3650)
 
 
 class InvoiceStep(StrEnum):
@@ -55,34 +62,31 @@ class InvoiceStep(StrEnum):
     AWAITING_PAYMENT = "awaiting_payment"
     RECORD_PAYMENT = "record_payment"
     COMPENSATING = "compensating"
+    AWAITING_OPERATOR = "awaiting_operator"  # a system stayed down past its deadline
     PAID = "paid"
+    VOIDED = "voided"
+    UNCOLLECTIBLE = "uncollectible"
+    UNPAID = "unpaid"  # followed past the due date for the configured time, never paid
     NOTHING_TO_INVOICE = "nothing_to_invoice"
     REJECTED = "rejected"
     EXPIRED = "expired"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class PaymentEvent(_Message):
     """What billing told q2c about the invoice (from its webhook): the `payment` signal."""
 
     event_id: str
-    kind: str  # "paid" or "payment_failed"
+    kind: str  # "paid", "payment_failed", "voided" or "uncollectible"
     billing_invoice_id: str
     amount: Decimal | None = None  # in the invoice's currency, for "paid"
     occurred_at: datetime
     reason: str | None = None  # why a payment failed
 
 
-class InvoiceRecord(_Message):
-    """A decision or adjustment as the run recorded it."""
-
-    what: str  # "approve", "reject", "adjust"
-    approver: str
-    reason: str
-    at: datetime
-    via: str  # "signal" or "update"
-    accepted: bool
-    ignored_because: str | None = None
+#: A decision or adjustment as the run recorded it (`ref`: an adjustment's id).
+InvoiceRecord = DecisionRecord
 
 
 class InvoiceStatus(_Message):
@@ -102,6 +106,12 @@ class InvoiceStatus(_Message):
     records: list[InvoiceRecord] = Field(default_factory=list)
     payments: list[PaymentEvent] = Field(default_factory=list)
     last_error: str | None = None
+    #: The system the run waits on while it is down (an outage), if any.
+    waiting_on: str | None = None
+    #: Numbers of the period's earlier invoices when this run bills a supplementary one.
+    supplementary_to: list[str] = Field(default_factory=list)
+    #: What went wrong after the invoice was issued (recorded as exceptions; the run goes on).
+    issues: list[str] = Field(default_factory=list)
 
 
 class DecisionAck(_Message):
@@ -109,10 +119,15 @@ class DecisionAck(_Message):
     approver: str
     step: InvoiceStep
     total: Decimal | None = None
+    adjustment_id: str | None = None
+    #: The adjustment had been applied before: this delivery changed nothing.
+    duplicate: bool = False
 
 
 class TimeToInvoiceResult(_Message):
-    status: InvoiceStep  # PAID, NOTHING_TO_INVOICE, REJECTED or EXPIRED (failures raise)
+    #: PAID, VOIDED, UNCOLLECTIBLE, UNPAID, NOTHING_TO_INVOICE, REJECTED or EXPIRED
+    #: (failures raise)
+    status: InvoiceStep
     invoice_number: str | None = None
     total: Decimal | None = None
     currency: str | None = None
@@ -126,6 +141,10 @@ PAYMENT = "payment"  # signal (from billing's webhooks)
 STATUS = "status"  # query
 #: Billing invoice metadata naming the run, so a payment webhook finds its run.
 BILLING_METADATA_KEY = "q2c_workflow_id"
+#: ... and the run itself: a period run again has the same workflow id.
+BILLING_RUN_METADATA_KEY = "q2c_run_id"
+#: After the due date, how long an unpaid invoice is followed before the run ends.
+PAYMENT_FOLLOW_UP = timedelta(days=90)
 
 
 # --------------------------------------------------------------------------- the workflow
@@ -140,6 +159,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.crm import CrmActivities, CrmInvoiceInput
     from activities.deal import DealActivities, DealPolicyInput
     from activities.erp import (
+        CreditErpInvoiceInput,
         DiscardErpDraftInput,
         ErpActivities,
         PostErpInvoiceInput,
@@ -149,82 +169,92 @@ with workflow.unsafe.imports_passed_through():
         AdjustInput,
         ContractContext,
         DraftInput,
+        DraftStatusInput,
         InvoicingActivities,
         LoadContractInput,
     )
     from activities.psa import PsaActivities, TimeBillingInput
     from canonical import DealPolicy
-    from workflows import presets
     from workflows import search_attributes as sa
-    from workflows._lifecycle import LifecycleSteps, StepFailed, reason_of
+    from workflows._lifecycle import (
+        Ending,
+        Lifecycle,
+        StepFailed,
+        outcome_message,
+    )
+    from workflows.approvals import ApprovalGate, AwaitsApproval, PendingApproval
+    from workflows.queues import SystemQueue
 
 #: A period's draft may page through tens of thousands of entries: beat at least this often.
-DRAFT_CALL = presets.CallOptions(
-    start_to_close_timeout=timedelta(minutes=10),
-    retry_policy=presets.SYSTEM_CALL["retry_policy"],
-)
+DRAFT_ATTEMPT = timedelta(minutes=10)
 DRAFT_HEARTBEAT = timedelta(seconds=60)
 #: After the due date passes, how often the run reminds that the invoice is unpaid.
 OVERDUE_REMINDER_EVERY = timedelta(days=7)
 
+TRYTON = SystemQueue.TRYTON
+STRIPE = SystemQueue.STRIPE
+SALESFORCE = SystemQueue.SALESFORCE
+
+
+def adjustment_key(adjustment: InvoiceAdjustment) -> str:
+    """The id an adjustment is applied once under: its own, or one made from its content
+    (a message from a caller that sends no id)."""
+    if adjustment.adjustment_id is not None:
+        return adjustment.adjustment_id
+    content = adjustment.model_dump_json(exclude={"adjustment_id"}).encode()
+    return "content-" + hashlib.sha256(content).hexdigest()[:32]
+
 
 @workflow.defn
-class TimeToInvoiceWorkflow(LifecycleSteps):
+class TimeToInvoiceWorkflow(Lifecycle, AwaitsApproval):
     LIFECYCLE = LIFECYCLE
+    FAILURE_TYPE = "InvoicingFailed"
 
     @workflow.init
     def __init__(self, request: TimeToInvoiceInput) -> None:
+        self._init_lifecycle()
+        self._approval = ApprovalGate()
         self._request = request
+        info = workflow.info()
+        #: One draft per run: every key that protects the draft or its invoice derives from
+        #: it, so a later run of the same period never meets this run's keys.
+        self._draft_id = f"{info.workflow_id}/{info.run_id}"
         self._correlation_id: str | None = None
         self._step = InvoiceStep.LOAD_CONTRACT
-        self._last_error: str | None = None
         self._policy: DealPolicy | None = None
         self._context: ContractContext | None = None
         self._draft: DraftView | None = None
-        self._pending_since: datetime | None = None
-        self._decision: InvoiceRecord | None = None
-        self._adjusting = 0
-        self._records: list[InvoiceRecord] = []
+        self._adjustments_seen: set[str] = set()
+        self._adjustments_in_flight: set[str] = set()
         self._payments: list[PaymentEvent] = []
         self._billing_invoice_id: str | None = None
         self._invoice_number: str | None = None
         self._erp_invoice_id: str | None = None
         self._due_date: date | None = None
-        self._compensations: list[tuple[str, Any]] = []
-
-    @property
-    def _draft_id(self) -> str:
-        info = workflow.info()
-        return f"{info.workflow_id}/{info.run_id}"
+        #: What went wrong after the invoice was issued: recorded, and the run went on.
+        self._issues: list[str] = []
 
     # -- the run ----------------------------------------------------------------------------
 
     @workflow.run
     async def run(self, request: TimeToInvoiceInput) -> TimeToInvoiceResult:
         workflow.upsert_search_attributes([sa.LIFECYCLE.value_set(LIFECYCLE)])
-        await self._audit("start", "started", detail={"trigger": request.trigger})
-        try:
-            result = await self._invoice()
-        except StepFailed as failure:
-            await self._fail(failure)
-            raise ApplicationError(
-                f"{failure.step}: {failure.reason}", type="InvoicingFailed", non_retryable=True
-            ) from None
+        await self.audit("start", "started", detail={"trigger": request.trigger})
+        result = await self.guarded(self._invoice(), self._report_ending)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return result
 
     async def _invoice(self) -> TimeToInvoiceResult:
         request = self._request
-        self._policy = await self._call(
-            InvoiceStep.LOAD_CONTRACT,
-            DealActivities.deal_policy,
-            DealPolicyInput(crm="salesforce"),
-            presets.LOCAL_CALL,
+        self._policy = await self.local(
+            InvoiceStep.LOAD_CONTRACT, DealActivities.deal_policy, DealPolicyInput(crm="salesforce")
         )
-        context = await self._call(
+        self._outages = self._policy.outage
+        context = await self.call(
             InvoiceStep.LOAD_CONTRACT,
             InvoicingActivities.load_billing_contract,
             LoadContractInput(project_id=request.project_id),
+            system=TRYTON,
         )
         self._context = context
         contract = context.contract
@@ -237,68 +267,89 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         )
 
         self._set_step(InvoiceStep.DRAFT)
-        try:
-            self._draft = await workflow.execute_activity_method(
-                InvoicingActivities.draft_invoice,
-                DraftInput(
-                    draft_id=self._draft_id,
-                    workflow_id=workflow.info().workflow_id,
-                    period=request.period,
-                    context=context,
-                ),
-                heartbeat_timeout=DRAFT_HEARTBEAT,
-                **DRAFT_CALL,
-            )
-        except ActivityError as exc:
-            raise StepFailed(InvoiceStep.DRAFT, reason_of(exc)) from exc
-        draft = self._draft
-        await self._audit(
+        draft = await self.call(
+            InvoiceStep.DRAFT,
+            InvoicingActivities.draft_invoice,
+            DraftInput(
+                draft_id=self._draft_id,
+                workflow_id=workflow.info().workflow_id,
+                period=request.period,
+                context=context,
+            ),
+            system=TRYTON,
+            start_to_close=DRAFT_ATTEMPT,
+            heartbeat=DRAFT_HEARTBEAT,
+        )
+        self._draft = draft
+        await self.audit(
             InvoiceStep.DRAFT,
             "drafted",
-            detail={"total": str(draft.total), "entries": draft.time_entries},
+            detail={
+                "total": str(draft.total),
+                "entries": draft.time_entries,
+                "supplementary_to": draft.supplementary_to,
+            },
         )
         if not draft.lines:
             self._set_step(InvoiceStep.NOTHING_TO_INVOICE)
+            already = (
+                f" (time billed on {', '.join(draft.supplementary_to)})"
+                if draft.supplementary_to
+                else ""
+            )
             return TimeToInvoiceResult(
                 status=InvoiceStep.NOTHING_TO_INVOICE,
-                message=f"nothing to invoice for project {request.project_id} in {request.period}",
+                message=(
+                    f"nothing to invoice for project {request.project_id} in "
+                    f"{request.period}{already}"
+                ),
             )
 
-        decision = await self._approval(self._policy)
+        self._approval.open(self._policy.approval, [f"draft invoice {draft.total}"])
+        self._set_step(InvoiceStep.AWAITING_APPROVAL)
+        decision = await self._approval.wait(self._remind)
         if decision is None or decision.what == Decision.REJECT:
             return await self._declined(decision)
         return await self._bill(context)
 
     async def _bill(self, context: ContractContext) -> TimeToInvoiceResult:
         contract = context.contract
-        wid = workflow.info().workflow_id
+        info = workflow.info()
         self._set_step(InvoiceStep.BILLING_INVOICE)
-        created = await self._call(
+        created = await self.call(
             InvoiceStep.BILLING_INVOICE,
             BillingActivities.create_billing_invoice,
             CreateBillingInvoiceInput(
                 draft_id=self._draft_id,
                 billing_customer_id=context.billing_customer_id,
-                metadata={BILLING_METADATA_KEY: wid},
+                metadata={
+                    BILLING_METADATA_KEY: info.workflow_id,
+                    BILLING_RUN_METADATA_KEY: info.run_id,
+                },
                 days_until_due=contract.payment_terms.net_days,
-                idempotency_key=self._key("billing_invoice"),
+                idempotency_key=f"{self._draft_id}:billing-invoice",
             ),
+            system=STRIPE,
         )
-        self._billing_invoice_id = created.billing_invoice_id
-        final = await self._call(
+        billing_invoice_id = created.billing_invoice_id
+        self._billing_invoice_id = billing_invoice_id
+        # Registered before finalize: whatever finalize leaves behind (an open invoice whose
+        # total disagrees, a finalize that timed out) is voided, or deleted while a draft.
+        self.saga.add("void billing invoice", lambda: self._void_billing(billing_invoice_id))
+        final = await self.call(
             InvoiceStep.BILLING_INVOICE,
             BillingActivities.finalize_billing_invoice,
             FinalizeBillingInvoiceInput(
                 draft_id=self._draft_id,
-                billing_invoice_id=created.billing_invoice_id,
-                idempotency_key=self._key("finalize"),
+                billing_invoice_id=billing_invoice_id,
+                idempotency_key=f"{billing_invoice_id}:finalize",
             ),
+            system=STRIPE,
         )
         self._invoice_number = final.number
         self._due_date = final.due_date
-        self._compensations.append(("void billing invoice", created.billing_invoice_id))
-        self._compensations.append(("return time to unbilled", self._draft_id))
-        await self._audit(
+        self.saga.add("return time to unbilled", self._unmark_time)
+        await self.audit(
             InvoiceStep.BILLING_INVOICE,
             "finalized",
             system="billing",
@@ -306,8 +357,8 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         )
 
         self._set_step(InvoiceStep.ERP_POSTING)
-        self._compensations.append(("discard ERP draft", self._draft_id))
-        posted = await self._call(
+        self.saga.add("discard ERP draft", self._discard_erp)
+        posted = await self.call(
             InvoiceStep.ERP_POSTING,
             ErpActivities.post_erp_invoice,
             PostErpInvoiceInput(
@@ -315,13 +366,14 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
                 erp_customer_id=context.erp_customer_id,
                 reference=final.number,
                 payment_net_days=contract.payment_terms.net_days,
-                idempotency_key=self._key("erp_invoice"),
+                idempotency_key=f"{self._draft_id}:erp-invoice",
             ),
+            system=TRYTON,
         )
         self._erp_invoice_id = posted.erp_invoice_id
         # Billing and the ERP agree from here on: no more undoing, only reporting.
-        self._compensations.clear()
-        await self._audit(
+        self.saga.clear()
+        await self.audit(
             InvoiceStep.ERP_POSTING,
             "posted",
             system="erp",
@@ -329,24 +381,61 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         )
 
         self._set_step(InvoiceStep.MARK_BILLED)
-        marked = await self._call(
+        marked = await self._after_issue(
             InvoiceStep.MARK_BILLED,
-            PsaActivities.mark_time_billed,
-            TimeBillingInput(draft_id=self._draft_id),
-            DRAFT_CALL,
+            "mark the time billed in the PSA",
+            self.call(
+                InvoiceStep.MARK_BILLED,
+                PsaActivities.mark_time_billed,
+                TimeBillingInput(draft_id=self._draft_id),
+                system=TRYTON,
+                start_to_close=DRAFT_ATTEMPT,
+                heartbeat=DRAFT_HEARTBEAT,
+            ),
         )
-        await self._audit(
-            InvoiceStep.MARK_BILLED, "marked", system="psa", detail={"entries": marked}
-        )
+        if marked is not None:
+            await self.audit(
+                InvoiceStep.MARK_BILLED, "marked", system="psa", detail={"entries": marked}
+            )
+        self._set_step(InvoiceStep.CRM_UPDATE)
         await self._report_to_crm("open", final.total)
 
         return await self._follow_payment(final.total, final.currency)
+
+    # -- after the invoice is issued -----------------------------------------------------------
+
+    async def _after_issue(self, step: InvoiceStep, what: str, call: Awaitable[R]) -> R | None:
+        """A step after the invoice is issued. A transient fault is waited out by the kit
+        (and past its deadline a person retries it or gives it up); a permanent failure, or
+        giving up, is recorded for a person and the run goes on following the payment: the
+        invoice stands in billing and the ERP."""
+        try:
+            return await call
+        except StepFailed as failure:
+            self._issues.append(f"{step}: {failure.reason}")
+            await self.record_exception(
+                f"after-issue:{step}:{len(self._issues)}",
+                kind="invoice_follow_up_failed",
+                message=(
+                    f"Invoice {self._invoice_number} ({self._customer_name()}) is issued, but "
+                    f"q2c could not {what}: {failure.reason}. The run goes on; "
+                    "do this step by hand."
+                ),
+                step=step,
+            )
+            return None
 
     # -- payment ----------------------------------------------------------------------------
 
     async def _follow_payment(self, total: Decimal, currency: str) -> TimeToInvoiceResult:
         self._set_step(InvoiceStep.AWAITING_PAYMENT)
         due = self._due_date
+        follow_up = (
+            timedelta(days=self._request.payment_follow_up_days)
+            if self._request.payment_follow_up_days is not None
+            else PAYMENT_FOLLOW_UP
+        )
+        give_up = datetime.combine(due, time.max, tzinfo=UTC) + follow_up if due else None
         reminders = 0
         seen = 0
         while True:
@@ -355,6 +444,8 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
                 if due
                 else None
             )
+            if next_check is not None and give_up is not None:
+                next_check = min(next_check, give_up)
             timeout = (next_check - workflow.now()) if next_check else None
             try:
                 await workflow.wait_condition(
@@ -362,8 +453,10 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
                     timeout=timeout if timeout is None or timeout > timedelta(0) else timedelta(0),
                 )
             except TimeoutError:
+                if give_up is not None and workflow.now() >= give_up:
+                    return await self._unpaid(total, currency, follow_up)
                 reminders += 1
-                await self._record_exception(
+                await self.record_exception(
                     f"overdue:{reminders}",
                     kind="invoice_overdue",
                     message=(
@@ -371,14 +464,17 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
                         f"{total} {currency} is unpaid past its due date {due}"
                     ),
                     step=InvoiceStep.AWAITING_PAYMENT,
-                    detail={"customer": self._customer_name(), "amount": str(total)},
                 )
                 continue
             for event in self._payments[seen:]:
                 seen += 1
                 if event.kind == "paid":
                     return await self._paid(event, total, currency)
-                await self._record_exception(
+                if event.kind == "voided":
+                    return await self._voided(event, total, currency)
+                if event.kind == "uncollectible":
+                    return await self._uncollectible(event, total, currency)
+                await self.record_exception(
                     f"payment-failed:{event.event_id}",
                     kind="payment_failed",
                     message=(
@@ -393,48 +489,184 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         self, event: PaymentEvent, total: Decimal, currency: str
     ) -> TimeToInvoiceResult:
         self._set_step(InvoiceStep.RECORD_PAYMENT)
-        assert self._erp_invoice_id is not None
-        await self._call(
+        erp_invoice_id = self._erp_invoice_id or ""
+        await self._after_issue(
             InvoiceStep.RECORD_PAYMENT,
-            ErpActivities.record_erp_payment,
-            RecordErpPaymentInput(
-                draft_id=self._draft_id,
-                erp_invoice_id=self._erp_invoice_id,
-                amount=event.amount if event.amount is not None else total,
-                currency=currency,
-                paid_on=event.occurred_at.date(),
-                reference=event.event_id,
-                idempotency_key=self._key("payment"),
+            "record the payment in the ERP",
+            self.call(
+                InvoiceStep.RECORD_PAYMENT,
+                ErpActivities.record_erp_payment,
+                RecordErpPaymentInput(
+                    draft_id=self._draft_id,
+                    erp_invoice_id=erp_invoice_id,
+                    amount=event.amount if event.amount is not None else total,
+                    currency=currency,
+                    paid_on=event.occurred_at.date(),
+                    reference=event.event_id,
+                    idempotency_key=f"erp-invoice:{erp_invoice_id}:payment",
+                ),
+                system=TRYTON,
             ),
         )
         await self._report_to_crm("paid", total)
-        await self._audit(
+        await self.audit(
             InvoiceStep.RECORD_PAYMENT, "paid", system="erp", detail={"event": event.event_id}
         )
-        self._set_step(InvoiceStep.PAID)
+        return self._ended(
+            InvoiceStep.PAID, total, currency, f"invoice {self._invoice_number} paid"
+        )
+
+    async def _voided(
+        self, event: PaymentEvent, total: Decimal, currency: str
+    ) -> TimeToInvoiceResult:
+        """Billing voided the invoice: nobody is to pay it. The ERP's receivable is credited
+        (a credit note, so the books keep both) and the time returns to unbilled, to be billed
+        by the period's next run if it should be."""
+        self._set_step(InvoiceStep.VOIDED)
+        reason = f"voided in billing ({event.event_id})"
+        credited = await self._after_issue(
+            InvoiceStep.VOIDED,
+            "credit the ERP invoice",
+            self.call(
+                InvoiceStep.VOIDED,
+                ErpActivities.credit_erp_invoice,
+                CreditErpInvoiceInput(draft_id=self._draft_id, reason=reason),
+                system=TRYTON,
+            ),
+        )
+        if credited is not None:
+            await self._after_issue(
+                InvoiceStep.VOIDED,
+                "return the time to unbilled",
+                self.call(
+                    InvoiceStep.VOIDED,
+                    PsaActivities.unmark_time_billed,
+                    TimeBillingInput(draft_id=self._draft_id),
+                    system=TRYTON,
+                    start_to_close=DRAFT_ATTEMPT,
+                    heartbeat=DRAFT_HEARTBEAT,
+                ),
+            )
+            await self._after_issue(
+                InvoiceStep.VOIDED,
+                "release the draft's time entries",
+                self.local(
+                    InvoiceStep.VOIDED,
+                    InvoicingActivities.set_draft_status,
+                    DraftStatusInput(draft_id=self._draft_id, status="void"),
+                ),
+            )
+        credit_note = credited.credit_note_id if credited is not None else None
+        await self.record_exception(
+            "voided",
+            kind="invoice_voided",
+            message=(
+                f"Invoice {self._invoice_number} to {self._customer_name()} for {total} "
+                f"{currency} was voided in billing"
+                + (
+                    f"; ERP credit note {credit_note}, the time is unbilled again"
+                    if credit_note
+                    else ""
+                )
+            ),
+            step=InvoiceStep.VOIDED,
+        )
+        await self._report_to_crm("void", total)
+        await self.audit(
+            InvoiceStep.VOIDED, "voided", system="billing", detail={"credit_note": credit_note}
+        )
+        return self._ended(
+            InvoiceStep.VOIDED, total, currency, f"invoice {self._invoice_number} voided"
+        )
+
+    async def _uncollectible(
+        self, event: PaymentEvent, total: Decimal, currency: str
+    ) -> TimeToInvoiceResult:
+        """Billing gave up collecting: the receivable stays in the ERP for finance to write
+        off (a decision of theirs, not q2c's); the time stays billed."""
+        self._set_step(InvoiceStep.UNCOLLECTIBLE)
+        await self._after_issue(
+            InvoiceStep.UNCOLLECTIBLE,
+            "record the invoice uncollectible",
+            self.local(
+                InvoiceStep.UNCOLLECTIBLE,
+                InvoicingActivities.set_draft_status,
+                DraftStatusInput(draft_id=self._draft_id, status="uncollectible"),
+            ),
+        )
+        await self.record_exception(
+            "uncollectible",
+            kind="invoice_uncollectible",
+            message=(
+                f"Invoice {self._invoice_number} to {self._customer_name()} for {total} "
+                f"{currency} was marked uncollectible in billing ({event.event_id}): write off "
+                f"the receivable of ERP invoice {self._erp_invoice_id}"
+            ),
+            step=InvoiceStep.UNCOLLECTIBLE,
+        )
+        await self._report_to_crm("uncollectible", total)
+        await self.audit(InvoiceStep.UNCOLLECTIBLE, "uncollectible", system="billing")
+        return self._ended(
+            InvoiceStep.UNCOLLECTIBLE,
+            total,
+            currency,
+            f"invoice {self._invoice_number} uncollectible",
+        )
+
+    async def _unpaid(
+        self, total: Decimal, currency: str, follow_up: timedelta
+    ) -> TimeToInvoiceResult:
+        """Every run ends: past its due date and the follow-up time, finance takes over."""
+        await self.record_exception(
+            "unpaid",
+            kind="invoice_unpaid",
+            message=(
+                f"Invoice {self._invoice_number} to {self._customer_name()} for {total} "
+                f"{currency} is still unpaid {follow_up.days} days after its due date "
+                f"{self._due_date}: q2c stops following it; record a later payment in the ERP"
+            ),
+            step=InvoiceStep.AWAITING_PAYMENT,
+        )
+        await self._report_to_crm("overdue", total)
+        return self._ended(
+            InvoiceStep.UNPAID, total, currency, f"invoice {self._invoice_number} unpaid"
+        )
+
+    def _ended(
+        self, step: InvoiceStep, total: Decimal, currency: str, message: str
+    ) -> TimeToInvoiceResult:
+        self._set_step(step)
+        if self._issues:
+            message += f" ({len(self._issues)} follow-up step(s) failed: see exceptions)"
         return TimeToInvoiceResult(
-            status=InvoiceStep.PAID,
+            status=step,
             invoice_number=self._invoice_number,
             total=total,
             currency=currency,
-            message=f"invoice {self._invoice_number} paid",
+            message=message,
         )
 
     async def _report_to_crm(self, status: str, total: Decimal) -> None:
         context = self._context
         if context is None or context.crm is None or context.opportunity_id is None:
             return
-        assert self._invoice_number is not None
-        await self._call(
+        if self._invoice_number is None:
+            return
+        await self._after_issue(
             InvoiceStep.CRM_UPDATE,
-            CrmActivities.write_invoice_status,
-            CrmInvoiceInput(
-                crm=context.crm,
-                opportunity_id=context.opportunity_id,
-                number=self._invoice_number,
-                amount=total,
-                currency=context.contract.currency,
-                status=status,
+            f"show the invoice {status} in the CRM",
+            self.call(
+                InvoiceStep.CRM_UPDATE,
+                CrmActivities.write_invoice_status,
+                CrmInvoiceInput(
+                    crm=context.crm,
+                    opportunity_id=context.opportunity_id,
+                    number=self._invoice_number,
+                    amount=total,
+                    currency=context.contract.currency,
+                    status=status,
+                ),
+                system=SALESFORCE,
             ),
         )
 
@@ -443,41 +675,20 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
 
     # -- finance ----------------------------------------------------------------------------
 
-    async def _approval(self, policy: DealPolicy) -> InvoiceRecord | None:
-        approval = policy.approval
-        self._pending_since = workflow.now()
-        self._set_step(InvoiceStep.AWAITING_APPROVAL)
-        expires = self._pending_since + approval.expire_after
-        reminders = 0
-        while True:
-            if self._decision is not None and not self._adjusting:
-                break
-            now = workflow.now()
-            if now >= expires:
-                break
-            remind = self._pending_since + approval.remind_after * (reminders + 1)
-            try:
-                await workflow.wait_condition(
-                    lambda: self._decision is not None and not self._adjusting,
-                    timeout=max(min(remind, expires) - now, timedelta(0)),
-                )
-            except TimeoutError:
-                if workflow.now() >= expires:
-                    break
-                reminders += 1
-                assert self._draft is not None
-                await self._record_exception(
-                    f"approval-reminder:{reminders}",
-                    kind="invoice_approval_overdue",
-                    message=(
-                        f"Draft invoice for project {self._request.project_id} "
-                        f"({self._customer_name()}, {self._request.period}, {self._draft.total} "
-                        f"{self._draft.currency}) waits for finance (reminder {reminders})"
-                    ),
-                    step=InvoiceStep.AWAITING_APPROVAL,
-                )
-        self._pending_since = None
-        return self._decision
+    async def _remind(self, pending: PendingApproval) -> None:
+        draft = self._draft
+        count = pending.reminders_sent
+        await self.record_exception(
+            f"approval-reminder:{count}",
+            kind="invoice_approval_overdue",
+            message=(
+                f"Draft invoice for project {self._request.project_id} "
+                f"({self._customer_name()}, {self._request.period}, "
+                f"{draft.total if draft else '?'} {draft.currency if draft else ''}) "
+                f"waits for finance (reminder {count})"
+            ),
+            step=InvoiceStep.AWAITING_APPROVAL,
+        )
 
     async def _declined(self, decision: InvoiceRecord | None) -> TimeToInvoiceResult:
         step = InvoiceStep.REJECTED if decision is not None else InvoiceStep.EXPIRED
@@ -486,9 +697,9 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
             if decision is not None
             else "finance approval expired; the time stays unbilled"
         )
-        await self._audit(step, step.value, detail={"message": message})
+        await self.audit(step, step.value, detail={"message": message})
         if decision is None:
-            await self._record_exception(
+            await self.record_exception(
                 "approval-expired",
                 kind="invoice_approval_expired",
                 message=f"Project {self._request.project_id} {self._request.period}: {message}",
@@ -497,67 +708,46 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
         self._set_step(step)
         return TimeToInvoiceResult(status=step, message=message)
 
-    def _refusal(self, approver: str) -> str | None:
-        if self._pending_since is None or self._decision is not None:
-            return f"no draft is waiting for finance (step {self._step})"
-        if self._policy is None or not self._policy.approval.may_decide(approver):
-            return f"{approver} is not on the finance approvers list"
-        return None
-
-    def _record(self, what: str, approver: str, reason: str, via: str) -> InvoiceRecord:
-        problem = self._refusal(approver)
-        record = InvoiceRecord(
-            what=what,
-            approver=approver,
-            reason=reason,
-            at=workflow.now(),
-            via=via,
-            accepted=problem is None,
-            ignored_because=problem,
-        )
-        self._records.append(record)
-        return record
-
-    def _decide(self, decision: ApprovalDecision, via: str) -> InvoiceRecord:
-        record = self._record(decision.decision.value, decision.approver, decision.reason, via)
-        if record.accepted:
-            self._decision = record
-        return record
-
-    async def _adjust(self, adjustment: InvoiceAdjustment, via: str) -> InvoiceRecord:
-        record = self._record("adjust", adjustment.approver, adjustment.reason, via)
+    async def _adjust(self, adjustment: InvoiceAdjustment, via: str) -> tuple[InvoiceRecord, bool]:
+        """Apply finance's adjustment once per id, however often and by whatever route it
+        arrives; `(record, True)` for a repeat, which changes nothing."""
+        key = adjustment_key(adjustment)
+        # A repeat racing the first delivery waits for it, then answers as it did.
+        await workflow.wait_condition(lambda: key not in self._adjustments_in_flight)
+        gate, step = self._approval, self._step.value
+        if key in self._adjustments_seen:
+            record = gate.record(
+                "adjust",
+                adjustment.approver,
+                adjustment.reason,
+                via,
+                step,
+                ref=key,
+                ignored_because=f"adjustment {key} was applied already",
+            )
+            return record, True
+        record = gate.record("adjust", adjustment.approver, adjustment.reason, via, step, ref=key)
         if not record.accepted:
-            return record
-        self._adjusting += 1
+            return record, False
+        gate.busy += 1
+        self._adjustments_in_flight.add(key)
         try:
-            self._draft = await workflow.execute_activity_method(
+            self._draft = await self.local(
+                InvoiceStep.AWAITING_APPROVAL,
                 InvoicingActivities.adjust_draft,
-                AdjustInput(draft_id=self._draft_id, adjustment=adjustment),
-                **presets.LOCAL_CALL,
+                AdjustInput(
+                    draft_id=self._draft_id,
+                    adjustment=adjustment.model_copy(update={"adjustment_id": key}),
+                ),
             )
-        except ActivityError as exc:
-            refused = record.model_copy(
-                update={"accepted": False, "ignored_because": reason_of(exc)}
-            )
-            self._records[self._records.index(record)] = refused
-            raise ApplicationError(reason_of(exc), type="InvalidAdjustment") from exc
+            self._adjustments_seen.add(key)
+        except StepFailed as failure:
+            gate.refuse(record, failure.reason)
+            raise ApplicationError(failure.reason, type="InvalidAdjustment") from None
         finally:
-            self._adjusting -= 1
-        return record
-
-    @workflow.signal(name=DECIDE)
-    def decide_by_signal(self, decision: ApprovalDecision) -> None:
-        self._decide(decision, "signal")
-
-    @workflow.update(name=DECIDE)
-    def decide_by_update(self, decision: ApprovalDecision) -> DecisionAck:
-        record = self._decide(decision, "update")
-        return DecisionAck(what=record.what, approver=record.approver, step=self._step)
-
-    @decide_by_update.validator
-    def _validate_decision(self, decision: ApprovalDecision) -> None:
-        if (problem := self._refusal(decision.approver)) is not None:
-            raise ValueError(problem)
+            gate.busy -= 1
+            self._adjustments_in_flight.discard(key)
+        return record, False
 
     @workflow.signal(name=ADJUST)
     async def adjust_by_signal(self, adjustment: InvoiceAdjustment) -> None:
@@ -568,17 +758,22 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
 
     @workflow.update(name=ADJUST)
     async def adjust_by_update(self, adjustment: InvoiceAdjustment) -> DecisionAck:
-        record = await self._adjust(adjustment, "update")
+        record, duplicate = await self._adjust(adjustment, "update")
         return DecisionAck(
             what=record.what,
             approver=record.approver,
             step=self._step,
             total=self._draft.total if self._draft else None,
+            adjustment_id=record.ref,
+            duplicate=duplicate,
         )
 
     @adjust_by_update.validator
     def _validate_adjustment(self, adjustment: InvoiceAdjustment) -> None:
-        if (problem := self._refusal(adjustment.approver)) is not None:
+        key = adjustment_key(adjustment)
+        if key in self._adjustments_seen or key in self._adjustments_in_flight:
+            return  # a repeat: answered with what the first delivery did
+        if (problem := self._approval.refusal(adjustment.approver, self._step.value)) is not None:
             raise ValueError(problem)
         if self._draft is not None:
             asked = sum((line.amount for line in adjustment.lines), Decimal(0))
@@ -590,7 +785,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
 
     @workflow.signal(name=PAYMENT)
     def payment(self, event: PaymentEvent) -> None:
-        """From billing's webhooks; a redelivered event is ignored."""
+        """From billing's webhooks and sweeps; a redelivered event is ignored."""
         if event.billing_invoice_id != self._billing_invoice_id:
             workflow.logger.warning("payment event for another invoice ignored: %s", event)
             return
@@ -600,6 +795,7 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
 
     @workflow.query(name=STATUS)
     def status(self) -> InvoiceStatus:
+        pending = self._approval.pending
         return InvoiceStatus(
             workflow_id=workflow.info().workflow_id,
             project_id=self._request.project_id,
@@ -607,72 +803,70 @@ class TimeToInvoiceWorkflow(LifecycleSteps):
             step=self._step,
             customer_name=self._context.contract.customer_name if self._context else None,
             draft=self._draft,
-            pending_since=self._pending_since,
+            pending_since=pending.requested_at if pending else None,
             billing_invoice_id=self._billing_invoice_id,
             invoice_number=self._invoice_number,
             erp_invoice_id=self._erp_invoice_id,
             due_date=self._due_date,
-            records=list(self._records),
+            records=list(self._approval.records),
             payments=list(self._payments),
             last_error=self._last_error,
+            waiting_on=self._waiting_on,
+            supplementary_to=list(self._draft.supplementary_to) if self._draft else [],
+            issues=list(self._issues),
         )
 
     # -- failure ----------------------------------------------------------------------------
 
-    async def _fail(self, failure: StepFailed) -> None:
-        """ERP posting failed after billing finalized: void the invoice, return the time to
-        unbilled; never leave billing and the ERP disagreeing silently."""
-        self._last_error = f"{failure.step}: {failure.reason}"
-        undone: list[str] = []
-        not_undone: list[str] = []
-        if self._compensations:
-            self._set_step(InvoiceStep.COMPENSATING)
-        for name, target in reversed(self._compensations):
-            try:
-                if name == "discard ERP draft":
-                    await workflow.execute_activity_method(
-                        ErpActivities.discard_erp_draft,
-                        DiscardErpDraftInput(draft_id=target),
-                        **presets.COMPENSATION,
-                    )
-                elif name == "void billing invoice":
-                    await workflow.execute_activity_method(
-                        BillingActivities.void_billing_invoice,
-                        VoidBillingInvoiceInput(
-                            draft_id=self._draft_id,
-                            billing_invoice_id=target,
-                            reason=self._last_error,
-                            idempotency_key=self._key("void"),
-                        ),
-                        **presets.COMPENSATION,
-                    )
-                else:
-                    await workflow.execute_activity_method(
-                        PsaActivities.unmark_time_billed,
-                        TimeBillingInput(draft_id=target),
-                        **presets.COMPENSATION,
-                    )
-                undone.append(name)
-            except ActivityError as exc:
-                not_undone.append(f"{name}: {reason_of(exc)}")
-        self._set_step(InvoiceStep.FAILED)
-        message = (
-            f"Invoicing project {self._request.project_id} for {self._request.period} failed "
-            f"at {failure.step}: {failure.reason}"
+    async def _void_billing(self, billing_invoice_id: str) -> None:
+        await self.compensation(
+            BillingActivities.void_billing_invoice,
+            VoidBillingInvoiceInput(
+                draft_id=self._draft_id,
+                billing_invoice_id=billing_invoice_id,
+                reason=self._last_error or "invoicing failed",
+                idempotency_key=f"{billing_invoice_id}:void",
+            ),
+            system=STRIPE,
         )
-        if undone:
-            message += f". Undone: {', '.join(undone)}"
-        if not_undone:
-            message += f". NOT undone: {'; '.join(not_undone)}"
-        await self._record_exception(
-            "failed",
-            kind="invoicing_failed",
+
+    async def _unmark_time(self) -> None:
+        await self.compensation(
+            PsaActivities.unmark_time_billed,
+            TimeBillingInput(draft_id=self._draft_id),
+            system=TRYTON,
+        )
+
+    async def _discard_erp(self) -> None:
+        await self.compensation(
+            ErpActivities.discard_erp_draft,
+            DiscardErpDraftInput(draft_id=self._draft_id),
+            system=TRYTON,
+        )
+
+    async def _report_ending(self, ending: Ending) -> None:
+        """Before the invoice was issued, a step failed for good or the run was cancelled:
+        the saga undid what this run made (void billing's invoice, discard or credit the
+        ERP's, return the time to unbilled); say what, so billing and the ERP never disagree
+        silently."""
+        step = InvoiceStep.CANCELLED if ending.cancelled else InvoiceStep.FAILED
+        verb = "cancelled" if ending.cancelled else "failed"
+        self._set_step(step)
+        message = outcome_message(
+            f"Invoicing project {self._request.project_id} for {self._request.period} {verb} "
+            f"at {ending.step}: {ending.reason}",
+            ending.outcome,
+        )
+        await self.record_exception(
+            verb,
+            kind=f"invoicing_{verb}",
             message=message,
-            step=failure.step,
+            step=ending.step,
             detail={
                 "billing_invoice": self._billing_invoice_id,
                 "number": self._invoice_number,
-                "undone": undone,
-                "not_undone": not_undone,
+                "undone": ending.outcome.undone,
+                "not_undone": ending.outcome.not_undone,
+                "skipped": ending.outcome.skipped,
             },
         )

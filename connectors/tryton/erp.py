@@ -654,6 +654,61 @@ class TrytonErp:
             await client.model("account.invoice", "draft", [invoice_id])
         await client.delete("account.invoice", [invoice_id])
 
+    async def credit_invoice(self, invoice_id: int, *, reason: str) -> int | None:
+        """Take a customer invoice out of the books; returns its credit note's id, if any.
+
+        A draft is deleted. A posted one is credited in full with Tryton's credit wizard
+        "with refund": a posted credit note reconciled against it, and the invoice cancelled
+        (no company setting needed, unlike cancelling a posted invoice). Repeating it finds
+        the credit note made before. A paid invoice is refused: it needs a refund.
+        """
+        rows = await self._invoice_row(invoice_id, ["state", "number", "company"])
+        if not rows:
+            return None
+        state, number = rows[0]["state"], rows[0]["number"]
+        if state in ("draft", "validated"):
+            await self.delete_draft_invoice(invoice_id)
+            return None
+        if state == "paid":
+            raise ValidationFailed(
+                f"invoice {number} is paid: it needs a refund, not a credit note",
+                system=SYSTEM,
+                field="state",
+                code="invoice_paid",
+            )
+        client = self.client.for_company(int(rows[0]["company"]))
+        if state == "posted":
+            wizard = "wizard.account.invoice.credit"
+            context = {
+                "active_model": "account.invoice",
+                "active_id": invoice_id,
+                "active_ids": [invoice_id],
+            }
+            session, _, _ = await client.call(f"{wizard}.create", context=context)
+            try:
+                await client.call(f"{wizard}.execute", session, {}, "start", context=context)
+                await client.call(
+                    f"{wizard}.execute",
+                    session,
+                    {"start": {"with_refund": True, "with_refund_allowed": True}},
+                    "credit",
+                    context=context,
+                )
+            finally:
+                await client.call(f"{wizard}.delete", session, context=context)
+        (row,) = await client.read("account.invoice", [invoice_id], ["cancel_move"])
+        if not row.get("cancel_move"):
+            return None
+        credit_ids = await client.search("account.invoice", [("move", "=", row["cancel_move"])])
+        if not credit_ids:
+            return None
+        await client.write(
+            "account.invoice",
+            credit_ids[:1],
+            {"comment": f"q2c: credit note cancelling {number}: {reason}"},
+        )
+        return int(credit_ids[0])
+
     async def record_payment(
         self,
         invoice_id: int,

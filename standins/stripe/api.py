@@ -25,6 +25,10 @@ EMBEDDED_LINES = 10
 #: Customer metadata that makes `/pay` decline, as a test card would.
 FAIL_PAYMENT_KEY = "standin_payment"
 FAIL_PAYMENT_VALUE = "fail"
+#: Customer metadata for tests: finalizing this customer's invoice adds a line of this many
+#: cents first, so the finalized total disagrees with what the caller drafted (as when
+#: billing applies a fee or a tax the caller did not expect).
+FINALIZE_SURCHARGE_KEY = "standin_finalize_surcharge"
 
 #: Stripe keeps at most 12 decimal places of a unit amount.
 _UNIT_PRECISION = Decimal("1e-12")
@@ -591,6 +595,8 @@ class StripeApi:
             )
         customer = self._customer(invoice["customer"])
         now = self.now()
+        if surcharge := customer["metadata"].get(FINALIZE_SURCHARGE_KEY):
+            self._add_surcharge(invoice, int(surcharge), now)
         if (auto_advance := f.opt_bool(params, "auto_advance")) is not None:
             invoice["auto_advance"] = auto_advance
         sequence = int(customer["next_invoice_sequence"])
@@ -611,6 +617,36 @@ class StripeApi:
             # Stripe closes a zero invoice at once: there is nothing to collect.
             return self._mark_paid(invoice, ctx, payment_succeeded=False)
         return rendered
+
+    def _add_surcharge(self, invoice: dict[str, Any], amount: int, now: int) -> None:
+        self.store.insert(
+            {
+                "id": new_id("ii"),
+                "object": "invoiceitem",
+                "amount": amount,
+                "currency": invoice["currency"],
+                "customer": invoice["customer"],
+                "date": now,
+                "description": "Surcharge (stand-in)",
+                "discountable": False,
+                "discounts": [],
+                "invoice": invoice["id"],
+                "livemode": False,
+                "metadata": {},
+                "parent": None,
+                "period": {"start": now, "end": now},
+                "pricing": {
+                    "price_details": None,
+                    "type": "unit_amount_decimal",
+                    "unit_amount_decimal": str(amount),
+                },
+                "proration": False,
+                "quantity": 1,
+                "quantity_decimal": "1",
+                "tax_rates": [],
+                "test_clock": None,
+            }
+        )
 
     def pay_invoice(
         self, invoice_id: str, params: dict[str, Any], ctx: RequestContext

@@ -249,12 +249,17 @@ async def test_show_adjust_and_approve_a_draft(
     ]
     [adjust_call] = systems.called("adjust_draft")  # the refused ones never reached the draft
     assert [str(line.amount) for line in adjust_call.adjustment.lines] == ["400"]
+    # The command made one id for its adjustment, printed it, and the run applied it by it.
+    adjustment_id = adjust_call.adjustment.adjustment_id
+    assert adjustment_id and adjustment_id.startswith("adj-")
+    assert f"adjustment id: {adjustment_id}" in adjusted.stdout.splitlines()
     adjusted_draft = after_adjustment["invoice"]["draft"]
     assert (adjusted_draft["subtotal"], adjusted_draft["total"]) == ("1600.00", "1920.00")
     [adjustment] = adjusted_draft["adjustments"]
     assert adjustment["lines"] == [
         {"kind": "write_off", "description": "Onboarding", "amount": "400"}
     ]
+    assert adjustment["adjustment_id"] == adjustment_id
 
     # Approved: billed, numbered, posted, waiting for the payment.
     assert approved.stdout.splitlines()[:2] == [f"approved: {wid}", f"by:     {APPROVER}"]
@@ -298,6 +303,31 @@ async def test_reject_from_the_environment_ends_the_run_rejected(
     assert result.status == InvoiceStep.REJECTED
     assert not systems.called("create_billing_invoice")
     assert error_line(late) == f"error: {wid}: the run is completed; it takes no more decisions"
+
+
+async def test_show_says_a_draft_is_supplementary(
+    q2c: Invoke, temporal_client: Client, task_queue: str, started_runs: list[str]
+) -> None:
+    systems = FakeInvoicing(supplementary_to=["Q2CTEST-0001"])
+    async with systems.worker(temporal_client, task_queue):
+        wid = await run_by_cli(q2c, started_runs)
+        await wait_for_step(temporal_client, wid, InvoiceStep.AWAITING_APPROVAL)
+        human = await q2c("invoice", "show", wid)
+        machine = await q2c("invoice", "show", wid, "--json")
+
+    assert human.exit_code == 0, human.output
+    assert row(human.stdout, "supplementary") == [
+        "bills",
+        "only",
+        "time",
+        "not",
+        "billed",
+        "on",
+        "Q2CTEST-0001",
+    ]
+    shown = json.loads(machine.stdout)["invoice"]
+    assert shown["supplementary_to"] == ["Q2CTEST-0001"]
+    assert shown["draft"]["supplementary_to"] == ["Q2CTEST-0001"]
 
 
 # --------------------------------------------------------------------------- show

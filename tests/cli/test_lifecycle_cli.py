@@ -274,7 +274,7 @@ async def test_approver_from_the_environment_and_reject_ends_the_run_rejected(
     assert result.message == f"Rejected by {APPROVER}: margin too thin"
     assert not systems.called("upsert_customer") and not systems.called("create_project")
     [decision] = json.loads(status.stdout)["deal"]["decisions"]
-    assert (decision["decision"], decision["via"], decision["accepted"]) == (
+    assert (decision["what"], decision["via"], decision["accepted"]) == (
         "reject",
         "update",
         True,

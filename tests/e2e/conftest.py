@@ -16,12 +16,13 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from canonical import customer_id_for
@@ -77,15 +78,22 @@ async def e2e_store(e2e_settings: Settings) -> AsyncIterator[Store]:
     await store.close()
 
 
+@asynccontextmanager
+async def serving_every_queue(
+    client: Client, settings: Settings, store: Store
+) -> AsyncIterator[None]:
+    """Every worker `worker.py` builds (the workflows' queue and one per system), running."""
+    async with open_adapters(settings) as adapters, AsyncExitStack() as running:
+        for worker in build_workers(client, settings, activities_for(settings, adapters, store)):
+            await running.enter_async_context(worker)
+        yield
+
+
 @pytest.fixture(scope="session")
 async def e2e_worker(
     temporal_env: WorkflowEnvironment, e2e_settings: Settings, e2e_store: Store
 ) -> AsyncIterator[None]:
-    async with open_adapters(e2e_settings) as adapters, AsyncExitStack() as running:
-        for worker in build_workers(
-            temporal_env.client, e2e_settings, activities_for(e2e_settings, adapters, e2e_store)
-        ):
-            await running.enter_async_context(worker)
+    async with serving_every_queue(temporal_env.client, e2e_settings, e2e_store):
         yield
 
 

@@ -197,7 +197,7 @@ async def test_risky_deal_waits_for_finance_and_a_listed_approver_releases_it(
         ApprovalDecision(decision=Decision.APPROVE, approver=APPROVER, reason="margin reviewed"),
         result_type=ApprovalAck,
     )
-    assert ack.decision == Decision.APPROVE
+    assert ack.what == Decision.APPROVE
     result: OpportunityToProjectResult = await handle.result()
     assert result.status == Step.COMPLETED
     [project] = await downstream.projects_for(deal.opportunity_id)

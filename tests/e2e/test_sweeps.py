@@ -38,7 +38,7 @@ from devstack.salesforce_seed import close_won, seed_deal
 from settings import Settings
 from standins.salesforce.webhooks import RETRY_DELAYS_S
 from store import Store
-from tests.e2e.conftest import Downstream
+from tests.e2e.conftest import Downstream, serving_every_queue
 from tests.e2e.test_time_to_invoice import (
     decision,
     expected_net,
@@ -49,7 +49,6 @@ from tests.e2e.test_time_to_invoice import (
 from tests.fixtures.salesforce import SalesforceStandin, for_opportunity
 from tests.fixtures.service import running_service
 from tests.fixtures.stripe import StripeStandin
-from worker import activities_for, build_workers, open_adapters
 from workflows.opportunity_to_project import (
     OpportunityToProjectInput,
     OpportunityToProjectResult,
@@ -153,11 +152,7 @@ async def sweeping(
     client = temporal_env.client
     sweeping = Sweeping(settings=settings, store=store, client=client)
     try:
-        async with open_adapters(settings) as adapters, contextlib.AsyncExitStack() as running:
-            for worker in build_workers(
-                client, settings, activities_for(settings, adapters, store)
-            ):
-                await running.enter_async_context(worker)
+        async with serving_every_queue(client, settings, store):
             await ensure_sweep_schedules(client, settings)
             try:
                 yield sweeping

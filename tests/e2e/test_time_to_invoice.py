@@ -329,3 +329,57 @@ async def test_permanent_erp_failure_voids_the_billing_invoice(
         e for e in await e2e_store.exceptions(workflow_id=handle.id) if e.kind == "invoicing_failed"
     ]
     assert len(failures) == 1 and "void billing invoice" in failures[0].message
+
+
+async def test_an_invoice_voided_in_billing_is_credited_in_the_erp_and_its_time_unbilled(
+    temporal_env: WorkflowEnvironment,
+    e2e_settings: Settings,
+    e2e_store: Store,
+    crm: SalesforceClient,
+    downstream: Downstream,
+    stripe_standin: StripeStandin,
+) -> None:
+    from workflows.time_to_invoice import PAYMENT, PaymentEvent
+
+    deal = await provision_and_book(temporal_env, e2e_settings, crm, downstream)
+    handle = await start_run(temporal_env, e2e_settings, deal.project_id)
+    await wait_for_step(handle, InvoiceStep.AWAITING_APPROVAL)
+    await handle.execute_update(DECIDE, decision(Decision.APPROVE), result_type=DecisionAck)
+    status = await wait_for_step(handle, InvoiceStep.AWAITING_PAYMENT)
+    assert status.billing_invoice_id and status.erp_invoice_id
+    assert await unbilled(downstream, deal.project_id) == 0
+
+    # Finance voids the invoice in Stripe; Stripe's event reaches the run.
+    await downstream.stripe.void_invoice(
+        status.billing_invoice_id, idempotency_key=f"void-{status.billing_invoice_id}"
+    )
+    delivery = await asyncio.to_thread(
+        stripe_standin.wait_for_event, "invoice.voided", status.billing_invoice_id
+    )
+    await handle.signal(
+        PAYMENT,
+        PaymentEvent(
+            event_id=delivery.event["id"],
+            kind="voided",
+            billing_invoice_id=status.billing_invoice_id,
+            occurred_at=datetime.now(UTC),
+        ),
+    )
+    result = await handle.result()
+
+    assert result.status == InvoiceStep.VOIDED
+    # The ERP: the invoice is cancelled by a posted credit note of the same total.
+    erp_invoice = await downstream.erp.get_invoice(int(status.erp_invoice_id))
+    assert erp_invoice.status == BillingStatus.VOID
+    [voided] = [
+        e for e in await e2e_store.exceptions(workflow_id=handle.id) if e.kind == "invoice_voided"
+    ]
+    credit_note = int(voided.message.split("ERP credit note ")[1].split(",")[0])
+    [credited] = await downstream.tryton.read(
+        "account.invoice", [credit_note], ["state", "total_amount", "type"]
+    )
+    assert (credited["type"], credited["state"]) == ("out", "paid")  # reconciled against it
+    assert Decimal(credited["total_amount"]) == -erp_invoice.total.amount
+    # The time is unbilled again, and the CRM shows the invoice void.
+    assert await unbilled(downstream, deal.project_id) == 3
+    assert (await crm.get("Opportunity", deal.opportunity_id))["Q2C_Invoice_Status__c"] == "void"

@@ -1,6 +1,6 @@
 """Record histories of opportunity-to-project runs for the replay test.
 
-    .venv/bin/python -m tests.replay.record_histories v1
+    .venv/bin/python -m tests.replay.record_histories v2 [opportunity_to_project|time_to_invoice]
 
 Run it when the workflow's behaviour changes on purpose (behind `workflow.patched`), with a
 new label: the histories of every earlier version stay, and the replay test proves the new
@@ -14,8 +14,7 @@ import contextlib
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from decimal import Decimal
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +22,11 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from canonical import AdjustmentKind, AdjustmentLine, InvoiceAdjustment
+from canonical import OutagePolicy
 from tests.fixtures.temporal import temporal_binary
+from tests.replay.invoice_histories import record_invoice_cycle_history, record_invoice_histories
 from tests.workflows.fakes import APPROVER, FakeSystems, account, opportunity, start_args
-from tests.workflows.invoice_fakes import APPROVER as INVOICE_APPROVER
-from tests.workflows.invoice_fakes import FakeInvoicing
-from tests.workflows.invoice_fakes import start_args as invoice_start_args
+from workflows.approvals import OPERATOR, OperatorAck, OperatorAction, OperatorDecision
 from workflows.opportunity_to_project import (
     DATA_CORRECTED,
     DECIDE,
@@ -42,17 +40,6 @@ from workflows.opportunity_to_project import (
     Step,
 )
 from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
-from workflows.time_to_invoice import (
-    ADJUST,
-    PAYMENT,
-    DecisionAck,
-    InvoiceStatus,
-    InvoiceStep,
-    PaymentEvent,
-    TimeToInvoiceWorkflow,
-)
-from workflows.time_to_invoice import DECIDE as INVOICE_DECIDE
-from workflows.time_to_invoice import STATUS as INVOICE_STATUS
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -92,70 +79,83 @@ async def _compensated(handle: WorkflowHandle, systems: FakeSystems) -> None:  #
         return
 
 
-Drive = Callable[[WorkflowHandle, Any], Awaitable[None]]  # type: ignore[type-arg]
-
-
-async def _invoice_paid(handle: WorkflowHandle, systems: FakeInvoicing) -> None:  # type: ignore[type-arg]
-    await _wait_invoice(handle, InvoiceStep.AWAITING_APPROVAL)
-    await handle.execute_update(
-        ADJUST,
-        InvoiceAdjustment(
-            approver=INVOICE_APPROVER,
-            reason="goodwill",
-            lines=[
-                AdjustmentLine(
-                    kind=AdjustmentKind.DISCOUNT, description="Goodwill", amount=Decimal(100)
-                )
-            ],
-        ),
-        result_type=DecisionAck,
+async def _rejected(handle: WorkflowHandle, systems: FakeSystems) -> None:  # type: ignore[type-arg]
+    await _wait(handle, Step.AWAITING_APPROVAL)
+    await handle.signal(
+        DECIDE, ApprovalDecision(decision=Decision.REJECT, approver=APPROVER, reason="price")
     )
-    await handle.execute_update(
-        INVOICE_DECIDE,
-        ApprovalDecision(decision=Decision.APPROVE, approver=INVOICE_APPROVER, reason="ok"),
-        result_type=DecisionAck,
-    )
-    await _wait_invoice(handle, InvoiceStep.AWAITING_PAYMENT)
-    event = PaymentEvent(
-        event_id="evt_1",
-        kind="paid",
-        billing_invoice_id="in_TEST1",
-        amount=Decimal("2280.00"),
-        occurred_at=datetime(2026, 12, 5, tzinfo=UTC),
-    )
-    await handle.signal(PAYMENT, event)
     await handle.result()
 
 
-async def _invoice_failed(handle: WorkflowHandle, systems: FakeInvoicing) -> None:  # type: ignore[type-arg]
-    await _wait_invoice(handle, InvoiceStep.AWAITING_APPROVAL)
-    await handle.signal(
-        INVOICE_DECIDE,
-        ApprovalDecision(decision=Decision.APPROVE, approver=INVOICE_APPROVER, reason="ok"),
-    )
-    with contextlib.suppress(Exception):  # fails after compensating: the history we want
+async def _cancelled(handle: WorkflowHandle, systems: FakeSystems) -> None:  # type: ignore[type-arg]
+    await _waiting_on(handle, "stripe")
+    await handle.cancel()
+    with contextlib.suppress(Exception):  # cancelled after compensating: the history we want
         await handle.result()
 
 
-async def _wait_invoice(handle: WorkflowHandle, step: InvoiceStep) -> None:  # type: ignore[type-arg]
-    while (await handle.query(INVOICE_STATUS, result_type=InvoiceStatus)).step != step:  # noqa: ASYNC110
+async def _outage_resumed(handle: WorkflowHandle, systems: FakeSystems) -> None:  # type: ignore[type-arg]
+    await _waiting_on(handle, "stripe")
+    systems.billing_down = False
+    await handle.result()
+
+
+async def _operator_retried(handle: WorkflowHandle, systems: FakeSystems) -> None:  # type: ignore[type-arg]
+    await _wait(handle, Step.AWAITING_OPERATOR)
+    systems.billing_down = False
+    await handle.execute_update(
+        OPERATOR,
+        OperatorDecision(action=OperatorAction.RETRY, operator="ops@x.example", reason="back"),
+        result_type=OperatorAck,
+    )
+    await handle.result()
+
+
+async def _waiting_on(handle: WorkflowHandle, system: str) -> None:  # type: ignore[type-arg]
+    while (await handle.query(STATUS, result_type=DealStatus)).waiting_on != system:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
 
 
-INVOICE_SCENARIOS: dict[str, tuple[Callable[[], FakeInvoicing], Drive]] = {
-    "paid": (FakeInvoicing, _invoice_paid),
-    "failed": (lambda: FakeInvoicing(fail_erp="tryton: period closed"), _invoice_failed),
-}
+def _with_policy(systems: FakeSystems, **changes: Any) -> FakeSystems:
+    systems.policy = systems.policy.model_copy(update=changes)
+    return systems
+
+
+def _expiring() -> FakeSystems:
+    """A risky deal whose approval reminds after 1 s and expires after 2.5 s."""
+    systems = FakeSystems(deal=opportunity(hours="2000"))
+    approval = systems.policy.approval.model_copy(
+        update={"remind_after": timedelta(seconds=1), "expire_after": timedelta(seconds=2.5)}
+    )
+    return _with_policy(systems, approval=approval)
+
+
+def _deadline_passes() -> FakeSystems:
+    systems = FakeSystems(billing_down=True)
+    outage = OutagePolicy(
+        notice_after=timedelta(seconds=1), deadlines={"stripe": timedelta(seconds=3)}
+    )
+    return _with_policy(systems, outage=outage)
+
+
+Drive = Callable[[WorkflowHandle, Any], Awaitable[None]]  # type: ignore[type-arg]
+
 
 SCENARIOS: dict[str, tuple[Callable[[], FakeSystems], Drive]] = {
     "clean": (FakeSystems, _clean),
     "approved": (lambda: FakeSystems(deal=opportunity(hours="2000")), _approved),
     "corrected": (lambda: FakeSystems(deal_account=account("JP")), _corrected),
     "compensated": (lambda: FakeSystems(fail_billing="stripe HTTP 400: refused"), _compensated),
+    "rejected": (lambda: FakeSystems(deal=opportunity(hours="2000")), _rejected),
+    "expired": (_expiring, _clean),
+    "cancelled": (lambda: FakeSystems(billing_down=True), _cancelled),
+    "outage_resumed": (lambda: FakeSystems(billing_down=True), _outage_resumed),
+    "operator_retried": (_deadline_passes, _operator_retried),
 }
+LIFECYCLES = ("opportunity_to_project", "time_to_invoice")
 
 
-async def record(label: str) -> None:
+async def record(label: str, lifecycles: list[str]) -> None:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
         data_converter=pydantic_data_converter,
@@ -163,7 +163,9 @@ async def record(label: str) -> None:
     )
     client: Client = env.client
     try:
-        for name, (make, drive) in SCENARIOS.items():
+        for name, (make, drive) in (
+            SCENARIOS.items() if "opportunity_to_project" in lifecycles else ()
+        ):
             systems = make()
             task_queue = f"record-{uuid.uuid4()}"
             async with systems.worker(client, task_queue):
@@ -176,25 +178,15 @@ async def record(label: str) -> None:
             path = HISTORIES / f"opportunity_to_project.{label}.{name}.json"
             path.write_text(history.to_json())
             print(f"{path}: {len(history.events)} events")
-        for name, (make_invoicing, drive) in INVOICE_SCENARIOS.items():
-            invoicing = make_invoicing()
-            task_queue = f"record-{uuid.uuid4()}"
-            async with invoicing.worker(client, task_queue):
-                invoice_request, invoice_wid = invoice_start_args()
-                invoice_handle = await client.start_workflow(
-                    TimeToInvoiceWorkflow.run,
-                    invoice_request,
-                    id=invoice_wid,
-                    task_queue=task_queue,
-                )
-                await drive(invoice_handle, invoicing)
-            history = await invoice_handle.fetch_history()
-            path = HISTORIES / f"time_to_invoice.{label}.{name}.json"
-            path.write_text(history.to_json())
-            print(f"{path}: {len(history.events)} events")
+        if "time_to_invoice" in lifecycles:
+            # Time-to-invoice and the invoice cycle: their own functions, their own module.
+            await record_invoice_histories(client, label)
+            await record_invoice_cycle_history(client, label)
     finally:
         await env.shutdown()
 
 
 if __name__ == "__main__":
-    asyncio.run(record(sys.argv[1] if len(sys.argv) > 1 else "v1"))
+    asyncio.run(
+        record(sys.argv[1] if len(sys.argv) > 1 else "v1", sys.argv[2:] or list(LIFECYCLES))
+    )

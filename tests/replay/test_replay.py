@@ -10,11 +10,12 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from workflows.invoice_cycle import InvoiceCycleWorkflow
 from workflows.opportunity_to_project import OpportunityToProjectWorkflow
 from workflows.time_to_invoice import TimeToInvoiceWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
-WORKFLOWS = [OpportunityToProjectWorkflow, TimeToInvoiceWorkflow]
+WORKFLOWS = [OpportunityToProjectWorkflow, TimeToInvoiceWorkflow, InvoiceCycleWorkflow]
 
 
 def test_histories_are_recorded_for_every_path() -> None:
@@ -22,10 +23,25 @@ def test_histories_are_recorded_for_every_path() -> None:
     assert {
         ("opportunity_to_project", "clean"),
         ("opportunity_to_project", "approved"),
+        ("opportunity_to_project", "rejected"),
+        ("opportunity_to_project", "expired"),
         ("opportunity_to_project", "corrected"),
         ("opportunity_to_project", "compensated"),
+        ("opportunity_to_project", "cancelled"),
+        ("opportunity_to_project", "outage_resumed"),
+        ("opportunity_to_project", "operator_retried"),
         ("time_to_invoice", "paid"),
         ("time_to_invoice", "failed"),
+    } <= names
+    assert {
+        ("time_to_invoice", "adjusted"),
+        ("time_to_invoice", "payment_failed"),
+        ("time_to_invoice", "overdue"),
+        ("time_to_invoice", "voided"),
+        ("time_to_invoice", "uncollectible"),
+        ("time_to_invoice", "follow_up_failed"),
+        ("time_to_invoice", "totals_disagree"),
+        ("invoice_cycle", "two_projects"),
     } <= names
 
 

@@ -386,6 +386,18 @@ async def test_declined_payment_is_recorded_and_replayed(api: httpx.AsyncClient)
     assert outside.json()["status"] == "paid"
 
 
+async def test_a_finalize_surcharge_changes_the_finalized_total(api: httpx.AsyncClient) -> None:
+    cus = await customer(api, **{"metadata[standin_finalize_surcharge]": "125"})
+    inv = (await post(api, "/v1/invoices", {"customer": cus["id"], "currency": "gbp"})).json()
+    await post(
+        api, "/v1/invoiceitems", {"customer": cus["id"], "invoice": inv["id"], "amount": "900"}
+    )
+    assert (await api.get(f"/v1/invoices/{inv['id']}")).json()["total"] == 900
+    final = (await post(api, f"/v1/invoices/{inv['id']}/finalize")).json()
+    assert final["status"] == "open" and final["total"] == 1025
+    assert [line["amount"] for line in final["lines"]["data"]] == [900, 125]
+
+
 async def test_injected_rate_limit_has_stripe_shape(api: httpx.AsyncClient) -> None:
     await api.post(
         "/_standin/faults", json={"kind": "429", "path": "/v1/customers", "retry_after": 3}

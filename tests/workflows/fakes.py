@@ -4,6 +4,8 @@ systems that record what they were asked and answer what a test scripts."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
@@ -27,6 +29,7 @@ from activities.ledger import (
     RecordAuditInput,
     RecordExceptionInput,
     RecordExceptionResult,
+    ResolveExceptionInput,
 )
 from activities.psa import CloseProjectInput, CreateProjectInput, CreateProjectResult
 from canonical import (
@@ -40,6 +43,7 @@ from canonical import (
     Money,
     Opportunity,
     OpportunityLine,
+    OutagePolicy,
     PaymentTerms,
     plan_deal,
 )
@@ -50,6 +54,7 @@ from workflows.opportunity_to_project import (
     OpportunityToProjectWorkflow,
     workflow_id,
 )
+from workflows.queues import SystemQueue, activity_queue
 
 APPROVER = "finance@northwind.example"
 RULES = load_deal_rules(Settings(finance_approvers=[APPROVER]))
@@ -109,6 +114,8 @@ class FakeLedger:
     """What every fake-systems worker shares: a record of every call, and q2c's own ledger."""
 
     calls: dict[str, list[Any]] = field(default_factory=dict)
+    #: q2c's store refuses cross-references (bookkeeping fails).
+    fail_link: str | None = None
 
     def _record(self, name: str, arg: Any) -> None:
         self.calls.setdefault(name, []).append(arg)
@@ -125,12 +132,57 @@ class FakeLedger:
         self._record("record_exception", request)
         return RecordExceptionResult(exception_id=len(self.called("record_exception")))
 
+    @activity.defn(name="resolve_exception")
+    async def resolve_exception(self, request: ResolveExceptionInput) -> None:
+        self._record("resolve_exception", request)
+
     @activity.defn(name="link_reference")
     async def link_reference(self, request: LinkReferenceInput) -> None:
         self._record("link_reference", request)
+        if self.fail_link:
+            raise ApplicationError(self.fail_link, type="StoreError", non_retryable=True)
 
     def ledger_activities(self) -> list[Any]:
-        return [self.record_audit, self.record_exception, self.link_reference]
+        return [
+            self.record_audit,
+            self.record_exception,
+            self.resolve_exception,
+            self.link_reference,
+        ]
+
+    def open_exceptions(self) -> list[RecordExceptionInput]:
+        """Recorded and not resolved since, as the exceptions store would list them."""
+        resolved = {r.dedupe_key for r in self.called("resolve_exception")}
+        return [e for e in self.called("record_exception") if e.dedupe_key not in resolved]
+
+
+class Unavailable(ApplicationError):
+    """What a connector raises for a 503: retryable."""
+
+    def __init__(self, system: str) -> None:
+        super().__init__(f"{system} HTTP 503: service unavailable", type="Unavailable")
+
+
+@asynccontextmanager
+async def serving(
+    client: Client,
+    task_queue: str,
+    *,
+    workflows: list[type],
+    local: list[Any],
+    systems: list[Any],
+) -> AsyncIterator[None]:
+    """Workers as production runs them: workflows and local activities on the workflow queue,
+    system activities on each system's queue (`q2c-tryton`, ...)."""
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(
+            Worker(client, task_queue=task_queue, workflows=workflows, activities=local)
+        )
+        for system in SystemQueue:
+            await stack.enter_async_context(
+                Worker(client, task_queue=activity_queue(task_queue, system), activities=systems)
+            )
+        yield
 
 
 @dataclass
@@ -148,11 +200,20 @@ class FakeSystems(FakeLedger):
                     expire_after=timedelta(hours=10),
                 ),
                 "correction_deadline": timedelta(hours=6),
+                "outage": OutagePolicy(
+                    notice_after=timedelta(seconds=2), default_deadline=timedelta(hours=1)
+                ),
             }
         )
     )
     rules: DealRules = RULES
     fail_billing: str | None = None
+    #: Billing answers 503 while set; clear it and billing is back.
+    billing_down: bool = False
+    #: The project exists already (an earlier run made it): create_project finds it.
+    project_exists: bool = False
+    #: Closing the project is refused for good (the compensation fails).
+    fail_close: str | None = None
 
     @activity.defn(name="deal_policy")
     async def deal_policy(self, request: DealPolicyInput) -> DealPolicy:
@@ -182,17 +243,22 @@ class FakeSystems(FakeLedger):
         return CreateProjectResult(
             project_id="42",
             task_ids={t.name: str(100 + i) for i, t in enumerate(request.project.tasks)},
+            created=not self.project_exists,
         )
 
     @activity.defn(name="close_project")
     async def close_project(self, request: CloseProjectInput) -> None:
         self._record("close_project", request)
+        if self.fail_close:
+            raise ApplicationError(self.fail_close, type="ValidationFailed", non_retryable=True)
 
     @activity.defn(name="provision_billing_customer")
     async def provision_billing_customer(
         self, request: ProvisionBillingInput
     ) -> ProvisionBillingResult:
         self._record("provision_billing_customer", request)
+        if self.billing_down:
+            raise Unavailable("stripe")
         if self.fail_billing:
             raise ApplicationError(self.fail_billing, type="ValidationFailed", non_retryable=True)
         return ProvisionBillingResult(billing_customer_id="cus_TEST1", created=True)
@@ -201,26 +267,27 @@ class FakeSystems(FakeLedger):
     async def deactivate_billing_customer(self, request: DeactivateBillingInput) -> None:
         self._record("deactivate_billing_customer", request)
 
-    def activities(self) -> list[Any]:
+    def local_activities(self) -> list[Any]:
+        return [self.deal_policy, self.plan_deal, *self.ledger_activities()]
+
+    def system_activities(self) -> list[Any]:
         return [
-            self.deal_policy,
             self.fetch_deal,
-            self.plan_deal,
             self.write_back_deal,
             self.upsert_customer,
             self.create_project,
             self.close_project,
             self.provision_billing_customer,
             self.deactivate_billing_customer,
-            *self.ledger_activities(),
         ]
 
-    def worker(self, client: Client, task_queue: str) -> Worker:
-        return Worker(
+    def worker(self, client: Client, task_queue: str) -> AbstractAsyncContextManager[None]:
+        return serving(
             client,
-            task_queue=task_queue,
+            task_queue,
             workflows=[OpportunityToProjectWorkflow],
-            activities=self.activities(),
+            local=self.local_activities(),
+            systems=self.system_activities(),
         )
 
     def statuses(self) -> list[str]:

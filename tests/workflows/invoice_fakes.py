@@ -3,7 +3,9 @@ with activities that record what they were asked and answer what a test scripts.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
@@ -11,7 +13,6 @@ from decimal import Decimal
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
-from temporalio.worker import Worker
 
 from activities.billing import (
     BillingInvoiceResult,
@@ -23,7 +24,9 @@ from activities.billing import (
 from activities.crm import CrmInvoiceInput
 from activities.deal import DealPolicyInput
 from activities.erp import (
+    CreditErpInvoiceInput,
     DiscardErpDraftInput,
+    ErpCredited,
     ErpPosted,
     PostErpInvoiceInput,
     RecordErpPaymentInput,
@@ -32,6 +35,7 @@ from activities.invoicing import (
     AdjustInput,
     ContractContext,
     DraftInput,
+    DraftStatusInput,
     LoadContractInput,
     ProjectsInput,
 )
@@ -45,9 +49,10 @@ from canonical import (
     DraftLine,
     DraftView,
     Money,
+    OutagePolicy,
     PaymentTerms,
 )
-from tests.workflows.fakes import FakeLedger
+from tests.workflows.fakes import FakeLedger, Unavailable, serving
 from workflows.invoice_cycle import InvoiceCycleWorkflow
 from workflows.time_to_invoice import TimeToInvoiceInput, TimeToInvoiceWorkflow, workflow_id
 
@@ -100,6 +105,18 @@ def draft_view(draft_id: str, hours: str = "12.5") -> DraftView:
 class FakeInvoicing(FakeLedger):
     hours: str = "12.5"
     fail_erp: str | None = None
+    #: Billing finalizes at a total this much above the draft's (a disagreeing total).
+    finalize_surcharge: Decimal = Decimal(0)
+    #: A permanent refusal from these steps ("mark_time_billed", "write_invoice_status"...).
+    refuse: set[str] = field(default_factory=set)
+    #: Steps whose system answers 503 (retryable) while named here.
+    down: set[str] = field(default_factory=set)
+    #: Finalize never answers (until the worker stops): a run can be cancelled mid-billing.
+    hang_finalize: bool = False
+    #: When billing says the invoice is due.
+    due: date = date(2026, 12, 31)
+    #: Invoice numbers the draft is supplementary to.
+    supplementary_to: list[str] = field(default_factory=list)
     policy: DealPolicy = field(
         default_factory=lambda: DealPolicy(
             approval=ApprovalPolicy(
@@ -108,6 +125,9 @@ class FakeInvoicing(FakeLedger):
                 expire_after=timedelta(hours=10),
             ),
             correction_deadline=timedelta(hours=6),
+            outage=OutagePolicy(
+                notice_after=timedelta(seconds=1), default_deadline=timedelta(hours=1)
+            ),
         )
     )
     view: DraftView | None = None
@@ -151,12 +171,21 @@ class FakeInvoicing(FakeLedger):
             )
         else:
             self.view = draft_view(request.draft_id, self.hours)
+        self.view = self.view.model_copy(update={"supplementary_to": self.supplementary_to})
         return self.view
+
+    def _refuse(self, name: str) -> None:
+        if name in self.down:
+            raise Unavailable(name)
+        if name in self.refuse:
+            raise ApplicationError(f"{name} refused", type="ValidationFailed", non_retryable=True)
 
     @activity.defn(name="adjust_draft")
     async def adjust_draft(self, request: AdjustInput) -> DraftView:
         self._record("adjust_draft", request)
         assert self.view is not None
+        if any(a.adjustment_id == request.adjustment.adjustment_id for a in self.view.adjustments):
+            return self.view
         cut = sum((line.amount for line in request.adjustment.lines), Decimal(0))
         tax = (cut * Decimal("0.20")).quantize(Decimal("0.01"))
         self.view = self.view.model_copy(
@@ -182,12 +211,22 @@ class FakeInvoicing(FakeLedger):
     ) -> FinalizedInvoice:
         self._record("finalize_billing_invoice", request)
         assert self.view is not None
+        if self.hang_finalize:
+            await asyncio.Event().wait()
+        if self.finalize_surcharge:
+            raise ApplicationError(
+                f"billing invoice {request.billing_invoice_id} totals "
+                f"{self.view.total + self.finalize_surcharge} GBP, the approved draft "
+                f"{self.view.total} GBP",
+                type="TotalsDisagree",
+                non_retryable=True,
+            )
         return FinalizedInvoice(
             billing_invoice_id=request.billing_invoice_id,
             number="Q2CTEST-0001",
             total=self.view.total,
             currency="GBP",
-            due_date=date(2026, 12, 31),
+            due_date=self.due,
         )
 
     @activity.defn(name="void_billing_invoice")
@@ -206,13 +245,24 @@ class FakeInvoicing(FakeLedger):
     async def discard_erp_draft(self, request: DiscardErpDraftInput) -> None:
         self._record("discard_erp_draft", request)
 
+    @activity.defn(name="credit_erp_invoice")
+    async def credit_erp_invoice(self, request: CreditErpInvoiceInput) -> ErpCredited:
+        self._record("credit_erp_invoice", request)
+        return ErpCredited(erp_invoice_id="88", credit_note_id="89")
+
+    @activity.defn(name="set_draft_status")
+    async def set_draft_status(self, request: DraftStatusInput) -> None:
+        self._record("set_draft_status", request)
+
     @activity.defn(name="record_erp_payment")
     async def record_erp_payment(self, request: RecordErpPaymentInput) -> None:
         self._record("record_erp_payment", request)
+        self._refuse("record_erp_payment")
 
     @activity.defn(name="mark_time_billed")
     async def mark_time_billed(self, request: TimeBillingInput) -> int:
         self._record("mark_time_billed", request)
+        self._refuse("mark_time_billed")
         return 3
 
     @activity.defn(name="unmark_time_billed")
@@ -223,28 +273,35 @@ class FakeInvoicing(FakeLedger):
     @activity.defn(name="write_invoice_status")
     async def write_invoice_status(self, request: CrmInvoiceInput) -> None:
         self._record("write_invoice_status", request)
+        self._refuse("write_invoice_status")
 
-    def worker(self, client: Client, task_queue: str) -> Worker:
-        return Worker(
+    def worker(self, client: Client, task_queue: str) -> AbstractAsyncContextManager[None]:
+        """As production runs it: workflows and local activities on the run's queue, each
+        system's activities on that system's queue."""
+        return serving(
             client,
-            task_queue=task_queue,
+            task_queue,
             workflows=[TimeToInvoiceWorkflow, InvoiceCycleWorkflow],
-            activities=[
+            local=[
                 self.deal_policy,
+                self.adjust_draft,
+                self.set_draft_status,
+                *self.ledger_activities(),
+            ],
+            systems=[
                 self.load_billing_contract,
                 self.list_invoiceable_projects,
                 self.draft_invoice,
-                self.adjust_draft,
                 self.create_billing_invoice,
                 self.finalize_billing_invoice,
                 self.void_billing_invoice,
                 self.post_erp_invoice,
                 self.discard_erp_draft,
+                self.credit_erp_invoice,
                 self.record_erp_payment,
                 self.mark_time_billed,
                 self.unmark_time_billed,
                 self.write_invoice_status,
-                *self.ledger_activities(),
             ],
         )
 

@@ -4,6 +4,7 @@ for the systems (see `fakes.py`)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -13,10 +14,11 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 
 from tests.workflows.fakes import APPROVER, FakeSystems, account, opportunity, start_args
+from workflows.approvals import OPERATOR, OperatorAck, OperatorAction, OperatorDecision
 from workflows.opportunity_to_project import (
     DATA_CORRECTED,
     DECIDE,
@@ -41,21 +43,32 @@ async def status_of(handle: Handle) -> DealStatus:
     return status
 
 
-async def wait_for_step(handle: Handle, step: Step) -> DealStatus:
+async def wait_until(handle: Handle, done: Callable[[DealStatus], bool]) -> DealStatus:
+    """Poll the `status` query until `done` holds (a bound on polling, not a timed assertion)."""
     deadline = asyncio.get_running_loop().time() + STEP_WAIT_S
     while True:
         status = await status_of(handle)
-        if status.step == step:
+        if done(status):
             return status
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"run stayed at {status.step}, expected {step}")
+            raise AssertionError(f"run never got there; it is at {status}")
         await asyncio.sleep(0.05)
+
+
+async def wait_for_step(handle: Handle, step: Step) -> DealStatus:
+    return await wait_until(handle, lambda s: s.step == step)
 
 
 async def start(client: Client, task_queue: str) -> Handle:
     request, wid = start_args()
     return await client.start_workflow(
         OpportunityToProjectWorkflow.run, request, id=wid, task_queue=task_queue
+    )
+
+
+def retry() -> OperatorDecision:
+    return OperatorDecision(
+        action=OperatorAction.RETRY, operator="ops@northwind.example", reason="stripe is back"
     )
 
 
@@ -85,9 +98,10 @@ async def test_clean_deal_is_provisioned_everywhere(temporal_client: Client, tas
         ("Project Manager", 120),
     ]
     assert project.erp_customer_id == "17"
-    assert project.idempotency_key == f"{handle.id}:create_project"
+    # Keys protect the deal's project and the customer's account, whichever run asks.
+    assert project.idempotency_key == "project:salesforce:006000000000001AAA"
     [billing] = systems.called("provision_billing_customer")
-    assert billing.idempotency_key == f"{handle.id}:provision_billing"
+    assert billing.idempotency_key == "billing-customer:salesforce:001000000000001AAA"
     assert billing.customer.legal_entity.code == "NW-US"
     [write_back] = systems.called("write_back_deal")
     assert (write_back.status, write_back.project_id, write_back.billing_customer_id) == (
@@ -127,13 +141,16 @@ async def test_risky_deal_waits_for_a_listed_approver(temporal_client: Client, t
                 result_type=ApprovalAck,
             )
         assert "not on the finance approvers list" in str(refused.value.cause)
+        # No outage, so no operator decision is taken either.
+        with pytest.raises(WorkflowUpdateFailedError) as not_waiting:
+            await handle.execute_update(OPERATOR, retry(), result_type=OperatorAck)
+        assert "not waiting for an operator" in str(not_waiting.value.cause)
         # The same person by signal: recorded and ignored.
         await handle.signal(
             DECIDE,
             ApprovalDecision(decision=Decision.APPROVE, approver="sales@x.example", reason="ok"),
         )
-        await asyncio.sleep(0.3)
-        status = await status_of(handle)
+        status = await wait_until(handle, lambda s: bool(s.decisions))
         assert status.step == Step.AWAITING_APPROVAL
         [ignored] = status.decisions
         assert not ignored.accepted and ignored.via == "signal"
@@ -144,7 +161,7 @@ async def test_risky_deal_waits_for_a_listed_approver(temporal_client: Client, t
             ApprovalDecision(decision=Decision.APPROVE, approver=APPROVER, reason="margin ok"),
             result_type=ApprovalAck,
         )
-        assert ack.decision == Decision.APPROVE and ack.approver == APPROVER
+        assert ack.what == Decision.APPROVE and ack.approver == APPROVER
         result = await handle.result()
         status = await status_of(handle)
 
@@ -277,3 +294,224 @@ async def test_uncorrected_deal_fails_after_the_deadline(
     history_length = len((await handle.fetch_history()).events)
     assert history_length < 200
     assert timedelta(hours=6) == systems.policy.correction_deadline
+
+
+# -- outages, operators, cancellation, re-entry ------------------------------------------------
+
+
+def outage_deadline_passes() -> FakeSystems:
+    """Billing down; notice after 1 s, and Stripe's outage deadline passes after 3 s."""
+    systems = FakeSystems(billing_down=True)
+    outage = systems.policy.outage.model_copy(
+        update={"notice_after": timedelta(seconds=1), "deadlines": {"stripe": timedelta(seconds=3)}}
+    )
+    systems.policy = systems.policy.model_copy(update={"outage": outage})
+    return systems
+
+
+async def search_attribute(handle: Handle, name: str) -> object:
+    description = await handle.describe()
+    return {k.name: v for k, v in description.typed_search_attributes}.get(name)
+
+
+async def test_billing_outage_is_waited_out_shown_and_resolved(
+    temporal_client: Client, task_queue: str
+):
+    systems = FakeSystems(billing_down=True)  # notice after 2 s; deadline 1 h
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start(temporal_client, task_queue)
+        status = await wait_until(handle, lambda s: s.waiting_on == "stripe")
+        assert status.step == Step.PROVISION_BILLING and status.outage is not None
+        assert status.outage.step == "provision_billing" and not status.outage.awaiting_operator
+        assert await search_attribute(handle, "Q2cWaitingOn") == "stripe"
+        [notice] = systems.open_exceptions()
+        assert (notice.kind, notice.step) == ("system_unavailable", "provision_billing")
+        assert "stripe has not answered provision_billing" in notice.message
+        assert not systems.called("close_project")
+
+        systems.billing_down = False  # Stripe is back
+        result = await handle.result()
+        status = await status_of(handle)
+
+    assert result.status == Step.COMPLETED and result.ids["billing_customer"] == "cus_TEST1"
+    assert status.waiting_on is None and status.outage is None
+    assert await search_attribute(handle, "Q2cWaitingOn") is None
+    [resolved] = systems.called("resolve_exception")
+    assert resolved.dedupe_key == notice.dedupe_key and "stripe answered again" in (
+        resolved.resolution
+    )
+    assert systems.open_exceptions() == []
+    assert not systems.called("close_project") and systems.statuses() == ["provisioned"]
+
+
+async def test_past_the_deadline_an_operator_retries(temporal_client: Client, task_queue: str):
+    systems = outage_deadline_passes()
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start(temporal_client, task_queue)
+        status = await wait_for_step(handle, Step.AWAITING_OPERATOR)
+        assert status.waiting_on == "stripe" and status.outage and status.outage.awaiting_operator
+        assert [e.kind for e in systems.open_exceptions()] == [
+            "system_unavailable",
+            "operator_needed",
+        ]
+        assert not systems.called("close_project")  # nothing undone while a person decides
+
+        systems.billing_down = False
+        ack = await handle.execute_update(OPERATOR, retry(), result_type=OperatorAck)
+        assert (ack.action, ack.step, ack.system) == (
+            OperatorAction.RETRY,
+            "provision_billing",
+            "stripe",
+        )
+        result = await handle.result()
+
+    assert result.status == Step.COMPLETED
+    assert systems.open_exceptions() == []
+    assert not systems.called("close_project") and systems.statuses() == ["provisioned"]
+    audited = [a.action for a in systems.called("record_audit")]
+    assert "operator_retry" in audited
+
+
+async def test_past_the_deadline_an_operator_compensates(temporal_client: Client, task_queue: str):
+    systems = outage_deadline_passes()
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start(temporal_client, task_queue)
+        await wait_for_step(handle, Step.AWAITING_OPERATOR)
+        # By signal, as a script would; with a field a newer CLI might add.
+        await handle.signal(
+            OPERATOR,
+            {
+                "action": "compensate",
+                "operator": "ops@northwind.example",
+                "reason": "customer withdrew",
+                "ticket": "OPS-1",
+            },
+        )
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        status = await status_of(handle)
+
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "ProvisioningFailed"
+    assert "ops@northwind.example decided to compensate: customer withdrew" in cause.message
+    [closed] = systems.called("close_project")
+    assert closed.project_id == "42"
+    assert systems.statuses() == ["failed"]
+    assert "Undone: close project" in systems.called("write_back_deal")[-1].message
+    assert [e.kind for e in systems.open_exceptions()] == ["provisioning_failed"]
+    assert status.step == Step.FAILED and status.waiting_on is None
+
+
+async def test_cancelled_run_compensates_and_tells_the_crm(
+    temporal_client: Client, task_queue: str
+):
+    systems = FakeSystems(billing_down=True)
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start(temporal_client, task_queue)
+        await wait_until(handle, lambda s: s.waiting_on == "stripe")
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        status = await status_of(handle)
+
+    assert isinstance(failure.value.cause, CancelledError)
+    [closed] = systems.called("close_project")
+    assert closed.project_id == "42"
+    assert not systems.called("deactivate_billing_customer")  # billing never answered
+    assert systems.statuses() == ["cancelled"]
+    message = systems.called("write_back_deal")[-1].message
+    assert message.startswith("Provisioning cancelled at provision_billing") and (
+        "Undone: close project" in message
+    )
+    [cancelled] = systems.open_exceptions()  # the outage notice resolved with the run
+    assert cancelled.kind == "provisioning_cancelled"
+    assert cancelled.detail["undone"] == ["close project"]
+    assert status.step == Step.CANCELLED and status.waiting_on is None
+
+
+async def test_failed_re_entry_leaves_the_live_project_alone(
+    temporal_client: Client, task_queue: str
+):
+    # The deal was provisioned before: its project exists; this run's billing call is refused.
+    systems = FakeSystems(project_exists=True, fail_billing="stripe HTTP 400: tax id invalid")
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start(temporal_client, task_queue)
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        status = await status_of(handle)
+
+    assert not systems.called("close_project")
+    assert status.created == {"psa_project": False}
+    assert systems.statuses() == ["failed"]
+    [write_back] = systems.called("write_back_deal")
+    assert "tax id invalid" in write_back.message and "Undone" not in write_back.message
+    assert write_back.project_id == "42"  # the CRM keeps pointing at the live project
+    [failed] = systems.called("record_exception")
+    assert failed.detail["undone"] == [] and failed.detail["skipped"] == [
+        "deactivate billing account: no billing account was made",
+        "close project: project 42 was made by an earlier run",
+    ]
+
+
+async def test_a_compensation_that_fails_is_reported_as_not_undone(
+    temporal_client: Client, task_queue: str
+):
+    systems = FakeSystems(
+        fail_billing="stripe HTTP 400: address invalid", fail_close="tryton: project locked"
+    )
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start(temporal_client, task_queue)
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+
+    message = systems.called("write_back_deal")[-1].message
+    assert "NOT undone: close project: " in message and "project locked" in message
+    assert "Undone:" not in message
+    [failed] = systems.called("record_exception")
+    [not_undone] = failed.detail["not_undone"]
+    assert not_undone.startswith("close project: ") and "project locked" in not_undone
+
+
+async def test_a_store_hiccup_never_undoes_business_work(temporal_client: Client, task_queue: str):
+    systems = FakeSystems()
+    systems.fail_link = "store: database is locked"
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start(temporal_client, task_queue)
+        result = await handle.result()
+
+    assert result.status == Step.COMPLETED
+    assert len(systems.called("link_reference")) == 2  # tried, logged, went on
+    assert not systems.called("close_project") and systems.statuses() == ["provisioned"]
+
+
+async def test_messages_with_an_added_field_are_accepted(temporal_client: Client, task_queue: str):
+    """A newer sender during a rolling deploy: input, signal and update carry a field this
+    version does not know."""
+    systems = risky()
+    request, wid = start_args()
+    async with systems.worker(temporal_client, task_queue):
+        handle: Handle = await temporal_client.start_workflow(
+            "OpportunityToProjectWorkflow",
+            request.model_dump() | {"priority": "high"},
+            id=wid,
+            task_queue=task_queue,
+            result_type=OpportunityToProjectResult,
+        )
+        await wait_for_step(handle, Step.AWAITING_APPROVAL)
+        await handle.signal(
+            DATA_CORRECTED, {"corrected_by": "ops@x.example", "source": "crm-v2"}
+        )  # nothing waits for it now: accepted and harmless
+        await handle.signal(
+            DECIDE,
+            {"decision": "approve", "approver": "sales@x.example", "reason": "go", "via": "app"},
+        )
+        await wait_until(handle, lambda s: len(s.decisions) == 1)
+        ack = await handle.execute_update(
+            DECIDE,
+            {"decision": "approve", "approver": APPROVER, "reason": "ok", "channel": "slack"},
+            result_type=ApprovalAck,
+        )
+        result = await handle.result()
+
+    assert ack.approver == APPROVER
+    assert result.status == Step.COMPLETED
