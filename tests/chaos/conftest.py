@@ -1,0 +1,152 @@
+"""The chaos suite's fixtures: one stack of real processes, faults, and the burst driver.
+
+chaos_stack   session: the whole q2c stack as separate processes (SQLite store, one
+              worker, one service), stopped at the end of the session whatever happens
+stack         function: that stack, every part running and every stand-in fault cleared
+              before and after the test
+make_stack    function: a stack of another shape (store, workers, replicas), stopped
+              after the test
+drive_burst   seed a burst, close it, inject a `Fault` mid-burst, wait for every run
+              and report what is not provisioned exactly once
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+
+from connectors.salesforce import SalesforceClient
+from connectors.stripe import StripeBilling
+from connectors.tryton import TrytonClient
+from tests.chaos.burst import (
+    Burst,
+    Progress,
+    Systems,
+    close_burst,
+    exactly_once_report,
+    seed_burst,
+    terminate_open_runs,
+    wait_for,
+    wait_for_runs,
+)
+from tests.chaos.stack import ChaosStack, StackConfig
+from workflows.client import connect
+
+#: A burst is given this long to settle; a correct q2c needs a fraction of it.
+RUN_DEADLINE_S = 300.0
+#: How long a fault waits for its moment (e.g. the first run closed) before failing.
+TRIGGER_DEADLINE_S = 180.0
+
+
+@contextlib.contextmanager
+def running(stack: ChaosStack) -> Iterator[ChaosStack]:
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.close()
+
+
+@pytest.fixture(scope="session")
+def chaos_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosStack]:
+    with running(ChaosStack(tmp_path_factory.mktemp("chaos"), StackConfig())) as stack:
+        yield stack
+
+
+@pytest.fixture
+def stack(chaos_stack: ChaosStack) -> Iterator[ChaosStack]:
+    chaos_stack.heal()
+    yield chaos_stack
+    chaos_stack.heal()
+
+
+@pytest.fixture
+def make_stack(tmp_path: Path) -> Iterator[Callable[[StackConfig], ChaosStack]]:
+    """Start a stack of another shape; every one made is stopped after the test."""
+    with contextlib.ExitStack() as made:
+        count = 0
+
+        def make(config: StackConfig) -> ChaosStack:
+            nonlocal count
+            count += 1
+            return made.enter_context(running(ChaosStack(tmp_path / f"stack-{count}", config)))
+
+        yield make
+
+
+@contextlib.asynccontextmanager
+async def open_systems(stack: ChaosStack) -> AsyncIterator[Systems]:
+    s = stack.settings
+    temporal: Client = await connect(s)
+    async with (
+        SalesforceClient(
+            s.salesforce_base_url, s.salesforce_client_id, s.salesforce_client_secret
+        ) as crm,
+        TrytonClient(
+            s.tryton_base_url, s.tryton_database, s.tryton_user, s.tryton_password
+        ) as tryton,
+        StripeBilling(s.stripe_api_key.get_secret_value(), base_url=s.stripe_base_url) as stripe,
+    ):
+        yield Systems(temporal=temporal, crm=crm, tryton=tryton, stripe=stripe)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Something that goes wrong mid-burst: when it strikes, and what it does.
+
+    `strike` runs in a thread (it stops and starts processes) once `when` holds for the
+    burst's runs as Temporal reports them.
+    """
+
+    name: str
+    when: Callable[[Progress], bool]
+    strike: Callable[[ChaosStack], None]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    burst: Burst
+    #: The runs as they were when the fault struck (None without a fault).
+    at_fault: Progress | None
+    problems: list[str]
+
+
+async def drive_burst(
+    stack: ChaosStack,
+    deals: int,
+    *,
+    accounts: int | None = None,
+    fault: Fault | None = None,
+) -> Outcome:
+    """Seed, close together, strike the fault, wait for every run, then check everything.
+
+    The stand-ins' faults are cleared and stopped parts started again before the check
+    reads the CRM, Tryton and Stripe; runs left open by a failed test are terminated.
+    """
+    async with open_systems(stack) as systems:
+        burst = await seed_burst(systems.crm, deals, accounts=accounts)
+        at_fault = None
+        try:
+            burst = await close_burst(systems.crm, burst)
+            if fault is not None:
+                at_fault = await wait_for(
+                    systems.temporal,
+                    burst,
+                    fault.when,
+                    timeout=TRIGGER_DEADLINE_S,
+                    what=f"ready for the fault '{fault.name}'",
+                )
+                await asyncio.to_thread(fault.strike, stack)
+            await wait_for_runs(systems.temporal, burst, timeout=RUN_DEADLINE_S)
+            await asyncio.to_thread(stack.heal)
+            problems = await exactly_once_report(systems, burst)
+        finally:
+            await asyncio.to_thread(stack.heal)
+            await terminate_open_runs(systems.temporal, burst)
+    return Outcome(burst=burst, at_fault=at_fault, problems=problems)
