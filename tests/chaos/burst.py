@@ -15,7 +15,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -136,14 +136,14 @@ async def wait_for(
     burst: Burst,
     condition: Callable[[Progress], bool],
     *,
-    timeout: float,
+    deadline_s: float,
     what: str,
 ) -> Progress:
     """Poll the runs until `condition` holds; fail naming `what` after `timeout` seconds.
 
     Temporal being briefly unreachable (a fault under test) is waited out, not a failure.
     """
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + deadline_s
     last: Progress | None = None
     while True:
         try:
@@ -154,13 +154,15 @@ async def wait_for(
             pass
         if time.monotonic() > deadline:
             seen = "unknown" if last is None else f"{last.started} started, {last.closed} closed"
-            raise AssertionError(f"not {what} within {timeout:.0f} s: {seen} of {len(burst.deals)}")
+            raise AssertionError(
+                f"not {what} within {deadline_s:.0f} s: {seen} of {len(burst.deals)}"
+            )
         await asyncio.sleep(POLL_S)
 
 
-async def wait_for_runs(client: Client, burst: Burst, *, timeout: float) -> Progress:
+async def wait_for_runs(client: Client, burst: Burst, *, deadline_s: float) -> Progress:
     return await wait_for(
-        client, burst, lambda p: p.all_closed, timeout=timeout, what="every run closed"
+        client, burst, lambda p: p.all_closed, deadline_s=deadline_s, what="every run closed"
     )
 
 
@@ -257,8 +259,3 @@ async def terminate_open_runs(client: Client, burst: Burst) -> None:
     for wid, status in found.statuses.items():
         if status == WorkflowExecutionStatus.RUNNING:
             await client.get_workflow_handle(wid).terminate(reason="chaos test over")
-
-
-#: A fault's action, run in a thread (it starts and stops processes).
-Action = Callable[[], None]
-AsyncAction = Callable[[], Awaitable[None]]

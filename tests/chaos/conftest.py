@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,8 @@ from tests.chaos.burst import (
     wait_for_runs,
 )
 from tests.chaos.stack import ChaosStack, StackConfig
+from tests.fixtures.ports import require_or_skip
+from tests.fixtures.store import PG_ADMIN_DSN, _pg_admin
 from workflows.client import connect
 
 #: A burst is given this long to settle; a correct q2c needs a fraction of it.
@@ -78,6 +81,22 @@ def make_stack(tmp_path: Path) -> Iterator[Callable[[StackConfig], ChaosStack]]:
             return made.enter_context(running(ChaosStack(tmp_path / f"stack-{count}", config)))
 
         yield make
+
+
+@pytest.fixture
+def store_database() -> Iterator[str]:
+    """A PostgreSQL database of the chaos test's own (not the session's shared one, which
+    the store tests empty between tests), dropped afterwards."""
+    name = f"q2c_chaos_{uuid.uuid4().hex[:12]}"
+    try:
+        _pg_admin(f'CREATE DATABASE "{name}"')
+    except OSError as exc:
+        require_or_skip(f"PostgreSQL unreachable at {PG_ADMIN_DSN}: {exc}")
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextlib.asynccontextmanager
@@ -139,11 +158,11 @@ async def drive_burst(
                     systems.temporal,
                     burst,
                     fault.when,
-                    timeout=TRIGGER_DEADLINE_S,
+                    deadline_s=TRIGGER_DEADLINE_S,
                     what=f"ready for the fault '{fault.name}'",
                 )
                 await asyncio.to_thread(fault.strike, stack)
-            await wait_for_runs(systems.temporal, burst, timeout=RUN_DEADLINE_S)
+            await wait_for_runs(systems.temporal, burst, deadline_s=RUN_DEADLINE_S)
             await asyncio.to_thread(stack.heal)
             problems = await exactly_once_report(systems, burst)
         finally:

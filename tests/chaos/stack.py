@@ -15,6 +15,7 @@ several) and any number of q2c workers (`q2c worker`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -117,10 +118,8 @@ class Part:
         """SIGKILL the whole group: no drain, no goodbye, as a crashed host would."""
         if self.process is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait(timeout=15)
         stop_process_group(self.process.pid, grace=1)  # anything it forked
         self.process = None
