@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from temporalio.client import Client
 
@@ -43,6 +44,8 @@ from workflows.client import connect
 
 #: A burst is given this long to settle; a correct q2c needs a fraction of it.
 RUN_DEADLINE_S = 300.0
+#: What a person's look at Tryton may take on a loaded machine (the search scans comments).
+CHECK_TIMEOUT = httpx.Timeout(180.0, connect=10.0)
 #: How long a fault waits for its moment (e.g. the first run closed) before failing.
 TRIGGER_DEADLINE_S = 180.0
 
@@ -71,7 +74,10 @@ def stack(chaos_stack: ChaosStack) -> Iterator[ChaosStack]:
 
 @pytest.fixture
 def make_stack(tmp_path: Path) -> Iterator[Callable[[StackConfig], ChaosStack]]:
-    """Start a stack of another shape; every one made is stopped after the test."""
+    """Start a stack of another shape; every one made is stopped after the test.
+
+    It blocks while the processes start: from a coroutine, call it in a thread.
+    """
     with contextlib.ExitStack() as made:
         count = 0
 
@@ -108,7 +114,11 @@ async def open_systems(stack: ChaosStack) -> AsyncIterator[Systems]:
             s.salesforce_base_url, s.salesforce_client_id, s.salesforce_client_secret
         ) as crm,
         TrytonClient(
-            s.tryton_base_url, s.tryton_database, s.tryton_user, s.tryton_password
+            s.tryton_base_url,
+            s.tryton_database,
+            s.tryton_user,
+            s.tryton_password,
+            timeout=CHECK_TIMEOUT,
         ) as tryton,
         StripeBilling(s.stripe_api_key.get_secret_value(), base_url=s.stripe_base_url) as stripe,
     ):
@@ -134,6 +144,8 @@ class Outcome:
     #: The runs as they were when the fault struck (None without a fault).
     at_fault: Progress | None
     problems: list[str]
+    #: Where every process of the stack logs, for the failure message.
+    logs: Path
 
 
 async def drive_burst(
@@ -168,4 +180,4 @@ async def drive_burst(
         finally:
             await asyncio.to_thread(stack.heal)
             await terminate_open_runs(systems.temporal, burst)
-    return Outcome(burst=burst, at_fault=at_fault, problems=problems)
+    return Outcome(burst=burst, at_fault=at_fault, problems=problems, logs=stack.logs)

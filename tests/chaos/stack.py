@@ -131,8 +131,12 @@ class Part:
 
 @dataclass(frozen=True)
 class StackConfig:
-    """What varies between chaos tests: the store, and how many workers and replicas."""
+    """What varies between chaos tests: the backends, and how many workers and replicas."""
 
+    #: Tryton's database backend. "sqlite": restored from the suite's cached snapshot.
+    #: PostgreSQL (`Q2C_TRYTON_DATABASE_URI`) is added here once the suite's Tryton fixture
+    #: can build it (psycopg2 and a PostgreSQL snapshot: branch h5-tryton-pg).
+    tryton: str = "sqlite"
     #: "sqlite" (a file in the stack's folder) or a PostgreSQL URL for the store.
     store_url: str = "sqlite"
     workers: int = 1
@@ -336,12 +340,14 @@ class ChaosStack:
         return Part(
             name="tryton",
             argv=devtryton.server_argv(devtryton.config_path(self.tryton_folder), TRYTON_DATABASE),
-            log=self.tryton_folder / devtryton.SERVER_LOG_NAME,
+            log=self.logs / "tryton.log",
             healthy=lambda: devtryton.health_check(url, TRYTON_DATABASE),
         )
 
     def _prepare_tryton(self) -> None:
         """Tryton's database from the suite's cached, bootstrapped snapshot."""
+        if self.config.tryton != "sqlite":
+            raise ValueError(f"no Tryton backend {self.config.tryton!r} in the harness yet")
         snapshot = _cached_snapshot(_cache_dir())
         devtryton.restore(snapshot, self.tryton_folder, TRYTON_DATABASE)
         devtryton.set_admin_password(
