@@ -1,11 +1,12 @@
 """The chaos suite's fixtures: one stack of real processes, faults, and the burst driver.
 
-chaos_stack   session: the whole q2c stack as separate processes (SQLite store, one
-              worker, one service), stopped at the end of the session whatever happens
+chaos_stack   package: the whole q2c stack as separate processes (SQLite store, one
+              worker, one service), stopped after the chaos tests whatever happens
 stack         function: that stack, every part running and every stand-in fault cleared
               before and after the test
 make_stack    function: a stack of another shape (store, workers, replicas), stopped
               after the test
+store_database  function: an empty PostgreSQL database for a stack's store
 drive_burst   seed a burst, close it, inject a `Fault` mid-burst, wait for every run
               and report what is not provisioned exactly once
 """
@@ -59,7 +60,7 @@ def running(stack: ChaosStack) -> Iterator[ChaosStack]:
         stack.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chaos_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosStack]:
     with running(ChaosStack(tmp_path_factory.mktemp("chaos"), StackConfig())) as stack:
         yield stack
