@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -222,6 +222,20 @@ def _tcp_open(port: int) -> bool:
         return False
 
 
+def _answers(check: Callable[[], Coroutine[Any, Any, bool]]) -> bool:
+    """Run an async health check from the stack's blocking code; False when it fails."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError("ChaosStack blocks: call it in a thread (asyncio.to_thread)")
+    try:
+        return asyncio.run(check())
+    except Exception:
+        return False
+
+
 def _service_healthy(url: str) -> bool:
     try:
         return httpx.get(f"{url}/health", timeout=3).status_code == 200
@@ -330,10 +344,7 @@ class ChaosStack:
             client = await connect(self.settings)
             return await client.service_client.check_health()
 
-        try:
-            return asyncio.run(check())
-        except Exception:
-            return False
+        return _answers(check)
 
     def _tryton(self) -> Part:
         url = self.settings.tryton_base_url
@@ -440,10 +451,7 @@ class ChaosStack:
             )
             return any(p.identity.endswith(f":{part.pid}") for p in response.pollers)
 
-        try:
-            return asyncio.run(check())
-        except Exception:
-            return False
+        return _answers(check)
 
     # -- life cycle ------------------------------------------------------------------------
 
