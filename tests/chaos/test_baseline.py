@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.chaos.conftest import drive_burst
+from tests.chaos.driver import drive_burst
 from tests.chaos.stack import ChaosStack
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]

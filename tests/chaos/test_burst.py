@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.chaos.burst import Progress
-from tests.chaos.conftest import Fault, Outcome, drive_burst
+from tests.chaos.driver import Fault, Outcome, drive_burst
 from tests.chaos.stack import ChaosStack, StackConfig
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
