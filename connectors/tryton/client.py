@@ -355,8 +355,7 @@ def _http_error(method: str, response: httpx.Response) -> ConnectorError:
         message = f"{method}: unauthorized (bad credentials or the session ended)"
     else:
         message = f"{method}: {_short(text) or response.reason_phrase}"
-    if response.status_code == 423:  # Tryton's ConcurrencyException outside JSON-RPC
-        return ConflictError(message, system=SYSTEM, status=423)
+    # 423 (Tryton's ConcurrencyException outside JSON-RPC) is a conflict like 409.
     return error_for_status(
         response.status_code,
         message,

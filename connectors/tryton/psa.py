@@ -361,28 +361,37 @@ class TrytonPsa:
                     },
                 )
             )
+        mine: dict[int, list[int]] = {}
         for company_id, lines in to_create.items():
             client = self.client.for_company(company_id)
             for start in range(0, len(lines), CREATE_BATCH):
                 chunk = lines[start : start + CREATE_BATCH]
-                ids = await client.create("timesheet.line", [v for _, v in chunk])
-                booked.update(
-                    {keys[eid]: line_id for (eid, _), line_id in zip(chunk, ids, strict=True)}
+                mine.setdefault(company_id, []).extend(
+                    await client.create("timesheet.line", [v for _, v in chunk])
                 )
+        if mine:
+            # Two attempts of one batch at once may both have booked an entry: the first
+            # line booked under a key stays, and this call removes its own later ones.
+            booked = await self._lines_of_batch(idempotency_key)
+            kept = set(booked.values())
+            for company_id, ids in mine.items():
+                later = [i for i in ids if i not in kept]
+                await self.client.for_company(company_id).delete("timesheet.line", later)
         return {e.id: booked[keys[e.id]] for e in entries}
 
     async def _lines_of_batch(self, idempotency_key: str) -> dict[str, int]:
-        """Line key -> line id of every line booked under the batch key."""
+        """Line key -> id of the first line booked under it, for the batch key."""
         rows = await self.client.search_read(
             "timesheet.line",
             [("description", "like", mapping.batch_pattern(idempotency_key))],
             ["description"],
+            order=[("id", "ASC")],
         )
         found: dict[str, int] = {}
         for row in rows:
             _, key = mapping.split_description(row.get("description"))
             if key is not None:
-                found[key] = int(row["id"])
+                found.setdefault(key, int(row["id"]))
         return found
 
     async def list_time_page(

@@ -590,6 +590,41 @@ async def test_one_invoice_and_one_payment_when_two_attempts_run_at_once(
     assert len(payments) == 1
 
 
+@pytest.mark.chaos
+async def test_one_time_batch_booked_twice_at_once_books_each_entry_once(
+    uk: UkProject, client: TrytonClient, tryton: TrytonServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entries = [uk.entry(f"te-twin-{n}", "Build", ALAN, "1.5") for n in range(3)]
+    first = await uk.book(entries)
+    # A second attempt that looked before the first had booked anything.
+    late = TrytonPsa(client)
+    looks: list[dict[str, int]] = []
+    lines_of_batch = late._lines_of_batch
+
+    async def too_early(idempotency_key: str) -> dict[str, int]:
+        found = {} if not looks else await lines_of_batch(idempotency_key)
+        looks.append(found)
+        return found
+
+    monkeypatch.setattr(late, "_lines_of_batch", too_early)
+    assert await late.create_timesheet_lines(entries, idempotency_key=f"{uk.ref}:time") == first
+    # And two at once, on their own sessions.
+    more = [uk.entry(f"te-twin-more-{n}", "Discovery", KAREN, "2") for n in range(3)]
+    sessions = [await tryton.logged_in_client() for _ in range(2)]
+    try:
+        booked = await asyncio.gather(
+            *(
+                TrytonPsa(s).create_timesheet_lines(more, idempotency_key=f"{uk.ref}:time:2")
+                for s in sessions
+            )
+        )
+    finally:
+        await asyncio.gather(*(s.aclose() for s in sessions))
+    assert booked[0] == booked[1]
+    on_project = await uk.psa.list_time_entries(uk.project_id)
+    assert sorted(int(e.id) for e in on_project) == sorted([*first.values(), *booked[0].values()])
+
+
 # -- a closed period -----------------------------------------------------------------------------
 
 

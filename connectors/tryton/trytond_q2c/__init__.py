@@ -7,6 +7,10 @@ declares that field read-only: only server code (its project invoicing button) m
 it, and an RPC `write` is refused. This module adds one RPC method that links (and
 unlinks) timesheet lines to customer invoice lines, with the checks a person would make.
 
+It also lets a project work's number be given when the work is created (`work.py`), as a
+party's code can be: q2c numbers the projects it creates from its own key, so Tryton's
+unique number, not a raced sequence, decides between concurrent creates.
+
 It imports nothing of q2c: install it in a production Tryton like any module (copy this
 folder to `trytond/modules/q2c`, or declare a `trytond.modules` entry point `q2c` that
 names this package), then activate it (`trytond-admin -u q2c`).
