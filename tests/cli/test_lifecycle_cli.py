@@ -20,6 +20,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 from typer.testing import CliRunner, Result
 
+import cli.app  # first: the command modules load through it
 import cli.common
 import cli.lifecycle
 from cli.app import app

@@ -185,7 +185,8 @@ class WorkerProcesses:
 
 
 @pytest.fixture
-def workers(e2e_settings: Settings, tmp_path: Path) -> Iterator[WorkerProcesses]:
+def workers(e2e_settings: Settings, e2e_store: Store, tmp_path: Path) -> Iterator[WorkerProcesses]:
+    # e2e_store: the workers refuse a store `q2c store migrate` has not migrated.
     # Its own task queue: the session's in-process worker must not take this run.
     settings = e2e_settings.model_copy(update={"task_queue": f"workers-{uuid.uuid4()}"})
     env = settings_env(settings) | {"Q2C_TASK_QUEUE": settings.task_queue}
