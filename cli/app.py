@@ -119,7 +119,7 @@ def dev_status(
 
 
 def _print_status(stack: Stack) -> bool:
-    table = Table("part", "health", "pid", "url", "detail")
+    table = Table("part", "health", "pid", "url")
     statuses = stack.status()
     for s in statuses:
         health = (
@@ -129,8 +129,11 @@ def _print_status(stack: Stack) -> bool:
             if s.running
             else "[red]stopped[/red]"
         )
-        table.add_row(s.name, health, str(s.pid or "-"), s.url, s.detail)
+        table.add_row(s.name, health, str(s.pid or "-"), s.url)
     console.print(table)
+    for s in statuses:
+        if s.detail:  # e.g. "Tryton: database q2c on sqlite"
+            console.print(f"{s.name.capitalize()}: {s.detail}", highlight=False)
     console.print(f"Temporal Web UI: {stack.settings.temporal_ui_url}", highlight=False)
     return all(s.healthy for s in statuses)
 

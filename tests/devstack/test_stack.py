@@ -164,7 +164,7 @@ def test_a_part_that_cannot_start_is_named_with_its_log(stack_env: dict[str, str
     assert _processes_mentioning(env["Q2C_STATE_DIR"]) == []
 
 
-def test_tryton_on_postgresql_is_created_bootstrapped_and_reused(
+def test_tryton_on_postgresql_is_bootstrapped_then_reused_and_stopped(
     postgres_stack_env: dict[str, str],
 ) -> None:
     env = postgres_stack_env
