@@ -59,6 +59,7 @@ def every_defined_activity() -> set[str]:
         activities.invoicing,
         activities.ledger,
         activities.psa,
+        activities.sweeps,
     ):
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if cls.__module__ != module.__name__:
@@ -80,10 +81,14 @@ def test_each_activity_runs_on_exactly_one_queue_and_systems_on_their_own(
     assert served["q2c"] == {
         "record_audit",
         "record_exception",
+        "resolve_exception",
         "link_reference",
         "deal_policy",
         "plan_deal",
         "adjust_draft",
+        "set_draft_status",
+        "sweep_crm",
+        "sweep_billing",
     }
     assert {"upsert_customer", "create_project", "post_erp_invoice", "draft_invoice"} <= served[
         "q2c-tryton"
