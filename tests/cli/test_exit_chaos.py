@@ -31,8 +31,9 @@ CALLS = 200
 #: busy one.
 CALL_TIMEOUT_S = 60.0
 
-#: The whole test, on a machine busy enough for a call to take 4 s.
-TEST_TIMEOUT_S = 900
+#: The whole test. Measured: 786 s (about 4 s a call) on 2 cores shared with seven other
+#: test suites; a few minutes on a quiet machine.
+TEST_TIMEOUT_S = 1200
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "q2c"
 
