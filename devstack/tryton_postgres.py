@@ -53,7 +53,8 @@ def unreachable(uri: str) -> str | None:
         with connect(uri, MAINTENANCE_DATABASE) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
-        return f"PostgreSQL unreachable at {server_label(uri)}: {str(exc).strip()}"
+        # libpq's message spans lines; the CLI shows one.
+        return f"PostgreSQL unreachable at {server_label(uri)}: {' '.join(str(exc).split())}"
     return None
 
 

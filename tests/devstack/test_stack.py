@@ -221,3 +221,23 @@ def test_tryton_on_postgresql_is_bootstrapped_then_reused_and_stopped(
         assert conn.execute("SELECT count(*) FROM company_company").fetchone() == companies
     assert q2c(env, "dev", "down").returncode == 0
     assert _processes_mentioning(str(state)) == []
+
+
+def test_a_postgresql_that_does_not_answer_is_named(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    env = _fresh_env(tmp_path_factory)
+    nobody = free_port()
+    env["Q2C_TRYTON_DATABASE_URI"] = f"postgresql://postgres@127.0.0.1:{nobody}/"
+    try:
+        up = q2c(env, "dev", "up", timeout=UP_TIMEOUT_S)
+        assert up.returncode == 1
+        line = up.stderr.strip()
+        assert line.startswith(
+            f"error: tryton did not come up: PostgreSQL unreachable at "
+            f"postgresql://127.0.0.1:{nobody}: connection failed"
+        ), line
+        assert "Traceback" not in up.stderr
+    finally:
+        q2c(env, "dev", "down")
+    assert _processes_mentioning(env["Q2C_STATE_DIR"]) == []
