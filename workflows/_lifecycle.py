@@ -290,20 +290,24 @@ class Lifecycle:
     async def _outage_began(
         self, step: str, system: SystemQueue, since: datetime, deadline: datetime
     ) -> None:
+        """Record the exception, then show the wait: whoever sees `waiting_on` finds it."""
         self._outage_episodes += 1
-        self._outage = Outage(system=system.value, step=step, since=since, deadline=deadline)
-        workflow.upsert_search_attributes([sa.WAITING_ON.value_set(system.value)])
-        await self.record_exception(
-            self._outage_key(),
-            kind="system_unavailable",
-            message=(
-                f"{self.LIFECYCLE} {self._correlation_id or workflow.info().workflow_id}: "
-                f"{system.value} has not answered {step} since {since:%Y-%m-%d %H:%M:%S} UTC; "
-                f"retrying until {deadline:%Y-%m-%d %H:%M:%S} UTC, then a person decides"
-            ),
-            step=step,
-            detail={"system": system.value, "since": since.isoformat()},
-        )
+        try:
+            await self.record_exception(
+                self._outage_key(),
+                kind="system_unavailable",
+                message=(
+                    f"{self.LIFECYCLE} {self._correlation_id or workflow.info().workflow_id}: "
+                    f"{system.value} has not answered {step} since "
+                    f"{since:%Y-%m-%d %H:%M:%S} UTC; retrying until "
+                    f"{deadline:%Y-%m-%d %H:%M:%S} UTC, then a person decides"
+                ),
+                step=step,
+                detail={"system": system.value, "since": since.isoformat()},
+            )
+        finally:  # even when the run is cancelled meanwhile: its ending resolves it
+            self._outage = Outage(system=system.value, step=step, since=since, deadline=deadline)
+            workflow.upsert_search_attributes([sa.WAITING_ON.value_set(system.value)])
 
     async def _outage_ended(self, resolution: str) -> None:
         outage = self._outage

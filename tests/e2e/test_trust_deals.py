@@ -183,10 +183,15 @@ async def test_stripe_outage_is_waited_out_shown_and_resolved_with_nothing_undon
     assert status.step == Step.PROVISION_BILLING
     attributes = {k.name: v for k, v in (await handle.describe()).typed_search_attributes}
     assert attributes["Q2cWaitingOn"] == "stripe"
-    [notice] = await e2e_store.exceptions(correlation_id=deal.opportunity_id)
-    assert (notice.kind, notice.step, notice.status) == (
+    # (A Tryton step slower than the 3 s notice on a busy machine has a notice of its own.)
+    [notice] = [
+        e
+        for e in await e2e_store.exceptions(correlation_id=deal.opportunity_id)
+        if e.step == "provision_billing"
+    ]
+    assert (notice.kind, notice.detail["system"], notice.status) == (
         "system_unavailable",
-        "provision_billing",
+        "stripe",
         "open",
     )
 
@@ -198,8 +203,10 @@ async def test_stripe_outage_is_waited_out_shown_and_resolved_with_nothing_undon
     assert project.state != "done"
     assert await downstream.billing_customers(deal.account_id) == [result.ids["billing_customer"]]
     assert (await crm.get("Opportunity", deal.opportunity_id))["Q2C_Status__c"] == "provisioned"
-    [resolved] = await e2e_store.exceptions(status=None, correlation_id=deal.opportunity_id)
-    assert resolved.id == notice.id and resolved.status == "resolved"
+    exceptions = await e2e_store.exceptions(status=None, correlation_id=deal.opportunity_id)
+    assert {e.kind for e in exceptions} == {"system_unavailable"}  # no failure, no undo
+    assert all(e.status == "resolved" for e in exceptions)
+    [resolved] = [e for e in exceptions if e.id == notice.id]
     assert resolved.resolution and "stripe answered again" in resolved.resolution
     attributes = {k.name: v for k, v in (await handle.describe()).typed_search_attributes}
     assert "Q2cWaitingOn" not in attributes
