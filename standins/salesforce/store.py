@@ -59,12 +59,16 @@ class Store:
     # -- records
 
     def new_id(self, prefix: str) -> str:
+        """Ids are unique within the org and, as in Salesforce, not shared with other orgs:
+        each org numbers from its own random base (two stand-ins in one test session must not
+        hand out the same opportunity id)."""
+        base = int(self.meta("id_base", str(secrets.randbelow(62**8))))
         row = self.db.execute(
             "INSERT INTO serials (prefix, n) VALUES (?, 1) "
             "ON CONFLICT (prefix) DO UPDATE SET n = n + 1 RETURNING n",
             (prefix,),
         ).fetchone()
-        return make_id(prefix, int(row[0]))
+        return make_id(prefix, base + int(row[0]))
 
     def get(self, record_id: str) -> tuple[str, dict[str, Any]] | None:
         row = self.db.execute(
