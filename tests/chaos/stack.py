@@ -33,6 +33,7 @@ import httpx
 from pydantic import SecretStr
 
 from devstack import tryton as devtryton
+from devstack import tryton_postgres as pgtryton
 from devstack.process import (
     PartFailed,
     http_ok,
@@ -47,7 +48,7 @@ from tests.fixtures.ports import free_port
 from tests.fixtures.temporal import temporal_binary
 from tests.fixtures.tryton import DATABASE as TRYTON_DATABASE
 from tests.fixtures.tryton import LOGIN as TRYTON_LOGIN
-from tests.fixtures.tryton import _cache_dir, _cached_snapshot
+from tests.fixtures.tryton import PG_URI, _cache_dir, _cached_snapshot, cached_template
 from workflows.client import connect
 from workflows.search_attributes import server_flags
 
@@ -133,9 +134,8 @@ class Part:
 class StackConfig:
     """What varies between chaos tests: the backends, and how many workers and replicas."""
 
-    #: Tryton's database backend. "sqlite": restored from the suite's cached snapshot.
-    #: PostgreSQL (`Q2C_TRYTON_DATABASE_URI`) is added here once the suite's Tryton fixture
-    #: can build it (psycopg2 and a PostgreSQL snapshot: branch h5-tryton-pg).
+    #: Tryton's database backend. "sqlite": restored from the suite's cached snapshot;
+    #: "postgres": a copy of the suite's cached PostgreSQL template (`Q2C_TRYTON_DATABASE_URI`).
     tryton: str = "sqlite"
     #: "sqlite" (a file in the stack's folder) or a PostgreSQL URL for the store.
     store_url: str = "sqlite"
@@ -258,6 +258,11 @@ class ChaosStack:
         self.stripe_port = free_port()
         self.service_ports = [free_port() for _ in range(config.services)]
         self.tryton_folder = folder / "tryton"
+        on_postgres = config.tryton == "postgres"
+        self.tryton_uri = PG_URI if on_postgres else None
+        self.tryton_database = (
+            f"q2c_chaos_{secrets.token_hex(6)}" if on_postgres else TRYTON_DATABASE
+        )
         self.tryton_password = secrets.token_urlsafe(18)
         self.balancer = (
             Balancer([f"http://127.0.0.1:{p}" for p in self.service_ports])
@@ -275,7 +280,8 @@ class ChaosStack:
             temporal_address=f"127.0.0.1:{self.temporal_port}",
             task_queue=self.task_queue,
             tryton_url=f"http://127.0.0.1:{self.tryton_port}",
-            tryton_database=TRYTON_DATABASE,
+            tryton_database=self.tryton_database,
+            tryton_database_uri=self.tryton_uri,
             tryton_user=TRYTON_LOGIN,
             tryton_password=SecretStr(self.tryton_password),
             salesforce_url=f"http://127.0.0.1:{self.salesforce_port}",
@@ -350,21 +356,32 @@ class ChaosStack:
         url = self.settings.tryton_base_url
         return Part(
             name="tryton",
-            argv=devtryton.server_argv(devtryton.config_path(self.tryton_folder), TRYTON_DATABASE),
+            argv=devtryton.server_argv(
+                devtryton.config_path(self.tryton_folder), self.tryton_database
+            ),
             log=self.logs / "tryton.log",
-            healthy=lambda: devtryton.health_check(url, TRYTON_DATABASE),
+            healthy=lambda: devtryton.health_check(url, self.tryton_database),
         )
 
     def _prepare_tryton(self) -> None:
-        """Tryton's database from the suite's cached, bootstrapped snapshot."""
-        if self.config.tryton != "sqlite":
-            raise ValueError(f"no Tryton backend {self.config.tryton!r} in the harness yet")
-        snapshot = _cached_snapshot(_cache_dir())
-        devtryton.restore(snapshot, self.tryton_folder, TRYTON_DATABASE)
+        """Tryton's database from the suite's cached, bootstrapped snapshot (SQLite) or
+        template (PostgreSQL)."""
+        database, uri = self.tryton_database, self.tryton_uri
+        if self.config.tryton == "sqlite":
+            devtryton.restore(_cached_snapshot(_cache_dir()), self.tryton_folder, database)
+        elif self.config.tryton == "postgres":
+            if (reason := pgtryton.unreachable(PG_URI)) is not None:
+                raise PartFailed("tryton", self.logs / "tryton.log", reason)
+            template, _ = cached_template(PG_URI)
+            pgtryton.create_database(PG_URI, database, template=template)
+        else:
+            raise ValueError(f"no Tryton backend {self.config.tryton!r} in the harness")
         devtryton.set_admin_password(
-            self.tryton_folder, TRYTON_DATABASE, self.tryton_password, login=TRYTON_LOGIN
+            self.tryton_folder, database, self.tryton_password, login=TRYTON_LOGIN, database_uri=uri
         )
-        devtryton.write_config(self.tryton_folder, port=self.tryton_port, database=TRYTON_DATABASE)
+        devtryton.write_config(
+            self.tryton_folder, port=self.tryton_port, database=database, database_uri=uri
+        )
 
     def _salesforce(self) -> Part:
         s = self.settings
@@ -524,6 +541,11 @@ class ChaosStack:
                 errors.append(exc)
         if self.balancer is not None:
             self.balancer.stop()
+        if self.tryton_uri is not None:
+            try:
+                pgtryton.drop_database(self.tryton_uri, self.tryton_database)
+            except BaseException as exc:
+                errors.append(exc)
         if errors:
             raise errors[0]
 

@@ -93,7 +93,7 @@ def assert_exactly_once(outcome: Outcome) -> None:
 
 
 #: Tryton's database backends the burst runs on (see `StackConfig.tryton`).
-TRYTON_BACKENDS = ["sqlite"]
+TRYTON_BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.mark.parametrize("tryton", TRYTON_BACKENDS)
