@@ -25,6 +25,7 @@ import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,8 @@ class StackConfig:
     store_url: str = "sqlite"
     workers: int = 1
     services: int = 1
+    #: Short, so that a run waiting out an outage says so within a test (3 min in production).
+    outage_notice_after: timedelta = timedelta(seconds=20)
 
 
 class Balancer:
@@ -294,6 +297,7 @@ class ChaosStack:
             psa_webhook_secret=SecretStr(secrets.token_hex(24)),
             service_port=self.service_ports[0],
             database_url=store_url,
+            outage_notice_after=config.outage_notice_after,
         )
         self.temporal = self._temporal()
         self.tryton = self._tryton()
