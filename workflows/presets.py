@@ -45,27 +45,6 @@ BOOKKEEPING = CallOptions(
 #: How long a bookkeeping write is retried before the run logs it and goes on.
 BOOKKEEPING_FOR = timedelta(minutes=10)
 
-#: Legacy, for `LifecycleSteps` only (time-to-invoice until it moves onto `Lifecycle`):
-#: ~10 minutes of retries, then the step fails for good.
-SYSTEM_CALL = CallOptions(
-    start_to_close_timeout=timedelta(seconds=30),
-    retry_policy=RetryPolicy(
-        initial_interval=timedelta(seconds=1),
-        backoff_coefficient=2.0,
-        maximum_interval=timedelta(minutes=2),
-        maximum_attempts=10,
-    ),
-)
-#: Legacy, for `LifecycleSteps` only: q2c's store as a full activity.
-LOCAL_CALL = CallOptions(
-    start_to_close_timeout=timedelta(seconds=15),
-    retry_policy=RetryPolicy(
-        initial_interval=timedelta(milliseconds=200),
-        maximum_interval=timedelta(seconds=30),
-        maximum_attempts=20,
-    ),
-)
-
 #: Undoing a step: it must eventually happen, so it is retried far longer than a step.
 COMPENSATION = CallOptions(
     start_to_close_timeout=SYSTEM_ATTEMPT,
