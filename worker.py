@@ -29,6 +29,7 @@ from activities.correlation import CorrelationInterceptor, CorrelationLogFilter
 from activities.crm import CrmActivities
 from activities.deal import DealActivities
 from activities.erp import ErpActivities
+from activities.heartbeat import HeartbeatInterceptor
 from activities.invoicing import InvoicingActivities
 from activities.ledger import LedgerActivities
 from activities.psa import PsaActivities
@@ -251,7 +252,7 @@ def build_workers(
                 max_concurrent_activities=limit.max_concurrent_activities,
                 max_task_queue_activities_per_second=limit.max_task_queue_activities_per_second,
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
-                interceptors=[CorrelationInterceptor()],
+                interceptors=[CorrelationInterceptor(), HeartbeatInterceptor()],
                 identity=identity,
             )
         )

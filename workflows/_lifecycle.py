@@ -234,21 +234,21 @@ class Lifecycle:
         arg: ArgT,
         *,
         system: SystemQueue,
-        start_to_close: timedelta = presets.SYSTEM_ATTEMPT,
-        heartbeat: timedelta | None = None,
+        start_to_close: timedelta | None = None,
+        heartbeat: timedelta = presets.SYSTEM_HEARTBEAT,
+        notice_after: timedelta | None = None,
     ) -> R:
         """Run `activity` on `system`'s queue. A permanent refusal raises `StepFailed(step)`.
         A transient fault is retried (`TRANSIENT_RETRY`) until the system's outage deadline;
         if the step has no answer after `notice_after`, the run shows that it waits on the
         system and records an exception, which it resolves when the answer comes; past the
-        deadline it waits for an operator. Attempts are never cut short by the notice."""
+        deadline it waits for an operator. Attempts are never cut short by the notice; a step
+        that is long by nature (a period's draft) passes a later `notice_after` of its own."""
         step = str(step)
         queue = activity_queue(workflow.info().task_queue, system)
         policy = self._outages
-        # A long step (it heartbeats) is not late before one attempt could have finished.
-        notice = (
-            policy.notice_after if heartbeat is None else max(policy.notice_after, start_to_close)
-        )
+        notice = max(policy.notice_after, notice_after or timedelta(0))
+        start_to_close = start_to_close or presets.SYSTEM_ATTEMPT[system.value]
         while True:
             since = workflow.now()
             deadline = since + policy.deadline(system.value)
@@ -428,6 +428,7 @@ class Lifecycle:
             activity,
             arg,
             task_queue=activity_queue(workflow.info().task_queue, system),
+            heartbeat_timeout=presets.SYSTEM_HEARTBEAT,
             **presets.COMPENSATION,
         )
 

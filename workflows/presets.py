@@ -19,9 +19,18 @@ class CallOptions(TypedDict):
     retry_policy: RetryPolicy
 
 
-#: One attempt at a system: above the connectors' HTTP timeouts (Tryton's client reads for up
-#: to 60 s), so an attempt is never abandoned while its request may still land.
-SYSTEM_ATTEMPT = timedelta(minutes=2)
+#: One attempt at a system, by the system's queue name: above the worst case of one connector
+#: call, re-login and replay included (`connectors/timeouts.py`; checked in
+#: `tests/unit/test_presets.py`), so no call is abandoned in flight by its own attempt. An
+#: activity making several calls may outlive it; its writes are keyed, so the next converges.
+SYSTEM_ATTEMPT = {
+    "tryton": timedelta(minutes=10),
+    "stripe": timedelta(minutes=5),
+    "salesforce": timedelta(minutes=10),
+}
+#: A worker lost mid-attempt is noticed this fast: system activities heartbeat while they
+#: run (`activities/heartbeat.py`), whatever they wait for.
+SYSTEM_HEARTBEAT = timedelta(seconds=30)
 
 #: Retry a transient fault for as long as the kit allows, at most a minute apart, so a run
 #: resumes within about a minute of its system coming back.
@@ -47,7 +56,7 @@ BOOKKEEPING_FOR = timedelta(minutes=10)
 
 #: Undoing a step: it must eventually happen, so it is retried far longer than a step.
 COMPENSATION = CallOptions(
-    start_to_close_timeout=SYSTEM_ATTEMPT,
+    start_to_close_timeout=max(SYSTEM_ATTEMPT.values()),
     retry_policy=RetryPolicy(
         initial_interval=timedelta(seconds=1),
         backoff_coefficient=2.0,

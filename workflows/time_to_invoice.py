@@ -279,6 +279,7 @@ class TimeToInvoiceWorkflow(Lifecycle, AwaitsApproval):
             system=TRYTON,
             start_to_close=DRAFT_ATTEMPT,
             heartbeat=DRAFT_HEARTBEAT,
+            notice_after=DRAFT_ATTEMPT,
         )
         self._draft = draft
         await self.audit(
@@ -391,6 +392,7 @@ class TimeToInvoiceWorkflow(Lifecycle, AwaitsApproval):
                 system=TRYTON,
                 start_to_close=DRAFT_ATTEMPT,
                 heartbeat=DRAFT_HEARTBEAT,
+                notice_after=DRAFT_ATTEMPT,
             ),
         )
         if marked is not None:
@@ -545,6 +547,7 @@ class TimeToInvoiceWorkflow(Lifecycle, AwaitsApproval):
                     system=TRYTON,
                     start_to_close=DRAFT_ATTEMPT,
                     heartbeat=DRAFT_HEARTBEAT,
+                    notice_after=DRAFT_ATTEMPT,
                 ),
             )
             await self._after_issue(
