@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,8 +20,10 @@ from rich.table import Table
 
 from connectors.errors import ConnectorError
 from devstack.process import PartFailed
-from devstack.stack import Stack, load_stack
 from store import StoreNotMigrated
+
+if TYPE_CHECKING:
+    from devstack.stack import Stack
 
 app = typer.Typer(
     name="q2c",
@@ -77,6 +79,8 @@ def _progress(name: str, message: str) -> None:
 @friendly_errors
 def dev_up(state_dir: StateDir = None) -> None:
     """Start every part on 127.0.0.1 in the background; return when all are healthy."""
+    from devstack.stack import load_stack  # the dev stack only: a quick CLI start
+
     stack = load_stack(state_dir)
     stack.up(_progress)
     console.print()
@@ -88,6 +92,8 @@ def dev_up(state_dir: StateDir = None) -> None:
 @friendly_errors
 def dev_down(state_dir: StateDir = None) -> None:
     """Stop every process `q2c dev up` started, and nothing else."""
+    from devstack.stack import load_stack  # the dev stack only: a quick CLI start
+
     load_stack(state_dir).down(_progress)
 
 
@@ -98,6 +104,8 @@ def dev_status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Each part with its health and URL. Exit code 1 when a part is not healthy."""
+    from devstack.stack import load_stack  # the dev stack only: a quick CLI start
+
     stack = load_stack(state_dir)
     if as_json:
         parts = [asdict(s) for s in stack.status()]
@@ -191,6 +199,7 @@ def store_migrate() -> None:
 def run_demo(state_dir: StateDir = None) -> None:
     """Run the demo scenario on a running dev stack (`q2c dev up` first)."""
     from devstack.demo import run_demo as scenario
+    from devstack.stack import load_stack  # the dev stack only: a quick CLI start
 
     stack = load_stack(state_dir)
     unhealthy = [s.name for s in stack.status() if not s.healthy]
