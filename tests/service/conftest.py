@@ -37,6 +37,7 @@ from connectors.salesforce import SalesforceClient
 from devstack.process import spawn, stop_process_group, wait_until_healthy
 from service.app import create_app
 from settings import Settings
+from store.migrate import migrate_store
 from tests.fixtures.ports import free_port
 from tests.fixtures.service import running_service
 from tests.fixtures.webhooks import ENDPOINTS, PSA, SALESFORCE, STRIPE, Endpoint, Quiet, serving
@@ -235,6 +236,7 @@ async def exposed_service(
         psa_webhook_secret=SecretStr(keys[PSA.name]),
         database_url=f"sqlite+aiosqlite:///{workdir / 'q2c.sqlite'}",
     )
+    await migrate_store(settings.store_url)  # as `q2c store migrate` before a deployment
     async with serving(create_app(settings)) as url:
         quiet = Quiet(workdir / "q2c.sqlite", client, settings.task_queue)
         yield ExposedService(url, keys, quiet)
