@@ -1,6 +1,8 @@
-"""Record histories of opportunity-to-project runs for the replay test.
+"""Record histories of every lifecycle's runs for the replay test.
 
-    .venv/bin/python -m tests.replay.record_histories v2 [opportunity_to_project|time_to_invoice]
+    .venv/bin/python -m tests.replay.record_histories v2 [LIFECYCLE ...]
+
+LIFECYCLE: opportunity_to_project, time_to_invoice (with the invoice cycle), sweeps.
 
 Run it when the workflow's behaviour changes on purpose (behind `workflow.patched`), with a
 new label: the histories of every earlier version stay, and the replay test proves the new
@@ -25,6 +27,7 @@ from temporalio.testing import WorkflowEnvironment
 from canonical import OutagePolicy
 from tests.fixtures.temporal import temporal_binary
 from tests.replay.invoice_histories import record_invoice_cycle_history, record_invoice_histories
+from tests.replay.sweep_histories import record_sweep_histories
 from tests.workflows.fakes import APPROVER, FakeSystems, account, opportunity, start_args
 from workflows.approvals import OPERATOR, OperatorAck, OperatorAction, OperatorDecision
 from workflows.opportunity_to_project import (
@@ -152,7 +155,7 @@ SCENARIOS: dict[str, tuple[Callable[[], FakeSystems], Drive]] = {
     "outage_resumed": (lambda: FakeSystems(billing_down=True), _outage_resumed),
     "operator_retried": (_deadline_passes, _operator_retried),
 }
-LIFECYCLES = ("opportunity_to_project", "time_to_invoice")
+LIFECYCLES = ("opportunity_to_project", "time_to_invoice", "sweeps")
 
 
 async def record(label: str, lifecycles: list[str]) -> None:
@@ -182,6 +185,10 @@ async def record(label: str, lifecycles: list[str]) -> None:
             # Time-to-invoice and the invoice cycle: their own functions, their own module.
             await record_invoice_histories(client, label)
             await record_invoice_cycle_history(client, label)
+        if "sweeps" in lifecycles:
+            for name, text in await record_sweep_histories(client, label):
+                (HISTORIES / name).write_text(text)
+                print(f"{HISTORIES / name}")
     finally:
         await env.shutdown()
 

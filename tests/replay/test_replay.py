@@ -12,10 +12,17 @@ from temporalio.worker import Replayer
 
 from workflows.invoice_cycle import InvoiceCycleWorkflow
 from workflows.opportunity_to_project import OpportunityToProjectWorkflow
+from workflows.sweeps import BillingSweepWorkflow, CrmSweepWorkflow
 from workflows.time_to_invoice import TimeToInvoiceWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
-WORKFLOWS = [OpportunityToProjectWorkflow, TimeToInvoiceWorkflow, InvoiceCycleWorkflow]
+WORKFLOWS = [
+    OpportunityToProjectWorkflow,
+    TimeToInvoiceWorkflow,
+    InvoiceCycleWorkflow,
+    CrmSweepWorkflow,
+    BillingSweepWorkflow,
+]
 
 
 def test_histories_are_recorded_for_every_path() -> None:
@@ -42,6 +49,8 @@ def test_histories_are_recorded_for_every_path() -> None:
         ("time_to_invoice", "follow_up_failed"),
         ("time_to_invoice", "totals_disagree"),
         ("invoice_cycle", "two_projects"),
+        ("sweeps", "crm"),
+        ("sweeps", "billing"),
     } <= names
 
 
