@@ -331,7 +331,11 @@ async def test_an_adjustment_delivered_by_signal_and_update_applies_once(
     assert first.adjustment_id == again.adjustment_id == "adj-1"
     assert first.total == again.total == Decimal("600.00")  # (2000 - 1500) x 1.2: once
     assert status.draft is not None and status.draft.total == Decimal("480.00")  # and -100
-    applied = [a.adjustment.adjustment_id for a in systems.called("adjust_draft")]
+    # A local activity runs at least once (a slow workflow task re-runs it); the draft's
+    # store applies an id once, so the repeats above changed nothing.
+    applied = list(
+        dict.fromkeys(a.adjustment.adjustment_id for a in systems.called("adjust_draft"))
+    )
     assert applied[0] == "adj-1" and len(applied) == 2 and applied[1].startswith("content-")
     accepted = [r for r in status.records if r.what == "adjust" and r.accepted]
     assert [r.ref for r in accepted] == applied
