@@ -30,6 +30,8 @@ from canonical.party import PaymentTerms
 __all__ = [
     "BillingType",
     "ContractTerms",
+    "ExpensePolicy",
+    "FeeRemainder",
     "Milestone",
     "MilestoneStatus",
     "Opportunity",
@@ -45,15 +47,38 @@ class BillingType(StrEnum):
     MILESTONE = "milestone"
 
 
+class FeeRemainder(StrEnum):
+    """How the part of a fixed fee not invoiced up front is invoiced."""
+
+    ON_COMPLETION = "on_completion"
+    INSTALMENTS = "instalments"
+
+
+class ExpensePolicy(CanonicalModel):
+    """Which expense categories the customer pays for, and the markup on them."""
+
+    billable_categories: list[NonEmpty] = Field(default_factory=list)
+    markup_percent: Percent = Decimal(0)
+
+    def billable(self, category: str) -> bool:
+        wanted = category.casefold()
+        return any(c.casefold() == wanted for c in self.billable_categories)
+
+
 class OpportunityLine(CanonicalModel):
     id: NonEmpty
     service: NonEmpty
     role: str | None = None  # None for a fixed-fee deliverable that no single role delivers
     quantity: PositiveDecimal  # hours for time and materials, units otherwise
     unit_rate: NonNegativeMoney
-    billing_type: BillingType
+    #: None: the service catalogue decides (`DealRules.entry_for`).
+    billing_type: BillingType | None = None
     discount_percent: Percent = Decimal(0)
     description: str | None = None
+    #: A fixed fee's part not invoiced up front: on completion (None) or in instalments.
+    fee_remainder: FeeRemainder | None = None
+    instalments: int | None = Field(default=None, ge=1, le=120)  # None: one per month of term
+    not_to_exceed: NonNegativeMoney | None = None  # this line's cap (time and materials)
 
     @property
     def amount(self) -> Money:
@@ -152,7 +177,8 @@ class Milestone(CanonicalModel):
     id: NonEmpty
     name: NonEmpty
     amount: PositiveMoney
-    due_date: date | None = None
+    due_date: date | None = None  # the planned date
+    line_id: str | None = None  # the opportunity line (a milestone line) it belongs to
     status: MilestoneStatus = MilestoneStatus.PLANNED
     completed_on: date | None = None
 
@@ -237,6 +263,12 @@ class Opportunity(CanonicalModel):
     description: str | None = None
     contract_terms: ContractTerms | None = None
     updated_at: AwareDatetime | None = None
+    #: The contract's own terms beyond the lines (custom fields and objects in the CRM).
+    milestones: list[Milestone] = Field(default_factory=list)
+    not_to_exceed: NonNegativeMoney | None = None  # the whole contract's cap
+    upfront_percent: Percent = Decimal(0)  # of each fixed fee, invoiced at provisioning
+    end_date: date | None = None  # the contract term's last day (instalments spread over it)
+    expense_policy: ExpensePolicy | None = None  # None: the firm's default policy
 
     @field_validator("lines")
     @classmethod
@@ -272,7 +304,7 @@ class Opportunity(CanonicalModel):
         return sum_money((ln.amount for ln in self.lines), self.currency)
 
     def billing_types(self) -> set[BillingType]:
-        return {ln.billing_type for ln in self.lines}
+        return {ln.billing_type for ln in self.lines if ln.billing_type is not None}
 
     def booking_issues(self, *, default_payment_terms: bool = False) -> list[str]:
         """Why this deal cannot become a project yet; empty when it can.
