@@ -63,6 +63,11 @@ class InvoiceLine(CanonicalModel):
     tax_rate: TaxRate  # a fraction: Decimal("0.20") is 20 %
     id: str | None = None
     source_ids: list[str] = Field(default_factory=list)  # time entries, expenses, milestones
+    contract_version: int | None = None  # the contract version the line was rated under
+    #: Revenue recognition: None recognizes it when invoiced; a span defers it over the
+    #: span's months (a fixed fee earned over its delivery period).
+    revenue_from: date | None = None
+    revenue_to: date | None = None
 
     @property
     def net(self) -> Money:

@@ -57,6 +57,8 @@ class Task(CanonicalModel):
     id: str | None = None  # None until the PSA has created it
     billable: bool = True
     milestone_id: str | None = None  # the milestone whose completion this task contributes to
+    #: How the line this task delivers is billed; only time-and-materials hours are billed.
+    billing_type: BillingType = BillingType.TIME_AND_MATERIALS
 
 
 class Project(CanonicalModel):
