@@ -1,7 +1,8 @@
-"""q2c's own database: cross-reference ids, the audit trail, exceptions."""
+"""q2c's own database: cross-reference ids, the audit trail, exceptions, drafts, contracts."""
 
 from store.models import (
     AuditEntry,
+    ContractVersionRow,
     CrossReference,
     ExceptionRecord,
     InboundEvent,
@@ -12,6 +13,7 @@ from store.repository import CrossReferenceConflict, Store, StoreNotMigrated, cr
 
 __all__ = [
     "AuditEntry",
+    "ContractVersionRow",
     "CrossReference",
     "CrossReferenceConflict",
     "ExceptionRecord",

@@ -1,11 +1,11 @@
-"""The store's tables: cross-reference ids, the audit trail, exceptions.
+"""The store's tables: cross-reference ids, the audit trail, exceptions, drafts, contracts.
 
 Workflows never touch these; activities and the service do, through `store.Store`.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -130,6 +130,9 @@ class InvoiceDraft(SQLModel, table=True):
     workflow_id: str = Field(max_length=255, index=True)
     project_id: str = Field(max_length=64, index=True)
     period: str = Field(max_length=7)
+    #: "period" (a month's time, fees, milestones and expenses) or "upfront" (the share of
+    #: fixed fees invoiced at provisioning).
+    kind: str = Field(default="period", max_length=16)
     status: str = Field(default="draft", max_length=16)
     currency: str = Field(max_length=3)
     #: `canonical.RatedPeriod` as JSON: lines, the entry ids billed, rejections, overage.
@@ -156,3 +159,25 @@ class SweepCheckpoint(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=64)  # "crm:salesforce", "billing:stripe"
     position: datetime = Field(sa_type=AwareDateTime, nullable=False)
     updated_at: datetime = _at()
+
+
+class ContractVersionRow(SQLModel, table=True):
+    """One version of a contract as provisioned (`canonical.ContractVersion` as JSON).
+
+    Rows are only ever added: version 1 at provisioning, each later one by a change order.
+    `(contract_id, version)` is unique, so a retried or concurrent write of a version keeps
+    the first.
+    """
+
+    __tablename__ = "contract_version"
+    __table_args__ = (sa.UniqueConstraint("contract_id", "version", name="uq_contract_version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    contract_id: str = Field(max_length=255, index=True)  # the canonical project id
+    version: int
+    #: The PSA's id of the project it is delivered as (what invoicing is run for).
+    project_id: str = Field(max_length=64, index=True)
+    effective_from: date
+    source: str = Field(max_length=255)  # "opportunity:<id>", "change-order:<id>"
+    body: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON, nullable=False)
+    created_at: datetime = _at()

@@ -15,6 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from store.models import (
     AuditEntry,
+    ContractVersionRow,
     CrossReference,
     ExceptionRecord,
     InboundEvent,
@@ -26,7 +27,9 @@ from store.models import (
 #: Draft statuses of an issued invoice: its entries are billed, whatever the PSA says yet.
 ISSUED_STATUSES = ("billed", "paid", "uncollectible")
 
-RowT = TypeVar("RowT", CrossReference, AuditEntry, ExceptionRecord, InboundEvent)
+RowT = TypeVar(
+    "RowT", CrossReference, AuditEntry, ExceptionRecord, InboundEvent, ContractVersionRow
+)
 
 
 async def _nothing() -> None:
@@ -392,6 +395,46 @@ class Store:
             await session.commit()
             await session.refresh(row)
             return row
+
+    # Contracts as provisioned ---------------------------------------------------------
+
+    async def add_contract_version(
+        self, row: ContractVersionRow
+    ) -> tuple[ContractVersionRow, bool]:
+        """Keep a version; `(row, True)` the first time, `(the first row, False)` after.
+
+        A version is written once: a retried provisioning, or a twin racing it, finds the
+        first and changes nothing, so what was provisioned is never rewritten.
+        """
+        stored = await self._insert_unless_found(
+            row, lambda: self._contract_version(row.contract_id, row.version)
+        )
+        return stored, stored is row
+
+    async def _contract_version(self, contract_id: str, version: int) -> ContractVersionRow | None:
+        async with self._sessions() as session:
+            result = await session.exec(
+                select(ContractVersionRow).where(
+                    ContractVersionRow.contract_id == contract_id,
+                    ContractVersionRow.version == version,
+                )
+            )
+            return result.first()
+
+    async def contract_versions(
+        self, *, contract_id: str | None = None, project_id: str | None = None
+    ) -> Sequence[ContractVersionRow]:
+        """Every version of the contract named by its id or its PSA project, oldest first."""
+        if (contract_id is None) == (project_id is None):
+            raise ValueError("name the contract by contract_id or by project_id")
+        query = select(ContractVersionRow)
+        if contract_id is not None:
+            query = query.where(ContractVersionRow.contract_id == contract_id)
+        else:
+            query = query.where(ContractVersionRow.project_id == project_id)
+        async with self._sessions() as session:
+            result = await session.exec(query.order_by(col(ContractVersionRow.version)))
+            return result.all()
 
     # Sweep checkpoints ---------------------------------------------------------------
 
