@@ -25,6 +25,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.billing import BillingActivities
+from activities.contracts import ContractActivities
 from activities.correlation import CorrelationInterceptor, CorrelationLogFilter
 from activities.crm import CrmActivities
 from activities.deal import DealActivities
@@ -112,6 +113,7 @@ class Activities:
     psa: PsaActivities
     billing: BillingActivities
     ledger: LedgerActivities
+    contracts: ContractActivities
     invoicing: InvoicingActivities
     sweeps: SweepActivities
 
@@ -125,6 +127,7 @@ def activities_for(settings: Settings, adapters: Adapters, store: Store) -> Acti
         psa=PsaActivities(adapters.psa, store),
         billing=BillingActivities(adapters.billing, store),
         ledger=LedgerActivities(store),
+        contracts=ContractActivities(store),
         invoicing=InvoicingActivities(
             psa=adapters.psa,
             erp=adapters.erp,
@@ -154,6 +157,7 @@ def activities_by_queue(task_queue: str, a: Activities) -> dict[str, list[Callab
     return {
         task_queue: [
             *defined_activities(a.ledger),
+            *defined_activities(a.contracts),
             *defined_activities(a.deal),
             invoicing.adjust_draft,
             invoicing.set_draft_status,

@@ -244,6 +244,7 @@ def exit_code(code: str | int | None) -> int:
 
 # Register their commands on `app` (imported last: they import `app`, `CliError` and
 # `friendly_errors` from here): start, approve, reject, signal, status and list; invoice
-# run|show|approve|reject|adjust and schedules.
+# run|show|approve|reject|adjust and schedules; contract show.
+import cli.contracts  # noqa: E402
 import cli.invoicing  # noqa: E402
 import cli.lifecycle  # noqa: E402, F401

@@ -15,6 +15,7 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Annotated, Any, Generic, NoReturn, Protocol, TypeVar
 
 import typer
@@ -38,6 +39,7 @@ from temporalio.common import TypedSearchAttributes
 from temporalio.exceptions import FailureError, TemporalError
 from temporalio.service import RPCError, RPCStatusCode
 
+from canonical import minor_unit
 from cli.app import CliError, err
 from settings import Settings, load_settings
 from workflows.approvals import (
@@ -485,3 +487,12 @@ def _send(
         )
 
     return run(config, send, wid)
+
+
+def amount_text(value: Decimal, currency: str | None, *, grouped: bool = True) -> str:
+    """Padded to the currency's minor unit, never rounded: a net of 2000.0 reads 2,000.00,
+    a unit price of 133.3333 stays what the run holds."""
+    exponent = value.as_tuple().exponent
+    if currency is not None and isinstance(exponent, int) and exponent > -minor_unit(currency):
+        value = value.quantize(Decimal(1).scaleb(-minor_unit(currency)))
+    return f"{value:,f}" if grouped else f"{value:f}"

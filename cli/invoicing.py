@@ -38,7 +38,6 @@ from canonical import (
     BillingPeriod,
     DraftView,
     InvoiceAdjustment,
-    minor_unit,
 )
 from cli.app import CliError, app, friendly_errors
 from cli.common import (
@@ -51,6 +50,7 @@ from cli.common import (
     Reason,
     RunView,
     StillProcessing,
+    amount_text,
     bullets,
     console,
     describe_and_query,
@@ -236,11 +236,11 @@ def invoice_adjust(
     currency = status.draft.currency if status and status.draft else None
     unit = f" {currency}" if currency else ""
     details = [
-        f"- {_KIND_LABEL[line.kind]} {line.description}: {_amount(line.amount, currency)}{unit}"
+        f"- {_KIND_LABEL[line.kind]} {line.description}: {amount_text(line.amount, currency)}{unit}"
         for line in lines
     ]
     if ack.total is not None:
-        details.append(f"new total: {_amount(ack.total, currency)}{unit}")
+        details.append(f"new total: {amount_text(ack.total, currency)}{unit}")
     details.append(f"adjustment id: {request.adjustment_id}")
     if ack.duplicate:
         details.append("(applied before: this delivery changed nothing)")
@@ -364,17 +364,8 @@ def _adjustment_line(option: str, kind: AdjustmentKind, value: str) -> Adjustmen
 # --------------------------------------------------------------------------- amounts
 
 
-def _amount(value: Decimal, currency: str | None, *, grouped: bool = True) -> str:
-    """Padded to the currency's minor unit, never rounded: a net of 2000.0 reads 2,000.00,
-    a unit price of 133.3333 stays what the run holds."""
-    exponent = value.as_tuple().exponent
-    if currency is not None and isinstance(exponent, int) and exponent > -minor_unit(currency):
-        value = value.quantize(Decimal(1).scaleb(-minor_unit(currency)))
-    return f"{value:,f}" if grouped else f"{value:f}"
-
-
 def _plain(value: Decimal, currency: str) -> str:
-    return _amount(value, currency, grouped=False)
+    return amount_text(value, currency, grouped=False)
 
 
 def _draft_json(draft: DraftView) -> dict[str, Any]:
@@ -564,10 +555,10 @@ def _render_invoice(out: Console, view: RunView[InvoiceStatus], link: str) -> No
         out.print(_lines_table(draft))
         c = draft.currency
         totals = {"subtotal": draft.subtotal, "tax": draft.tax, "total": draft.total}
-        width = max(len(_amount(v, c)) for v in totals.values())
+        width = max(len(amount_text(v, c)) for v in totals.values())
         for label, value in totals.items():
-            rest.row(label, f"{_amount(value, c):>{width}} {c}")
-        overage = f", overage {_amount(draft.overage, c)} {c}" if draft.overage else ""
+            rest.row(label, f"{amount_text(value, c):>{width}} {c}")
+        overage = f", overage {amount_text(draft.overage, c)} {c}" if draft.overage else ""
         rest.row("hours", f"{draft.hours:f}{overage}")
         rest.row(
             "entries",
@@ -577,7 +568,8 @@ def _render_invoice(out: Console, view: RunView[InvoiceStatus], link: str) -> No
             "adjustments",
             bullets(
                 [
-                    f"{_KIND_LABEL[line.kind]} {line.description}: {_amount(line.amount, c)} {c} "
+                    f"{_KIND_LABEL[line.kind]} {line.description}: "
+                    f"{amount_text(line.amount, c)} {c} "
                     f"(by {adjustment.approver}: {adjustment.reason}"
                     f"{f'; {adjustment.adjustment_id}' if adjustment.adjustment_id else ''})"
                     for adjustment in draft.adjustments
@@ -609,10 +601,10 @@ def _lines_table(draft: DraftView) -> Table:
         table.add_row(
             line.description,
             f"{line.quantity:f}",
-            _amount(line.unit_price, c),
-            _amount(line.net, c),
-            _amount(line.tax, c),
-            _amount(line.total, c),
+            amount_text(line.unit_price, c),
+            amount_text(line.net, c),
+            amount_text(line.tax, c),
+            amount_text(line.total, c),
         )
     return table
 
@@ -626,6 +618,6 @@ def _record_line(record: InvoiceRecord) -> str:
 
 
 def _payment_line(event: PaymentEvent, currency: str | None) -> str:
-    amount = f" {_amount(event.amount, currency)} {currency or ''}" if event.amount else ""
+    amount = f" {amount_text(event.amount, currency)} {currency or ''}" if event.amount else ""
     reason = f": {event.reason}" if event.reason else ""
     return f"{event.kind}{amount.rstrip()} at {when(event.occurred_at)} ({event.event_id}){reason}"
