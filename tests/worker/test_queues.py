@@ -18,6 +18,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
 import activities
+import activities.contracts
 from settings import Settings
 from store import Store
 from worker import (
@@ -53,6 +54,7 @@ def every_defined_activity() -> set[str]:
     found = set()
     for module in (
         activities.billing,
+        activities.contracts,
         activities.crm,
         activities.deal,
         activities.erp,
@@ -79,6 +81,7 @@ def test_each_activity_runs_on_exactly_one_queue_and_systems_on_their_own(
     everywhere = [name for queue in served.values() for name in queue]
     assert sorted(everywhere) == sorted(every_defined_activity())  # each once, none forgotten
     assert served["q2c"] == {
+        "record_contract",
         "record_audit",
         "record_exception",
         "resolve_exception",
