@@ -21,6 +21,7 @@ from canonical.commercial import (
     RateCard,
     RateCardEntry,
 )
+from canonical.contract import ContractVersion
 from canonical.delivery import Project, Task
 from canonical.money import CurrencyCode, Money
 from canonical.party import Account, CountryCode, Customer, LegalEntity, PaymentTerms
@@ -138,6 +139,8 @@ class DealPlan(CanonicalModel):
     risks: list[str] = Field(default_factory=list)
     customer: Customer | None = None
     project: Project | None = None
+    #: The contract as sold, version 1: what invoicing bills from (None: not ready).
+    contract: ContractVersion | None = None
 
     @property
     def ready(self) -> bool:

@@ -9,11 +9,15 @@ CRM. A step that fails for good after others succeeded is compensated in reverse
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 from enum import StrEnum
 
 from pydantic import Field
 from temporalio import workflow
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.workflow import ParentClosePolicy
 
 from workflows.approvals import (
     DECIDE,
@@ -26,6 +30,12 @@ from workflows.approvals import (
     Message,
     PendingApproval,
 )
+from workflows.time_to_invoice import (
+    InvoiceKind,
+    TimeToInvoiceInput,
+    TimeToInvoiceWorkflow,
+    upfront_workflow_id,
+)
 
 with workflow.unsafe.imports_passed_through():
     from activities.billing import (
@@ -33,11 +43,12 @@ with workflow.unsafe.imports_passed_through():
         DeactivateBillingInput,
         ProvisionBillingInput,
     )
+    from activities.contracts import ContractActivities, RecordContractInput
     from activities.crm import CrmActivities, FetchDealInput, WriteBackInput
     from activities.deal import DealActivities, DealPolicyInput, PlanDealInput
     from activities.erp import ErpActivities, UpsertCustomerInput
     from activities.psa import CloseProjectInput, CreateProjectInput, PsaActivities
-    from canonical import DealPlan, DealPolicy
+    from canonical import BillingType, ContractVersion, DealPlan, DealPolicy
     from workflows import search_attributes as sa
     from workflows._lifecycle import (
         Ending,
@@ -90,8 +101,10 @@ class Step(StrEnum):
     UPSERT_CUSTOMER = "upsert_customer"
     AWAITING_APPROVAL = "awaiting_approval"
     CREATE_PROJECT = "create_project"
+    RECORD_CONTRACT = "record_contract"
     PROVISION_BILLING = "provision_billing"
     WRITE_BACK = "write_back"
+    UPFRONT_INVOICE = "upfront_invoice"
     AWAITING_OPERATOR = "awaiting_operator"
     COMPENSATING = "compensating"
     COMPLETED = "completed"
@@ -143,6 +156,10 @@ STATUS = "status"  # query
 
 
 # --------------------------------------------------------------------------- the workflow
+
+#: `workflow.patched` ids: runs recorded before the change replay without it.
+CONTRACTS = "contracts-as-provisioned"
+
 
 #: What the CRM deal shows while and after q2c works on it (`Q2C_Status__c`).
 CRM_STATUS = {
@@ -244,6 +261,9 @@ class OpportunityToProjectWorkflow(Lifecycle, AwaitsApproval):
             detail={"project_id": made.project_id, "task_ids": made.task_ids},
         )
 
+        if plan.contract is not None and workflow.patched(CONTRACTS):
+            await self._record_contract(plan.contract, made.project_id, made.task_ids)
+
         # One billing account per customer, for good.
         self._set_step(Step.PROVISION_BILLING)
         self.saga.add("deactivate billing account", self._deactivate_billing)
@@ -271,11 +291,58 @@ class OpportunityToProjectWorkflow(Lifecycle, AwaitsApproval):
         await self._write_back(Step.WRITE_BACK, CRM_STATUS[Step.COMPLETED], message)
         self.saga.clear()
         await self.audit(Step.WRITE_BACK, "updated", system="crm", detail={"message": message})
+        if plan.contract is not None and workflow.patched(CONTRACTS):
+            await self._start_upfront_invoice(plan.contract, made.project_id)
         self._set_step(Step.COMPLETED)
         await self.audit(Step.COMPLETED, "completed", detail=dict(self._ids))
         return OpportunityToProjectResult(
             status=Step.COMPLETED, ids=dict(self._ids), message=message
         )
+
+    async def _record_contract(
+        self, contract: ContractVersion, project_id: str, task_ids: dict[str, str]
+    ) -> None:
+        """Keep what was sold, with the PSA's task ids: invoicing bills from it."""
+        self._set_step(Step.RECORD_CONTRACT)
+        recorded = await self.local(
+            Step.RECORD_CONTRACT,
+            ContractActivities.record_contract,
+            RecordContractInput(contract=contract, project_id=project_id, task_ids=task_ids),
+        )
+        self._ids["contract"] = f"{recorded.contract_id} v{recorded.version}"
+
+    async def _start_upfront_invoice(self, contract: ContractVersion, project_id: str) -> None:
+        """The fixed fees' upfront shares, invoiced now through a time-to-invoice run of its
+        own: the same draft, finance approval, billing and ERP steps as a period invoice.
+
+        Once per project, ever (its id is refused after a first run, whatever its end); the
+        run outlives this one.
+        """
+        fees = [
+            ln
+            for ln in contract.lines
+            if ln.billing_type is BillingType.FIXED_FEE and contract.upfront(ln).amount > 0
+        ]
+        if not fees:
+            return
+        self._set_step(Step.UPFRONT_INVOICE)
+        child_id = upfront_workflow_id(project_id)
+        # A rerun of this deal finds the upfront invoice's run started already.
+        with contextlib.suppress(WorkflowAlreadyStartedError):
+            await workflow.start_child_workflow(
+                TimeToInvoiceWorkflow.run,
+                TimeToInvoiceInput(
+                    project_id=project_id,
+                    period=workflow.now().strftime("%Y-%m"),
+                    kind=InvoiceKind.UPFRONT,
+                    trigger=f"opportunity:{self._request.opportunity_id}",
+                ),
+                id=child_id,
+                parent_close_policy=ParentClosePolicy.ABANDON,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            )
+        self._ids["upfront_invoice_run"] = child_id
+        await self.audit(Step.UPFRONT_INVOICE, "started", detail={"workflow_id": child_id})
 
     def _made(self, role: str, external_id: str, created: bool) -> None:
         self._ids[role] = external_id

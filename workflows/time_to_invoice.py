@@ -38,6 +38,16 @@ def workflow_id(project_id: str, period: str) -> str:
     return f"{LIFECYCLE}:{project_id}:{period}"
 
 
+def upfront_workflow_id(project_id: str) -> str:
+    """The business key of a project's upfront invoice: one per project, ever."""
+    return f"{LIFECYCLE}:{project_id}:upfront"
+
+
+class InvoiceKind(StrEnum):
+    PERIOD = "period"  # a month's time, fees due, milestones done and expenses
+    UPFRONT = "upfront"  # the fixed fees' upfront shares, invoiced at provisioning
+
+
 #: Messages accept an added field during a rolling deploy (`Message`: extra="ignore").
 _Message = Message
 
@@ -46,6 +56,7 @@ class TimeToInvoiceInput(_Message):
     project_id: str = Field(min_length=1, max_length=64)  # the PSA's project id
     period: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")  # "2026-11"
     trigger: str | None = None
+    kind: InvoiceKind = InvoiceKind.PERIOD
     #: How long after the due date the run follows an unpaid invoice before it ends with
     #: an exception for finance (the default is `PAYMENT_FOLLOW_UP`).
     payment_follow_up_days: int | None = Field(default=None, ge=0, le=3650)

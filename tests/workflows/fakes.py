@@ -21,6 +21,7 @@ from activities.billing import (
     ProvisionBillingInput,
     ProvisionBillingResult,
 )
+from activities.contracts import RecordContractInput, RecordedContract
 from activities.crm import DealSnapshot, FetchDealInput, WriteBackInput
 from activities.deal import DealPolicyInput, PlanDealInput
 from activities.erp import UpsertCustomerInput, UpsertCustomerResult
@@ -142,8 +143,18 @@ class FakeLedger:
         if self.fail_link:
             raise ApplicationError(self.fail_link, type="StoreError", non_retryable=True)
 
+    @activity.defn(name="record_contract")
+    async def record_contract(self, request: RecordContractInput) -> RecordedContract:
+        self._record("record_contract", request)
+        version = request.contract
+        first = len(self.called("record_contract")) == 1
+        return RecordedContract(
+            contract_id=version.contract_id, version=version.version, created=first
+        )
+
     def ledger_activities(self) -> list[Any]:
         return [
+            self.record_contract,
             self.record_audit,
             self.record_exception,
             self.resolve_exception,
