@@ -267,6 +267,17 @@ def test_contract_terms_map_to_canonical_values() -> None:
     ]
 
 
+def test_a_milestone_line_with_its_milestone_is_bookable() -> None:
+    """The deal's own `Milestone__c` records satisfy "milestone lines need milestones"."""
+    line = _line(Billing_Type__c="Milestone", Quantity=Decimal(1), UnitPrice=Decimal(999))
+    bare = to_opportunity(_opportunity(), [line], default_currency="EUR")
+    with_milestone = to_opportunity(_opportunity(), [line], [_milestone()], default_currency="EUR")
+    assert [i for i in bare.booking_issues() if "milestone" in i] != []
+    assert with_milestone.booking_issues() == [
+        "payment_terms: no payment terms on the deal or its contract"
+    ]
+
+
 def test_a_deal_without_contract_terms_keeps_the_defaults() -> None:
     opp = to_opportunity(_opportunity(), [_line()], default_currency="EUR")
     assert (opp.milestones, opp.not_to_exceed, opp.upfront_percent) == ([], None, Decimal(0))
