@@ -321,8 +321,10 @@ class Opportunity(CanonicalModel):
             if ln.billing_type is BillingType.TIME_AND_MATERIALS and not ln.role:
                 issues.append(f"lines[{i}].role: time-and-materials line needs a role")
         terms = self.contract_terms
-        if BillingType.MILESTONE in self.billing_types() and (
-            terms is None or not terms.milestones
+        if (
+            BillingType.MILESTONE in self.billing_types()
+            and not self.milestones
+            and (terms is None or not terms.milestones)
         ):
             issues.append("contract_terms.milestones: milestone lines need milestones")
         if self.payment_terms is None and terms is None and not default_payment_terms:

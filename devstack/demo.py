@@ -19,7 +19,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -30,7 +30,14 @@ from canonical import BillingPeriod, TimeEntry
 from connectors.salesforce import SalesforceClient
 from connectors.stripe import StripeBilling
 from connectors.tryton import TrytonClient, TrytonPsa
-from devstack.salesforce_seed import DealLine, DealSpec, SeededDeal, close_won, seed_deal
+from devstack.salesforce_seed import (
+    DealLine,
+    DealMilestone,
+    DealSpec,
+    SeededDeal,
+    close_won,
+    seed_deal,
+)
 from settings import Settings
 from workflows.client import connect
 from workflows.opportunity_to_project import (
@@ -100,6 +107,60 @@ BAD = DealSpec(
     contact_email="kreditoren@hooli.example",
 )
 CORRECT_VAT_ID = "DE136695976"
+
+
+def _in_days(days: int) -> date:
+    return datetime.now(UTC).date() + timedelta(days=days)
+
+
+#: A contract as professional services sell them: hours next to a fixed fee with 20 % invoiced
+#: up front (the mobilization invoice at provisioning), a capped time-and-materials budget, a
+#: go-live milestone, and travel and lodging passed through at cost plus 10 %.
+MIXED = DealSpec(
+    key="demo-soylent-us",
+    account_name="Soylent Corp",
+    street="200 Park Avenue",
+    city="New York",
+    postal_code="10166",
+    country="US",
+    deal_name="Soylent order-to-cash rollout",
+    currency="USD",
+    lines=[
+        DealLine(
+            product="Development",
+            quantity=Decimal("160"),
+            unit_price=Decimal("165"),
+            billing_type="Time and Materials",
+            not_to_exceed=Decimal("26400"),
+        ),
+        DealLine(product="Project Management", quantity=Decimal("30"), unit_price=Decimal("145")),
+        DealLine(
+            product="Implementation Package",
+            quantity=Decimal("1"),
+            unit_price=Decimal("30000"),
+            billing_type="Fixed Fee",
+            fee_schedule="On Completion",
+        ),
+        DealLine(
+            product="Go-live Support",
+            quantity=Decimal("1"),
+            unit_price=Decimal("8000"),
+            billing_type="Milestone",
+            role="Consultant",
+        ),
+    ],
+    milestones=[
+        DealMilestone(
+            name="Go-live sign-off", line=3, amount=Decimal("8000"), planned_date=_in_days(60)
+        ),
+    ],
+    upfront_percent=Decimal("20"),
+    end_date=_in_days(180),
+    expense_markup_percent=Decimal("10"),
+    billable_expense_categories=("Travel", "Lodging"),
+    payment_terms="Net 30",
+    contact_email="ap@soylent.example",
+)
 
 
 @dataclass

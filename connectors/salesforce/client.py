@@ -43,6 +43,7 @@ from connectors.salesforce.wire import (
     ApiError,
     ChangedOpportunity,
     ContactRecord,
+    MilestoneRecord,
     OAuthError,
     OpportunityLineItemRecord,
     OpportunityRecord,
@@ -104,7 +105,11 @@ OPPORTUNITY_FIELDS = (
     "IsWon",
     "Payment_Terms__c",
     "PO_Number__c",
-    "Billing_Type__c",
+    "Not_To_Exceed__c",
+    "Upfront_Percent__c",
+    "Contract_End_Date__c",
+    "Expense_Markup_Percent__c",
+    "Billable_Expense_Categories__c",
     "LastModifiedDate",
 )
 LINE_FIELDS = (
@@ -119,6 +124,18 @@ LINE_FIELDS = (
     "Description",
     "Role__c",
     "Billing_Type__c",
+    "Fee_Schedule__c",
+    "Instalments__c",
+    "Not_To_Exceed__c",
+)
+MILESTONE_FIELDS = (
+    "Id",
+    "Name",
+    "Opportunity__c",
+    "Line_Item_Id__c",
+    "Amount__c",
+    "Planned_Date__c",
+    "CurrencyIsoCode",
 )
 
 
@@ -410,6 +427,13 @@ class SalesforceClient:
             raise
         return True
 
+    async def describe(self, sobject: str) -> dict[str, Any]:
+        """The object's metadata (`fields`, `childRelationships`...): what this org has, for
+        checking that an installation added the custom fields and objects q2c reads."""
+        response = await self._request("GET", self._sobject_path(sobject, "describe"))
+        described: dict[str, Any] = _decode(response)
+        return described
+
     async def query(
         self, soql: str, *, batch_size: int | None = None
     ) -> AsyncIterator[dict[str, Any]]:
@@ -449,6 +473,11 @@ class SalesforceClient:
         return mapping.to_account(record, contacts)
 
     async def fetch_opportunity(self, opportunity_id: str) -> Opportunity:
+        """The deal, its line items and its `Milestone__c` records: one read, two queries.
+
+        Milestones come by their own query rather than a subquery, so the query stays within
+        what every org and API version answers; they are ordered by planned date.
+        """
         record = OpportunityRecord.model_validate(
             await self.get("Opportunity", opportunity_id, fields=OPPORTUNITY_FIELDS)
         )
@@ -459,7 +488,17 @@ class SalesforceClient:
                 f"WHERE OpportunityId = {soql_literal(record.id)} ORDER BY CreatedDate, Id"
             )
         ]
-        return mapping.to_opportunity(record, lines, default_currency=self.default_currency)
+        milestones = [
+            MilestoneRecord.model_validate(milestone)
+            async for milestone in self.query(
+                f"SELECT {', '.join(MILESTONE_FIELDS)} FROM Milestone__c "
+                f"WHERE Opportunity__c = {soql_literal(record.id)} "
+                "ORDER BY Planned_Date__c ASC NULLS LAST, CreatedDate, Id"
+            )
+        ]
+        return mapping.to_opportunity(
+            record, lines, milestones, default_currency=self.default_currency
+        )
 
     async def closed_won_changed_since(
         self, since: datetime, *, limit: int | None = None

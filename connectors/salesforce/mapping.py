@@ -20,6 +20,9 @@ from canonical import (
     Address,
     BillingType,
     Contact,
+    ExpensePolicy,
+    FeeRemainder,
+    Milestone,
     Money,
     Opportunity,
     OpportunityLine,
@@ -31,6 +34,7 @@ from connectors.errors import ValidationFailed
 from connectors.salesforce.wire import (
     AccountRecord,
     ContactRecord,
+    MilestoneRecord,
     OpportunityLineItemRecord,
     OpportunityRecord,
     WriteBack,
@@ -52,6 +56,16 @@ _BILLING_TYPES = {
     "milestone": BillingType.MILESTONE,
     "milestones": BillingType.MILESTONE,
 }
+_FEE_SCHEDULES = {
+    "on completion": FeeRemainder.ON_COMPLETION,
+    "completion": FeeRemainder.ON_COMPLETION,
+    "monthly instalments": FeeRemainder.INSTALMENTS,
+    "monthly installments": FeeRemainder.INSTALMENTS,
+    "instalments": FeeRemainder.INSTALMENTS,
+    "installments": FeeRemainder.INSTALMENTS,
+}
+_ID_RE = re.compile(r"^[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?$")
+_CHECKSUM_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
 _NET_DAYS = re.compile(r"^net\s*(\d{1,3})(?:\s*days?)?$", re.IGNORECASE)
 _DUE_NOW = frozenset({"due on receipt", "due upon receipt", "immediate", "net 0"})
 
@@ -83,6 +97,20 @@ _OPPORTUNITY_FIELDS = {
     "payment_terms": "Payment_Terms__c",
     "po_number": "PO_Number__c",
     "probability": "Probability",
+    "not_to_exceed": "Not_To_Exceed__c",
+    "upfront_percent": "Upfront_Percent__c",
+    "end_date": "Contract_End_Date__c",
+}
+_EXPENSE_POLICY_FIELDS = {
+    "billable_categories": "Billable_Expense_Categories__c",
+    "markup_percent": "Expense_Markup_Percent__c",
+}
+_MILESTONE_FIELDS = {
+    "id": "Id",
+    "name": "Name",
+    "amount": "Amount__c",
+    "due_date": "Planned_Date__c",
+    "line_id": "Line_Item_Id__c",
 }
 _LINE_FIELDS = {
     "id": "Id",
@@ -93,6 +121,9 @@ _LINE_FIELDS = {
     "billing_type": "Billing_Type__c",
     "discount_percent": "Discount",
     "description": "Description",
+    "fee_remainder": "Fee_Schedule__c",
+    "instalments": "Instalments__c",
+    "not_to_exceed": "Not_To_Exceed__c",
 }
 
 
@@ -126,6 +157,67 @@ def billing_type(value: str | None, *, sobject: str, record_id: str) -> BillingT
             field=f"{sobject}.Billing_Type__c",
             code="UNKNOWN_BILLING_TYPE",
         ) from None
+
+
+def fee_schedule(value: str | None, *, record_id: str) -> FeeRemainder | None:
+    """How a fixed fee's part not invoiced up front is invoiced; blank: on completion."""
+    if value is None or not value.strip():
+        return None
+    key = " ".join(value.strip().lower().replace("_", " ").replace("-", " ").split())
+    found = _FEE_SCHEDULES.get(key)
+    if found is None:
+        raise ValidationFailed(
+            f"OpportunityLineItem {record_id}: unknown fee schedule {value!r}; expected "
+            "On Completion or Monthly Instalments",
+            system=CRM,
+            field="OpportunityLineItem.Fee_Schedule__c",
+            code="UNKNOWN_FEE_SCHEDULE",
+        )
+    return found
+
+
+def whole_number(value: Decimal | None, *, field: str, record_id: str) -> int | None:
+    """A Salesforce number field (it arrives as `3.0`) that must hold a whole number."""
+    if value is None:
+        return None
+    if not value.is_finite() or value != value.to_integral_value():
+        sobject, _, name = field.partition(".")
+        raise ValidationFailed(
+            f"{sobject} {record_id}: {name} {value} is not a whole number",
+            system=CRM,
+            field=field,
+            code="NOT_A_WHOLE_NUMBER",
+        )
+    return int(value)
+
+
+def multi_select(value: str | None) -> list[str]:
+    """A multi-select picklist's values: Salesforce sends them as one string, `"A;B"`."""
+    chosen: list[str] = []
+    for part in (value or "").split(";"):
+        item = part.strip()
+        if item and item not in chosen:
+            chosen.append(item)
+    return chosen
+
+
+def record_key(record_id: str) -> str | None:
+    """A key that is the same for a record's 15- and 18-character ids, in any letter case
+    for the 18-character one (that is what the three extra characters are for); None when
+    the text is not a record id at all."""
+    text = record_id.strip()
+    if not _ID_RE.match(text):
+        return None
+    if len(text) == 18:
+        return text.lower()
+    suffix = ""
+    for chunk in range(3):
+        bits = 0
+        for pos, char in enumerate(text[chunk * 5 : chunk * 5 + 5]):
+            if "A" <= char <= "Z":
+                bits |= 1 << pos
+        suffix += _CHECKSUM_ALPHABET[bits]
+    return (text + suffix).lower()
 
 
 def payment_terms(value: str | None, *, record_id: str) -> PaymentTerms | None:
@@ -199,10 +291,12 @@ def to_account(record: AccountRecord, contacts: Sequence[ContactRecord] = ()) ->
         )
 
 
-def to_line(
-    record: OpportunityLineItemRecord, *, currency: str, default_billing: BillingType
-) -> OpportunityLine:
-    """Product name is the service; `Role__c` the role, defaulting to the product name."""
+def to_line(record: OpportunityLineItemRecord, *, currency: str) -> OpportunityLine:
+    """Product name is the service; `Role__c` the role, defaulting to the product name.
+
+    A blank `Billing_Type__c` stays None: the service catalogue decides how that product is
+    billed, so the CRM need not repeat it on every line.
+    """
     product = record.product
     service = (product.name if product else None) or (product.product_code if product else None)
     if not service:
@@ -213,35 +307,109 @@ def to_line(
             code="CANONICAL_VALIDATION",
         )
     kind = billing_type(record.billing_type, sobject="OpportunityLineItem", record_id=record.id)
+    remainder = fee_schedule(record.fee_schedule, record_id=record.id)
+    count = whole_number(
+        record.instalments, field="OpportunityLineItem.Instalments__c", record_id=record.id
+    )
     with _refused_as("OpportunityLineItem", record.id, _LINE_FIELDS):
-        return OpportunityLine(
-            id=record.id,
-            service=service,
-            role=record.role or service,
-            quantity=record.quantity,
-            unit_rate=Money(amount=record.unit_price, currency=currency),
-            billing_type=kind or default_billing,
-            discount_percent=record.discount or Decimal(0),
-            description=record.description or None,
+        return OpportunityLine.model_validate(
+            {
+                "id": record.id,
+                "service": service,
+                "role": record.role or service,
+                "quantity": record.quantity,
+                "unit_rate": Money(amount=record.unit_price, currency=currency),
+                "billing_type": kind,
+                "discount_percent": record.discount or Decimal(0),
+                "description": record.description or None,
+                "fee_remainder": remainder,
+                "instalments": count,
+                "not_to_exceed": _money(record.not_to_exceed, currency),
+            }
         )
+
+
+def to_milestone(
+    record: MilestoneRecord, *, currency: str, lines: Sequence[OpportunityLine]
+) -> Milestone:
+    """A `Milestone__c` of the deal. Its `Line_Item_Id__c` must name one of the deal's lines
+    (15 or 18 characters); the milestone then carries that line's id as the line has it.
+
+    A lookup child keeps its own currency in a multi-currency org, so a milestone in another
+    currency than its deal is refused rather than converted. Whether the line is a milestone
+    line and whether its milestones add up to it is for the contract's planning to judge.
+    """
+    where = f"Milestone__c {record.id}"
+    wanted = record_key(record.line_item_id or "")
+    line = next((ln for ln in lines if record_key(ln.id) == wanted), None)
+    if line is None:
+        reason = (
+            "is empty; a milestone belongs to one of the deal's line items"
+            if not (record.line_item_id or "").strip()
+            else f"{record.line_item_id!r} is not a line item of opportunity "
+            f"{record.opportunity_id}"
+        )
+        raise ValidationFailed(
+            f"{where}: Line_Item_Id__c {reason}",
+            system=CRM,
+            field="Milestone__c.Line_Item_Id__c",
+            code="UNKNOWN_LINE_ITEM",
+        )
+    own = (record.currency_iso_code or currency).upper()
+    if own != currency:
+        raise ValidationFailed(
+            f"{where}: amount in {own}, but the opportunity is in {currency}",
+            system=CRM,
+            field="Milestone__c.CurrencyIsoCode",
+            code="CURRENCY_MISMATCH",
+        )
+    with _refused_as("Milestone__c", record.id, _MILESTONE_FIELDS):
+        return Milestone.model_validate(
+            {
+                "id": record.id,
+                "name": record.name or "",
+                "amount": _money(record.amount, currency),
+                "due_date": record.planned_date,
+                "line_id": line.id,
+            }
+        )
+
+
+def to_expense_policy(record: OpportunityRecord) -> ExpensePolicy | None:
+    """None when the deal says nothing about expenses: the firm's default policy applies."""
+    categories = multi_select(record.billable_expense_categories)
+    if not categories and record.expense_markup_percent is None:
+        return None
+    with _refused_as("Opportunity", record.id, _EXPENSE_POLICY_FIELDS):
+        return ExpensePolicy.model_validate(
+            {
+                "billable_categories": categories,
+                "markup_percent": record.expense_markup_percent or Decimal(0),
+            }
+        )
+
+
+def _money(amount: Decimal | None, currency: str) -> dict[str, Any] | None:
+    """Left for the canonical model to check (sign, currency), so its refusal names the field."""
+    return None if amount is None else {"amount": amount, "currency": currency}
 
 
 def to_opportunity(
     record: OpportunityRecord,
     lines: Sequence[OpportunityLineItemRecord],
+    milestones: Sequence[MilestoneRecord] = (),
     *,
     default_currency: str,
 ) -> Opportunity:
     """The deal in its own currency (`CurrencyIsoCode`; the org's corporate one when the org
-    is single-currency). A line's billing type falls back to the deal's, then to T&M."""
+    is single-currency), with its contract terms: the cap, the upfront share of fixed fees,
+    the contract's end, the expense policy and the `Milestone__c` records."""
     currency = (record.currency_iso_code or default_currency).upper()
-    deal_billing = (
-        billing_type(record.billing_type, sobject="Opportunity", record_id=record.id)
-        or BillingType.TIME_AND_MATERIALS
-    )
-    canonical_lines = [
-        to_line(line, currency=currency, default_billing=deal_billing) for line in lines
+    canonical_lines = [to_line(line, currency=currency) for line in lines]
+    canonical_milestones = [
+        to_milestone(m, currency=currency, lines=canonical_lines) for m in milestones
     ]
+    expense_policy = to_expense_policy(record)
     if record.amount is not None:
         amount_value: Money | dict[str, Any] = {"amount": record.amount, "currency": currency}
     else:
@@ -272,6 +440,11 @@ def to_opportunity(
                 "probability": record.probability,
                 "description": record.description or None,
                 "updated_at": record.last_modified_date,
+                "milestones": canonical_milestones,
+                "not_to_exceed": _money(record.not_to_exceed, currency),
+                "upfront_percent": record.upfront_percent or Decimal(0),
+                "end_date": record.contract_end_date,
+                "expense_policy": expense_policy,
             }
         )
 

@@ -93,7 +93,12 @@ class OpportunityRecord(WireModel):
     is_won: bool = Field(False, alias="IsWon")
     payment_terms: str | None = Field(None, alias="Payment_Terms__c")
     po_number: str | None = Field(None, alias="PO_Number__c")
-    billing_type: str | None = Field(None, alias="Billing_Type__c")
+    not_to_exceed: Decimal | None = Field(None, alias="Not_To_Exceed__c")
+    upfront_percent: Decimal | None = Field(None, alias="Upfront_Percent__c")  # 20 is 20 %
+    contract_end_date: date | None = Field(None, alias="Contract_End_Date__c")
+    expense_markup_percent: Decimal | None = Field(None, alias="Expense_Markup_Percent__c")
+    #: A multi-select picklist: `"Travel;Lodging"`.
+    billable_expense_categories: str | None = Field(None, alias="Billable_Expense_Categories__c")
     last_modified_date: AwareDatetime | None = Field(None, alias="LastModifiedDate")
 
 
@@ -113,6 +118,25 @@ class OpportunityLineItemRecord(WireModel):
     description: str | None = Field(None, alias="Description")
     role: str | None = Field(None, alias="Role__c")
     billing_type: str | None = Field(None, alias="Billing_Type__c")
+    fee_schedule: str | None = Field(None, alias="Fee_Schedule__c")
+    instalments: Decimal | None = Field(None, alias="Instalments__c")  # a number field: 3.0
+    not_to_exceed: Decimal | None = Field(None, alias="Not_To_Exceed__c")
+
+
+class MilestoneRecord(WireModel):
+    """A `Milestone__c`: the custom object q2c adds for milestones, a lookup to Opportunity.
+
+    Everything but the id is optional here, so that a missing value is refused by the mapping
+    naming its field, not by the wire model.
+    """
+
+    id: str = Field(alias="Id")
+    name: str | None = Field(None, alias="Name")
+    opportunity_id: str | None = Field(None, alias="Opportunity__c")
+    line_item_id: str | None = Field(None, alias="Line_Item_Id__c")
+    amount: Decimal | None = Field(None, alias="Amount__c")
+    planned_date: date | None = Field(None, alias="Planned_Date__c")
+    currency_iso_code: str | None = Field(None, alias="CurrencyIsoCode")
 
 
 class WriteBack(WireModel):

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from standins.faults import FaultInjector
 from standins.salesforce import soql
-from standins.salesforce.org import Org, not_found
+from standins.salesforce.org import CASCADE_DELETE, Org, not_found
 from standins.salesforce.schema import SOBJECTS, SalesforceError, SObject, make_id, sobject
 from standins.salesforce.store import Store
 from standins.salesforce.webhooks import WebhookSender
@@ -257,6 +257,17 @@ class SalesforceStandin:
                     }
                     for f in obj.fields
                 ],
+                "childRelationships": [
+                    {
+                        "childSObject": child.name,
+                        "field": f.name,
+                        "relationshipName": f.child_relationship,
+                        "cascadeDelete": (child.name, f.name) in CASCADE_DELETE,
+                    }
+                    for child in SOBJECTS.values()
+                    for f in child.fields
+                    if f.reference_to == obj.name and f.child_relationship
+                ],
             }
         )
 
@@ -367,7 +378,7 @@ def _object_summary(version: str, obj: SObject) -> dict[str, Any]:
         "name": obj.name,
         "label": obj.label,
         "keyPrefix": obj.key_prefix,
-        "custom": False,
+        "custom": obj.custom,
         "createable": True,
         "updateable": True,
         "deletable": True,

@@ -31,6 +31,26 @@ ClosedWonHook = Callable[[dict[str, Any]], None]
 
 _CENT = Decimal("0.01")
 
+#: Children deleted with their parent, as Salesforce does for these standard relationships;
+#: every other lookup to a deleted record is cleared instead.
+CASCADE_DELETE = frozenset(
+    {
+        ("Contact", "AccountId"),
+        ("Opportunity", "AccountId"),
+        ("OpportunityLineItem", "OpportunityId"),
+    }
+)
+
+
+def _children(parent: SObject) -> list[tuple[SObject, Field]]:
+    """Every (object, lookup field) that can point at a record of `parent`."""
+    return [
+        (child, f)
+        for child in SOBJECTS.values()
+        for f in child.fields
+        if f.type == "reference" and f.reference_to == parent.name
+    ]
+
 
 def not_found() -> SalesforceError:
     return SalesforceError(404, "NOT_FOUND", "The requested resource does not exist")
@@ -158,13 +178,15 @@ class Org:
                     "Your attempt to delete this product could not be completed because it is "
                     f"associated with opportunity products: {used[0]['Id']}",
                 )
-        for child_obj, ref in (
-            ("Contact", "AccountId"),
-            ("Opportunity", "AccountId"),
-            ("OpportunityLineItem", "OpportunityId"),
-        ):
-            for child in self.store.where(child_obj, ref, record["Id"]):
-                self.delete(SOBJECTS[child_obj], child["Id"])
+        for child_obj, ref in _children(obj):
+            for child in self.store.where(child_obj.name, ref.name, record["Id"]):
+                if (child_obj.name, ref.name) in CASCADE_DELETE:
+                    self.delete(child_obj, child["Id"])
+                else:
+                    # A lookup's default: the child stays, its lookup is cleared.
+                    now = format_datetime(datetime.now(UTC))
+                    child.update({ref.name: None, "LastModifiedDate": now, "SystemModstamp": now})
+                    self.store.replace(child)
         self.store.delete(record["Id"])
         if obj.name == "OpportunityLineItem" and record["OpportunityId"]:
             self._roll_up(record["OpportunityId"])

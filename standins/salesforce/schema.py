@@ -1,9 +1,10 @@
 """The slice of a Salesforce org q2c talks to: objects, fields, and how the org validates them.
 
 Field API names, types, key prefixes and error codes follow Salesforce; the custom fields
-(`__c`) are the ones a q2c installation adds to the org. Values are kept as JSON: money,
-quantities and percentages as numbers, dates as `YYYY-MM-DD`, datetimes as
-`YYYY-MM-DDThh:mm:ss.000+0000`, as the REST API renders them.
+and objects (`__c`) are the ones a q2c installation adds to the org. Values are kept as JSON:
+money, quantities and percentages as numbers (20 is 20 %), dates as `YYYY-MM-DD`, datetimes
+as `YYYY-MM-DDThh:mm:ss.000+0000`, multi-select picklists as one string of values separated
+by `;`, as the REST API renders them.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ class SalesforceError(Exception):
 @dataclass(frozen=True)
 class Field:
     name: str
-    type: str  # id string textarea url email picklist date datetime double currency percent
-    #          boolean reference
+    type: str  # id string textarea url email picklist multipicklist date datetime double
+    #          currency percent boolean reference
     label: str = ""
     length: int = 255
     required: bool = False
@@ -76,6 +77,8 @@ class Field:
     restricted: bool = False
     reference_to: str | None = None
     relationship: str | None = None
+    #: A lookup's name as seen from the parent (`Opportunity.Milestones__r`), in describe.
+    child_relationship: str | None = None
     precision: int = 18
     scale: int = 2
 
@@ -97,6 +100,10 @@ class SObject:
 
     def field(self, name: str) -> Field | None:
         return self.by_lower.get(name.lower())
+
+    @property
+    def custom(self) -> bool:
+        return self.name.endswith("__c")
 
     def relationship(self, name: str) -> Field | None:
         lowered = name.lower()
@@ -139,6 +146,11 @@ def _currency_iso() -> Field:
 
 BILLING_TYPES = ("Time and Materials", "Fixed Fee", "Milestone")
 PAYMENT_TERMS = ("Due on Receipt", "Net 15", "Net 30", "Net 45", "Net 60", "Net 90")
+FEE_SCHEDULES = ("On Completion", "Monthly Instalments")
+#: The values an admin set up; the picklist is not restricted, so others are kept as sent.
+EXPENSE_CATEGORIES = ("Travel", "Lodging", "Meals", "Mileage", "Software", "Equipment", "Other")
+#: Salesforce's limit on a multi-select picklist's stored text ("A;B;C").
+MULTIPICKLIST_LENGTH = 4099
 
 SOBJECTS: dict[str, SObject] = {
     o.name: o
@@ -199,6 +211,7 @@ SOBJECTS: dict[str, SObject] = {
                     length=18,
                     reference_to="Account",
                     relationship="Account",
+                    child_relationship="Contacts",
                 ),
                 _currency_iso(),
                 _ext_id(),
@@ -243,6 +256,7 @@ SOBJECTS: dict[str, SObject] = {
                     length=18,
                     reference_to="Account",
                     relationship="Account",
+                    child_relationship="Opportunities",
                 ),
                 Field("Amount", "currency", "Amount"),
                 _currency_iso(),
@@ -278,15 +292,24 @@ SOBJECTS: dict[str, SObject] = {
                     picklist=PAYMENT_TERMS,
                 ),
                 Field("PO_Number__c", "string", "PO Number", length=80),
-                Field(
-                    "Billing_Type__c",
-                    "picklist",
-                    "Billing Type",
-                    length=40,
-                    picklist=BILLING_TYPES,
-                    restricted=True,
-                ),
                 Field("Discount_Percent__c", "percent", "Discount (%)", precision=5, scale=2),
+                Field("Not_To_Exceed__c", "currency", "Not To Exceed"),
+                Field("Upfront_Percent__c", "percent", "Upfront (%)", precision=5, scale=2),
+                Field("Contract_End_Date__c", "date", "Contract End Date"),
+                Field(
+                    "Expense_Markup_Percent__c",
+                    "percent",
+                    "Expense Markup (%)",
+                    precision=5,
+                    scale=2,
+                ),
+                Field(
+                    "Billable_Expense_Categories__c",
+                    "multipicklist",
+                    "Billable Expense Categories",
+                    length=MULTIPICKLIST_LENGTH,
+                    picklist=EXPENSE_CATEGORIES,
+                ),
                 Field("Contract_Rate_Card__c", "textarea", "Contract Rate Card", length=32768),
                 Field("Q2C_Status__c", "string", "q2c Status", length=40),
                 Field("Q2C_Project_Id__c", "string", "q2c Project ID", length=80),
@@ -322,6 +345,7 @@ SOBJECTS: dict[str, SObject] = {
                     updateable=False,
                     reference_to="Opportunity",
                     relationship="Opportunity",
+                    child_relationship="OpportunityLineItems",
                 ),
                 Field(
                     "Product2Id",
@@ -358,6 +382,42 @@ SOBJECTS: dict[str, SObject] = {
                     picklist=BILLING_TYPES,
                     restricted=True,
                 ),
+                Field(
+                    "Fee_Schedule__c",
+                    "picklist",
+                    "Fee Schedule",
+                    length=40,
+                    picklist=FEE_SCHEDULES,
+                    restricted=True,
+                ),
+                Field("Instalments__c", "double", "Instalments", precision=3, scale=0),
+                Field("Not_To_Exceed__c", "currency", "Not To Exceed"),
+                _ext_id(),
+            ),
+        ),
+        SObject(
+            # A custom object: a lookup (not master-detail) to Opportunity, so it keeps its own
+            # currency and outlives a deleted deal with the lookup cleared. Salesforce cannot
+            # look up an OpportunityLineItem, so the line's id is kept as text.
+            "Milestone__c",
+            "a05",
+            "Milestone",
+            (
+                *_system_fields(),
+                Field("Name", "string", "Milestone Name", length=80, required=True),
+                Field(
+                    "Opportunity__c",
+                    "reference",
+                    "Opportunity",
+                    length=18,
+                    reference_to="Opportunity",
+                    relationship="Opportunity__r",
+                    child_relationship="Milestones__r",
+                ),
+                Field("Line_Item_Id__c", "string", "Line Item ID", length=18),
+                Field("Amount__c", "currency", "Amount"),
+                Field("Planned_Date__c", "date", "Planned Date"),
+                _currency_iso(),
                 _ext_id(),
             ),
         ),
@@ -427,6 +487,8 @@ def coerce(obj: SObject, f: Field, value: Any) -> Any:
             )
         return None
     kind = f.type
+    if kind == "multipicklist":
+        return _multipicklist(f, value)
     if kind in ("string", "textarea", "url", "email", "picklist"):
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise _deserialize_error(f, value, "string")
@@ -512,6 +574,36 @@ def coerce(obj: SObject, f: Field, value: Any) -> Any:
         f"Unable to create/update fields: {f.name}.",
         [f.name],
     )
+
+
+def _multipicklist(f: Field, value: Any) -> str | None:
+    """`"Travel;Lodging"`: Salesforce drops blanks and repeats, and stores the values in the
+    order the picklist defines them (values it does not define go last, as sent)."""
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise _deserialize_error(f, value, "string")
+    chosen: list[str] = []
+    for part in value.split(";"):
+        item = part.strip()
+        if item and item not in chosen:
+            chosen.append(item)
+    unknown = [v for v in chosen if v not in f.picklist]
+    if f.restricted and unknown:
+        raise SalesforceError(
+            400,
+            "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+            f"{f.label}: bad value for restricted picklist field: {unknown[0]}",
+            [f.name],
+        )
+    ordered = [v for v in f.picklist if v in chosen] + unknown
+    text = ";".join(ordered)
+    if len(text) > f.length:
+        raise SalesforceError(
+            400,
+            "STRING_TOO_LONG",
+            f"{f.label}: data value too large: {text[:40]} (max length={f.length})",
+            [f.name],
+        )
+    return text or None
 
 
 def _deserialize_error(f: Field, value: Any, java_type: str) -> SalesforceError:

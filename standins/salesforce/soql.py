@@ -445,7 +445,7 @@ def _invalid_field(text: str, path: FieldPath, reason: str) -> SalesforceError:
 
 
 _NUMERIC = ("double", "currency", "percent")
-_TEXTUAL = ("string", "textarea", "url", "email", "picklist")
+_TEXTUAL = ("string", "textarea", "url", "email", "picklist", "multipicklist")
 
 
 def _check_literal(comparison: Comparison, text: str) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
-from canonical import BillingType, Money, PaymentTerms
+from canonical import BillingType, ExpensePolicy, FeeRemainder, Money, PaymentTerms
 from connectors.errors import (
     AuthFailed,
     NotFound,
@@ -25,6 +26,10 @@ from connectors.salesforce import (
     parse_closed_won_event,
     verify_webhook_signature,
 )
+from connectors.salesforce.client import LINE_FIELDS, MILESTONE_FIELDS, OPPORTUNITY_FIELDS
+from devstack.demo import MIXED
+from devstack.salesforce_seed import DealMilestone
+from tests.fixtures.deals import mixed_deal
 from tests.fixtures.salesforce import SalesforceStandin, for_opportunity
 
 
@@ -97,11 +102,8 @@ async def test_opportunity_maps_to_canonical_with_lines(salesforce: SalesforceSt
         ("Consulting", "Consulting", Decimal(80)),
         ("Training", "Training", Decimal(1)),
     ]
-    assert [ln.billing_type for ln in opp.lines] == [
-        BillingType.TIME_AND_MATERIALS,
-        BillingType.TIME_AND_MATERIALS,
-        BillingType.FIXED_FEE,
-    ]
+    # Lines without a billing type are left to the service catalogue.
+    assert [ln.billing_type for ln in opp.lines] == [None, None, BillingType.FIXED_FEE]
     assert opp.lines[1].unit_rate == Money.of("120.50", "EUR")
     assert opp.lines[1].discount_percent == Decimal(10)
     assert opp.lines[2].description == "On-site training day"
@@ -313,3 +315,103 @@ async def test_failed_delivery_is_retried(salesforce: SalesforceStandin) -> None
 
     assert [a.answered for a in attempts] == [503, 503, 204]
     assert len({json.loads(a.body)["eventId"] for a in attempts}) == 1
+
+
+# ---------------------------------------------------------------- the contract as sold
+
+
+async def test_contract_as_sold_comes_from_the_crm(salesforce: SalesforceStandin) -> None:
+    """The demo's mixed deal with its fee in monthly instalments, a contract cap and two
+    milestones on its milestone line: every field comes back as a canonical value."""
+    development, management, package, go_live = MIXED.lines
+    uat, launch = date(2026, 3, 31), date(2026, 5, 29)
+    spec = mixed_deal(
+        lines=[
+            development,
+            management,
+            replace(package, fee_schedule="Monthly Instalments", instalments=6),
+            go_live,
+        ],
+        milestones=[
+            # Seeded out of date order: they come back by planned date.
+            DealMilestone(name="Go-live", line=3, amount=Decimal("5000.50"), planned_date=launch),
+            DealMilestone(name="UAT sign-off", line=3, amount=Decimal("2999.50"), planned_date=uat),
+        ],
+        not_to_exceed=Decimal("90000"),
+        end_date=date(2026, 6, 30),
+        payment_terms="Net 45",
+    )
+    deal = await salesforce.seed(spec)
+    async with salesforce.client() as sf:
+        opp = await sf.fetch_opportunity(deal.opportunity_id)
+        # Seeding again changes nothing: the same lines and milestones, no duplicates.
+        await salesforce.seed(spec)
+        again = await sf.fetch_opportunity(deal.opportunity_id)
+
+    assert [ln.id for ln in opp.lines] == list(deal.line_ids)
+    assert [ln.billing_type for ln in opp.lines] == [
+        BillingType.TIME_AND_MATERIALS,
+        None,  # the catalogue decides
+        BillingType.FIXED_FEE,
+        BillingType.MILESTONE,
+    ]
+    assert opp.lines[0].not_to_exceed == Money.of("26400", "USD")
+    assert (opp.lines[2].fee_remainder, opp.lines[2].instalments) == (FeeRemainder.INSTALMENTS, 6)
+    assert opp.lines[2].amount == Money.of("30000", "USD")
+    assert (opp.lines[3].fee_remainder, opp.lines[3].not_to_exceed) == (None, None)
+    assert opp.not_to_exceed == Money.of("90000", "USD")
+    assert opp.upfront_percent == Decimal(20)
+    assert opp.end_date == date(2026, 6, 30)
+    assert opp.payment_terms == PaymentTerms(net_days=45)
+    assert opp.expense_policy == ExpensePolicy(
+        billable_categories=["Travel", "Lodging"], markup_percent=Decimal(10)
+    )
+    assert [(m.id, m.name, m.amount, m.due_date, m.line_id) for m in opp.milestones] == [
+        (deal.milestone_ids[1], "UAT sign-off", Money.of("2999.50", "USD"), uat, deal.line_ids[3]),
+        (deal.milestone_ids[0], "Go-live", Money.of("5000.50", "USD"), launch, deal.line_ids[3]),
+    ]
+    assert all(isinstance(m.amount.amount, Decimal) for m in opp.milestones)
+    assert again.model_dump(exclude={"updated_at"}) == opp.model_dump(exclude={"updated_at"})
+
+
+async def test_a_milestone_on_another_deals_line_is_refused_naming_the_field(
+    salesforce: SalesforceStandin,
+) -> None:
+    ours, theirs = await salesforce.seed(mixed_deal()), await salesforce.seed(mixed_deal())
+    async with salesforce.client() as sf:
+        await sf.update(
+            "Milestone__c", ours.milestone_ids[0], {"Line_Item_Id__c": theirs.line_ids[3]}
+        )
+        with pytest.raises(ValidationFailed) as refused:
+            await sf.fetch_opportunity(ours.opportunity_id)
+        await sf.update("Milestone__c", ours.milestone_ids[0], {"Amount__c": None})
+        await sf.update(
+            "Milestone__c", ours.milestone_ids[0], {"Line_Item_Id__c": ours.line_ids[3][:15]}
+        )
+        with pytest.raises(ValidationFailed) as no_amount:
+            await sf.fetch_opportunity(ours.opportunity_id)
+
+    assert refused.value.field == "Milestone__c.Line_Item_Id__c"
+    assert theirs.line_ids[3] in refused.value.message
+    assert refused.value.retryable is False
+    assert no_amount.value.field == "Milestone__c.Amount__c"
+
+
+async def test_the_org_describes_every_field_the_connector_reads(
+    salesforce: SalesforceStandin,
+) -> None:
+    """What an installation must add to its org; a rename on either side fails here."""
+    async with salesforce.client() as sf:
+        described = {
+            obj: await sf.describe(obj)
+            for obj in ("Opportunity", "OpportunityLineItem", "Milestone__c")
+        }
+    names = {obj: {f["name"] for f in body["fields"]} for obj, body in described.items()}
+
+    assert set(OPPORTUNITY_FIELDS) <= names["Opportunity"]
+    assert {f for f in LINE_FIELDS if "." not in f} <= names["OpportunityLineItem"]
+    assert set(MILESTONE_FIELDS) <= names["Milestone__c"]
+    assert described["Milestone__c"]["custom"] is True
+    fields = {f["name"]: f for f in described["Opportunity"]["fields"]}
+    assert fields["Billable_Expense_Categories__c"]["type"] == "multipicklist"
+    assert fields["Upfront_Percent__c"]["type"] == "percent"

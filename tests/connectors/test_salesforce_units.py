@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
 
-from canonical import BillingType, PaymentTerms
+from canonical import BillingType, ExpensePolicy, FeeRemainder, Money, PaymentTerms
 from connectors.errors import AuthFailed, RateLimitedError, TransientError, ValidationFailed
 from connectors.salesforce import (
     InvalidEvent,
@@ -24,8 +24,19 @@ from connectors.salesforce import (
     to_opportunity,
     verify_webhook_signature,
 )
-from connectors.salesforce.mapping import billing_type, payment_terms, write_back_fields
-from connectors.salesforce.wire import OpportunityLineItemRecord, OpportunityRecord
+from connectors.salesforce.mapping import (
+    billing_type,
+    fee_schedule,
+    payment_terms,
+    record_key,
+    to_expense_policy,
+    write_back_fields,
+)
+from connectors.salesforce.wire import (
+    MilestoneRecord,
+    OpportunityLineItemRecord,
+    OpportunityRecord,
+)
 
 SECRET = "whsec-test"
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -178,13 +189,196 @@ def _line(**overrides: Any) -> OpportunityLineItemRecord:
     )
 
 
-def test_single_currency_org_uses_the_default_currency() -> None:
-    opp = to_opportunity(
-        _opportunity(Billing_Type__c="Fixed Fee"), [_line()], default_currency="CHF"
+def _milestone(**overrides: Any) -> MilestoneRecord:
+    return MilestoneRecord.model_validate(
+        {
+            "Id": "a055g0000000001AAA",
+            "Name": "Go-live",
+            "Opportunity__c": "0065g0000000001AAA",
+            "Line_Item_Id__c": "00k5g0000000001AAA",
+            "Amount__c": Decimal("999.00"),
+            "Planned_Date__c": "2025-09-30",
+            "CurrencyIsoCode": "EUR",
+            **overrides,
+        }
     )
+
+
+def test_single_currency_org_uses_the_default_currency() -> None:
+    opp = to_opportunity(_opportunity(), [_line()], default_currency="CHF")
     assert opp.currency == "CHF"
     assert opp.amount.amount == Decimal("999.00") and opp.amount.currency == "CHF"
-    assert opp.lines[0].billing_type is BillingType.FIXED_FEE  # from the deal
+
+
+def test_a_line_without_billing_type_is_left_to_the_service_catalogue() -> None:
+    opp = to_opportunity(
+        _opportunity(CurrencyIsoCode="EUR"),
+        [_line(), _line(Id="00k5g0000000002AAA", Billing_Type__c="Milestone")],
+        default_currency="USD",
+    )
+    assert [ln.billing_type for ln in opp.lines] == [None, BillingType.MILESTONE]
+    assert opp.billing_types() == {BillingType.MILESTONE}
+
+
+def test_contract_terms_map_to_canonical_values() -> None:
+    fee = _line(
+        Id="00k5g0000000002AAA",
+        Billing_Type__c="Fixed Fee",
+        Fee_Schedule__c="Monthly Instalments",
+        Instalments__c=Decimal("6.0"),  # a number field comes as 6.0
+        Quantity=Decimal(1),
+        UnitPrice=Decimal("12000"),
+    )
+    hourly = _line(Billing_Type__c="Time and Materials", Not_To_Exceed__c=Decimal("900.5"))
+    opp = to_opportunity(
+        _opportunity(
+            CurrencyIsoCode="EUR",
+            Not_To_Exceed__c=Decimal("50000"),
+            Upfront_Percent__c=Decimal("20"),
+            Contract_End_Date__c="2025-12-31",
+            Expense_Markup_Percent__c=Decimal("12.5"),
+            Billable_Expense_Categories__c="Travel;Lodging",
+        ),
+        [hourly, fee],
+        [
+            _milestone(Line_Item_Id__c="00k5g0000000002", Amount__c=Decimal("4000")),
+            _milestone(Id="a055g0000000002AAA", Name="Handover", Planned_Date__c=None),
+        ],
+        default_currency="USD",
+    )
+    assert opp.not_to_exceed == Money.of("50000", "EUR")
+    assert opp.upfront_percent == Decimal(20)
+    assert opp.end_date == date(2025, 12, 31)
+    assert opp.expense_policy == ExpensePolicy(
+        billable_categories=["Travel", "Lodging"], markup_percent=Decimal("12.5")
+    )
+    assert (opp.lines[0].not_to_exceed, opp.lines[0].fee_remainder) == (
+        Money.of("900.5", "EUR"),
+        None,
+    )
+    assert (opp.lines[1].fee_remainder, opp.lines[1].instalments) == (
+        FeeRemainder.INSTALMENTS,
+        6,
+    )
+    assert [(m.id, m.name, m.amount, m.due_date, m.line_id) for m in opp.milestones] == [
+        # The 15-character line id finds the line; the milestone carries the line's own id.
+        ("a055g0000000001AAA", "Go-live", Money.of("4000", "EUR"), date(2025, 9, 30), fee.id),
+        ("a055g0000000002AAA", "Handover", Money.of("999", "EUR"), None, hourly.id),
+    ]
+
+
+def test_a_milestone_line_with_its_milestone_is_bookable() -> None:
+    """The deal's own `Milestone__c` records satisfy "milestone lines need milestones"."""
+    line = _line(Billing_Type__c="Milestone", Quantity=Decimal(1), UnitPrice=Decimal(999))
+    bare = to_opportunity(_opportunity(), [line], default_currency="EUR")
+    with_milestone = to_opportunity(_opportunity(), [line], [_milestone()], default_currency="EUR")
+    assert [i for i in bare.booking_issues() if "milestone" in i] != []
+    assert with_milestone.booking_issues() == [
+        "payment_terms: no payment terms on the deal or its contract"
+    ]
+
+
+def test_a_deal_without_contract_terms_keeps_the_defaults() -> None:
+    opp = to_opportunity(_opportunity(), [_line()], default_currency="EUR")
+    assert (opp.milestones, opp.not_to_exceed, opp.upfront_percent) == ([], None, Decimal(0))
+    assert (opp.end_date, opp.expense_policy) == (None, None)  # None: the firm's policy
+    assert (opp.lines[0].fee_remainder, opp.lines[0].instalments) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("categories", "markup", "policy"),
+    [
+        (" Travel ; ;Travel;Meals", None, ExpensePolicy(billable_categories=["Travel", "Meals"])),
+        (None, Decimal(15), ExpensePolicy(markup_percent=Decimal(15))),
+        ("", Decimal(0), ExpensePolicy()),  # "nothing is billable", stated
+    ],
+)
+def test_expense_policy_from_the_multi_select_and_the_markup(
+    categories: str | None, markup: Decimal | None, policy: ExpensePolicy
+) -> None:
+    record = _opportunity(
+        Billable_Expense_Categories__c=categories, Expense_Markup_Percent__c=markup
+    )
+    assert to_expense_policy(record) == policy
+
+
+@pytest.mark.parametrize(
+    ("text", "remainder"),
+    [
+        ("On Completion", FeeRemainder.ON_COMPLETION),
+        ("Monthly Instalments", FeeRemainder.INSTALMENTS),
+        ("monthly installments", FeeRemainder.INSTALMENTS),
+        ("on_completion", FeeRemainder.ON_COMPLETION),
+        (" ", None),
+        (None, None),
+    ],
+)
+def test_fee_schedule(text: str | None, remainder: FeeRemainder | None) -> None:
+    assert fee_schedule(text, record_id="00k") == remainder
+
+
+def _refusal(
+    *,
+    opportunity: dict[str, Any] | None = None,
+    line: dict[str, Any] | None = None,
+    milestone: dict[str, Any] | None = None,
+) -> ValidationFailed:
+    with pytest.raises(ValidationFailed) as refused:
+        to_opportunity(
+            _opportunity(CurrencyIsoCode="EUR", **(opportunity or {})),
+            [_line(**(line or {}))],
+            [_milestone(**(milestone or {}))],
+            default_currency="USD",
+        )
+    assert refused.value.retryable is False
+    return refused.value
+
+
+@pytest.mark.parametrize(
+    ("where", "change", "field"),
+    [
+        ("milestone", {"Amount__c": None}, "Milestone__c.Amount__c"),
+        ("milestone", {"Amount__c": Decimal(0)}, "Milestone__c.Amount__c"),
+        ("milestone", {"Name": " "}, "Milestone__c.Name"),
+        ("milestone", {"CurrencyIsoCode": "USD"}, "Milestone__c.CurrencyIsoCode"),
+        ("milestone", {"Line_Item_Id__c": "00k5g0000000099AAA"}, "Milestone__c.Line_Item_Id__c"),
+        ("milestone", {"Line_Item_Id__c": None}, "Milestone__c.Line_Item_Id__c"),
+        ("milestone", {"Line_Item_Id__c": "not an id"}, "Milestone__c.Line_Item_Id__c"),
+        ("line", {"Fee_Schedule__c": "Quarterly"}, "OpportunityLineItem.Fee_Schedule__c"),
+        ("line", {"Instalments__c": Decimal("2.5")}, "OpportunityLineItem.Instalments__c"),
+        ("line", {"Instalments__c": Decimal(0)}, "OpportunityLineItem.Instalments__c"),
+        ("line", {"Instalments__c": Decimal(500)}, "OpportunityLineItem.Instalments__c"),
+        ("line", {"Not_To_Exceed__c": Decimal(-1)}, "OpportunityLineItem.Not_To_Exceed__c"),
+        ("line", {"Billing_Type__c": "Retainer"}, "OpportunityLineItem.Billing_Type__c"),
+        ("opportunity", {"Not_To_Exceed__c": Decimal(-1)}, "Opportunity.Not_To_Exceed__c"),
+        ("opportunity", {"Upfront_Percent__c": Decimal(120)}, "Opportunity.Upfront_Percent__c"),
+        ("opportunity", {"Upfront_Percent__c": Decimal(-5)}, "Opportunity.Upfront_Percent__c"),
+        (
+            "opportunity",
+            {"Expense_Markup_Percent__c": Decimal(-1)},
+            "Opportunity.Expense_Markup_Percent__c",
+        ),
+    ],
+)
+def test_invalid_contract_values_name_the_salesforce_field(
+    where: str, change: dict[str, Any], field: str
+) -> None:
+    refused = _refusal(**{where: change})
+    assert refused.field == field
+    assert refused.message.split(":")[0].split()[0] == field.split(".")[0]  # names the record
+
+
+def test_a_milestone_on_another_deals_line_says_which_line() -> None:
+    refused = _refusal(milestone={"Line_Item_Id__c": "00k5g0000000099AAA"})
+    assert refused.code == "UNKNOWN_LINE_ITEM"
+    assert "'00k5g0000000099AAA' is not a line item of opportunity" in refused.message
+
+
+def test_record_key_matches_15_and_18_character_ids() -> None:
+    assert record_key("0065g0000000001") == record_key("0065G0000000001AAA".lower()) is not None
+    assert record_key("0065g0000000001") == record_key("0065g0000000001AAA")
+    assert record_key("0065G0000000001") != record_key("0065g0000000001")  # 15 is case-exact
+    assert record_key("006-bad") is None
 
 
 def test_line_that_canonical_refuses_names_the_salesforce_field() -> None:
@@ -336,4 +530,60 @@ async def test_closed_won_changed_since_asks_for_changes_oldest_first() -> None:
     ]
     assert [(o.id, o.last_modified_date) for o in found] == [
         ("0065g0000000001AAA", datetime(2026, 12, 1, 0, 5, 7, 250000, tzinfo=UTC))
+    ]
+
+
+async def test_fetch_opportunity_reads_every_page_of_milestones() -> None:
+    """One more query for the `Milestone__c` records, followed over `nextRecordsUrl`."""
+    asked: list[str] = []
+    opportunity = {
+        "Id": "0065g0000000001AAA",
+        "Name": "Deal",
+        "AccountId": "0015g0000000001AAA",
+        "StageName": "Closed Won",
+        "CloseDate": "2025-06-30",
+        "CurrencyIsoCode": "EUR",
+        "IsWon": True,
+    }
+    line = {"Id": "00k5g0000000001AAA", "Product2": {"Name": "Go-live"}, "Quantity": 1}
+    line |= {"UnitPrice": 3000, "Billing_Type__c": "Milestone"}
+
+    def milestone(n: int) -> dict[str, Any]:
+        return {
+            "attributes": {"type": "Milestone__c"},
+            "Id": f"a055g000000000{n}AAA",
+            "Name": f"Phase {n}",
+            "Opportunity__c": opportunity["Id"],
+            "Line_Item_Id__c": line["Id"],
+            "Amount__c": 1000.0,
+            "Planned_Date__c": f"2025-0{n + 6}-30",
+            "CurrencyIsoCode": "EUR",
+        }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if "/sobjects/Opportunity/" in request.url.path:
+            return httpx.Response(200, json=opportunity)
+        if request.url.path.endswith("/query/01gMORE-2"):
+            page = {"totalSize": 3, "done": True, "records": [milestone(3)]}
+            return httpx.Response(200, json=page)
+        asked.append(request.url.params["q"])
+        if "FROM OpportunityLineItem" in asked[-1]:
+            return httpx.Response(200, json={"totalSize": 1, "done": True, "records": [line]})
+        first = {
+            "totalSize": 3,
+            "done": False,
+            "records": [milestone(1), milestone(2)],
+            "nextRecordsUrl": "/services/data/v60.0/query/01gMORE-2",
+        }
+        return httpx.Response(200, json=first)
+
+    async with _client(handler) as sf:
+        opp = await sf.fetch_opportunity("0065g0000000001AAA")
+    assert asked[1] == (
+        "SELECT Id, Name, Opportunity__c, Line_Item_Id__c, Amount__c, Planned_Date__c, "
+        "CurrencyIsoCode FROM Milestone__c WHERE Opportunity__c = '0065g0000000001AAA' "
+        "ORDER BY Planned_Date__c ASC NULLS LAST, CreatedDate, Id"
+    )
+    assert [(m.name, m.amount, m.due_date) for m in opp.milestones] == [
+        (f"Phase {n}", Money.of("1000.0", "EUR"), date(2025, n + 6, 30)) for n in (1, 2, 3)
     ]

@@ -404,3 +404,239 @@ async def test_last_modified_date_needs_a_datetime_literal(org: Org, literal: st
     r = await org.query(f"SELECT Id FROM Opportunity WHERE LastModifiedDate >= {literal}")
     assert r.status_code == 400
     assert r.json()[0]["errorCode"] == "INVALID_QUERY_FILTER_OPERATOR"
+
+
+# ---------------------------------------------------------------- contract terms (issue 8)
+
+
+async def _line(org: Org, deal: dict[str, str], **fields: Any) -> str:
+    fields = {"Quantity": 1, "UnitPrice": 5000, **fields}
+    return await org.create(
+        "OpportunityLineItem",
+        OpportunityId=deal["opportunity"],
+        Product2Id=deal["product"],
+        **fields,
+    )
+
+
+async def _milestone(org: Org, deal: dict[str, str], line: str, **fields: Any) -> str:
+    fields = {"Name": "Go-live", "Amount__c": 2500, "CurrencyIsoCode": "EUR", **fields}
+    return await org.create(
+        "Milestone__c", Opportunity__c=deal["opportunity"], Line_Item_Id__c=line, **fields
+    )
+
+
+async def test_describe_shows_the_contract_fields_and_the_milestone_object(org: Org) -> None:
+    def fields(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {f["name"]: f for f in body["fields"]}
+
+    line = fields((await org.get("/sobjects/OpportunityLineItem/describe")).json())
+    opportunity_body = (await org.get("/sobjects/Opportunity/describe")).json()
+    opportunity = fields(opportunity_body)
+    milestone_body = (await org.get("/sobjects/Milestone__c/describe")).json()
+    milestone = fields(milestone_body)
+    listed = (await org.get("/sobjects")).json()["sobjects"]
+
+    assert [v["value"] for v in line["Fee_Schedule__c"]["picklistValues"]] == [
+        "On Completion",
+        "Monthly Instalments",
+    ]
+    assert line["Fee_Schedule__c"]["restrictedPicklist"] is True
+    assert [v["value"] for v in line["Billing_Type__c"]["picklistValues"]] == [
+        "Time and Materials",
+        "Fixed Fee",
+        "Milestone",
+    ]
+    assert (line["Instalments__c"]["type"], line["Instalments__c"]["scale"]) == ("double", 0)
+    assert line["Not_To_Exceed__c"]["type"] == "currency"
+    assert {n: opportunity[n]["type"] for n in opportunity if n.endswith("__c")}.items() >= {
+        "Not_To_Exceed__c": "currency",
+        "Upfront_Percent__c": "percent",
+        "Payment_Terms__c": "picklist",
+        "Contract_End_Date__c": "date",
+        "Expense_Markup_Percent__c": "percent",
+        "Billable_Expense_Categories__c": "multipicklist",
+    }.items()
+    assert "Billing_Type__c" not in opportunity  # a line's, or the catalogue's, not the deal's
+    assert all(opportunity[n]["custom"] for n in opportunity if n.endswith("__c"))
+
+    assert (milestone_body["name"], milestone_body["custom"]) == ("Milestone__c", True)
+    assert milestone_body["keyPrefix"] == "a05"
+    assert {n: f["type"] for n, f in milestone.items()}.items() >= {
+        "Name": "string",
+        "Opportunity__c": "reference",
+        "Line_Item_Id__c": "string",
+        "Amount__c": "currency",
+        "Planned_Date__c": "date",
+        "CurrencyIsoCode": "picklist",
+    }.items()
+    assert milestone["Line_Item_Id__c"]["length"] == 18
+    assert milestone["Opportunity__c"]["referenceTo"] == ["Opportunity"]
+    assert milestone["Opportunity__c"]["relationshipName"] == "Opportunity__r"
+    assert {
+        "childSObject": "Milestone__c",
+        "field": "Opportunity__c",
+        "relationshipName": "Milestones__r",
+        "cascadeDelete": False,
+    } in opportunity_body["childRelationships"]
+    assert {o["name"]: o["custom"] for o in listed}["Milestone__c"] is True
+
+
+async def test_contract_fields_are_written_and_read_like_the_standard_ones(
+    org: Org, deal: dict[str, str]
+) -> None:
+    terms = {
+        "Not_To_Exceed__c": 80000.5,
+        "Upfront_Percent__c": 20,
+        "Payment_Terms__c": "Net 45",
+        "Contract_End_Date__c": "2025-12-31",
+        "Expense_Markup_Percent__c": 12.5,
+        "Billable_Expense_Categories__c": "Lodging; Travel;;Lodging;Parking",
+    }
+    updated = await org.patch(f"/sobjects/Opportunity/{deal['opportunity']}", terms)
+    assert updated.status_code == 204, updated.text
+    line = await _line(
+        org,
+        deal,
+        Billing_Type__c="Fixed Fee",
+        Fee_Schedule__c="Monthly Instalments",
+        Instalments__c=6,
+        Not_To_Exceed__c=4000,
+    )
+    opportunity = (await org.get(f"/sobjects/Opportunity/{deal['opportunity']}")).json()
+    read_line = (await org.get(f"/sobjects/OpportunityLineItem/{line}")).json()
+
+    assert {k: opportunity[k] for k in terms} == {
+        **terms,
+        # Stored without blanks or repeats, in the picklist's order; an unlisted value last.
+        "Billable_Expense_Categories__c": "Travel;Lodging;Parking",
+    }
+    assert (read_line["Fee_Schedule__c"], read_line["Instalments__c"]) == (
+        "Monthly Instalments",
+        6,
+    )
+    assert read_line["Not_To_Exceed__c"] == 4000
+    found = await org.query(
+        "SELECT Id FROM Opportunity "
+        "WHERE Billable_Expense_Categories__c = 'travel;lodging;parking' "
+        "AND Upfront_Percent__c = 20 AND Contract_End_Date__c = 2025-12-31"
+    )
+    assert [r["Id"] for r in found.json()["records"]] == [deal["opportunity"]]
+
+
+@pytest.mark.parametrize(
+    ("obj", "body", "code", "field"),
+    [
+        (
+            "OpportunityLineItem",
+            {"Fee_Schedule__c": "Quarterly"},
+            "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+            "Fee_Schedule__c",
+        ),
+        ("OpportunityLineItem", {"Instalments__c": 1000}, "NUMBER_OUTSIDE_VALID_RANGE", None),
+        ("OpportunityLineItem", {"Not_To_Exceed__c": "lots"}, "JSON_PARSER_ERROR", None),
+        ("Opportunity", {"Contract_End_Date__c": "end of year"}, "JSON_PARSER_ERROR", None),
+        ("Opportunity", {"Billable_Expense_Categories__c": ["Travel"]}, "JSON_PARSER_ERROR", None),
+        ("Opportunity", {"Upfront_Percent__c": 1000}, "NUMBER_OUTSIDE_VALID_RANGE", None),
+    ],
+)
+async def test_contract_fields_are_checked_by_type(
+    org: Org, deal: dict[str, str], obj: str, body: dict[str, Any], code: str, field: str | None
+) -> None:
+    record = deal["opportunity"] if obj == "Opportunity" else await _line(org, deal)
+    r = await org.patch(f"/sobjects/{obj}/{record}", body)
+    assert r.status_code == 400
+    [error] = r.json()
+    assert error["errorCode"] == code
+    assert error["fields"] == [field or next(iter(body))]
+
+
+async def test_milestones_are_created_queried_and_upserted(org: Org, deal: dict[str, str]) -> None:
+    line = await _line(org, deal, Billing_Type__c="Milestone")
+    first = await _milestone(org, deal, line, Planned_Date__c="2025-09-30")
+    second = await _milestone(org, deal, line[:15], Name="Handover", Amount__c=2500)
+    other = await org.create(
+        "Opportunity", Name="Other", StageName="Prospecting", CloseDate="2025-01-01"
+    )
+    await org.create("Milestone__c", Name="Elsewhere", Opportunity__c=other, Amount__c=1)
+
+    r = await org.query(
+        "SELECT Id, Name, Opportunity__c, Opportunity__r.Name, Line_Item_Id__c, Amount__c, "
+        "Planned_Date__c, CurrencyIsoCode FROM Milestone__c "
+        f"WHERE Opportunity__c = '{deal['opportunity'][:15]}' "
+        "ORDER BY Planned_Date__c ASC NULLS LAST, CreatedDate, Id"
+    )
+    body = r.json()
+    assert r.status_code == 200, body
+    assert [rec["Id"] for rec in body["records"]] == [first, second]
+    record = body["records"][0]
+    assert first.startswith("a05") and len(first) == 18
+    assert record["attributes"] == {
+        "type": "Milestone__c",
+        "url": f"{API}/sobjects/Milestone__c/{first}",
+    }
+    assert record["Opportunity__c"] == deal["opportunity"]
+    assert record["Opportunity__r"]["Name"] == "Globex rollout"
+    assert (record["Line_Item_Id__c"], record["Amount__c"]) == (line, 2500)
+    assert (record["Planned_Date__c"], record["CurrencyIsoCode"]) == ("2025-09-30", "EUR")
+    # The text field keeps what was written: a 15-character id stays 15 characters.
+    assert body["records"][1]["Line_Item_Id__c"] == line[:15]
+
+    path = "/sobjects/Milestone__c/Q2C_External_Id__c/deal-7:milestone:0"
+    made = await org.patch(path, {"Name": "UAT", "Opportunity__c": deal["opportunity"]})
+    again = await org.patch(path, {"Name": "UAT sign-off", "Amount__c": 100})
+    assert (made.status_code, again.status_code) == (201, 200)
+    assert made.json()["id"] == again.json()["id"]
+    read = (await org.get(path, params={"fields": "Name,Amount__c,CurrencyIsoCode"})).json()
+    # A lookup child keeps its own currency: the corporate one unless it says otherwise.
+    assert (read["Name"], read["Amount__c"], read["CurrencyIsoCode"]) == (
+        "UAT sign-off",
+        100,
+        "USD",
+    )
+
+
+async def test_milestone_lookup_is_checked_and_cleared_when_the_deal_goes(
+    org: Org, deal: dict[str, str]
+) -> None:
+    nameless = await org.post("Milestone__c", {"Opportunity__c": deal["opportunity"]})
+    wrong_type = await org.post("Milestone__c", {"Name": "x", "Opportunity__c": deal["account"]})
+    line = await _line(org, deal)
+    milestone = await _milestone(org, deal, line)
+
+    gone = await org.http.delete(
+        f"{API}/sobjects/Opportunity/{deal['opportunity']}", headers=org.headers
+    )
+    kept = (await org.get(f"/sobjects/Milestone__c/{milestone}")).json()
+
+    assert [nameless.status_code, nameless.json()[0]["errorCode"]] == [
+        400,
+        "REQUIRED_FIELD_MISSING",
+    ]
+    assert wrong_type.json()[0]["errorCode"] == "FIELD_INTEGRITY_EXCEPTION"
+    assert wrong_type.json()[0]["fields"] == ["Opportunity__c"]
+    assert gone.status_code == 204
+    assert (await org.get(f"/sobjects/OpportunityLineItem/{line}")).status_code == 404
+    assert (kept["Name"], kept["Opportunity__c"]) == ("Go-live", None)
+
+
+async def test_milestone_query_pages_and_obeys_faults(org: Org, deal: dict[str, str]) -> None:
+    line = await _line(org, deal, Billing_Type__c="Milestone", Quantity=250, UnitPrice=10)
+    for n in range(250):
+        await _milestone(org, deal, line, Name=f"M{n:03d}", Amount__c=10)
+    soql = (
+        f"SELECT Name FROM Milestone__c WHERE Opportunity__c = '{deal['opportunity']}' "
+        "ORDER BY Name"
+    )
+    await org.http.post(
+        "/_standin/faults", json={"kind": "503", "path": f"{API}/query", "count": 1}
+    )
+    refused = await org.query(soql)
+    first = (await org.query(soql, **{"Sforce-Query-Options": "batchSize=200"})).json()
+    rest = (await org.http.get(first["nextRecordsUrl"], headers=org.headers)).json()
+
+    assert (refused.status_code, refused.json()[0]["errorCode"]) == (503, "SERVER_UNAVAILABLE")
+    assert (first["totalSize"], first["done"], len(first["records"])) == (250, False, 200)
+    assert rest["done"] is True
+    names = [r["Name"] for r in first["records"] + rest["records"]]
+    assert names == [f"M{n:03d}" for n in range(250)]
