@@ -135,7 +135,7 @@ def version(currency: str = "GBP", **over: Any) -> ContractVersion:
     return ContractVersion.model_validate(values | over)
 
 
-def tasks(**done: date) -> list[TaskProgress]:
+def tasks(**done: date | None) -> list[TaskProgress]:
     """The PSA's tasks; Support was done on 1 November. ``done`` sets others' done_on."""
     named = {
         "T1": "Development",
