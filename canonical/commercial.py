@@ -9,12 +9,14 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any
 
 from pydantic import (
     AwareDatetime,
     Field,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from canonical._base import CanonicalModel, NonEmpty
@@ -221,6 +223,15 @@ class Opportunity(CanonicalModel):
     upfront_percent: Percent = Decimal(0)  # of each fixed fee, invoiced at provisioning
     end_date: date | None = None  # the contract term's last day (instalments spread over it)
     expense_policy: ExpensePolicy | None = None  # None: the firm's default policy
+
+    @model_validator(mode="before")
+    @classmethod
+    def _earlier_shape(cls, data: Any) -> Any:
+        """Runs in flight hold deals read before the contract got its own fields, with an
+        empty ``contract_terms`` (no CRM ever filled it): that empty field is dropped."""
+        if isinstance(data, dict) and "contract_terms" in data and data["contract_terms"] is None:
+            return {k: v for k, v in data.items() if k != "contract_terms"}
+        return data
 
     @field_validator("lines")
     @classmethod

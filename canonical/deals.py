@@ -163,16 +163,13 @@ class DealPlan(CanonicalModel):
     customer: Customer | None = None
     project: Project | None = None
     #: The contract as sold (version 1, effective from the close date), as q2c provisions it.
+    #: `plan_deal` sets it with the project; a plan recorded before contracts has none, and
+    #: `ready` does not ask for it, so runs in flight replay as they ran.
     contract: ContractVersion | None = None
 
     @property
     def ready(self) -> bool:
-        return (
-            not self.issues
-            and self.customer is not None
-            and self.project is not None
-            and self.contract is not None
-        )
+        return not self.issues and self.customer is not None and self.project is not None
 
 
 def customer_id_for(crm: str, account_id: str) -> str:

@@ -310,3 +310,11 @@ def test_json_round_trip(model: Any) -> None:
 def test_line_amount_is_exact_not_float() -> None:
     amount = line(quantity="0.1", unit_rate=eur("0.3")).amount.amount
     assert amount == Decimal("0.03")
+
+
+def test_a_deal_recorded_before_the_contracts_fields_still_reads() -> None:
+    """Workflow histories hold deals with an empty ``contract_terms``: they replay."""
+    recorded = opportunity().model_dump(mode="json") | {"contract_terms": None}
+    assert Opportunity.model_validate(recorded) == opportunity()
+    with pytest.raises(ValidationError, match="contract_terms"):
+        Opportunity.model_validate(recorded | {"contract_terms": {"currency": "EUR"}})
