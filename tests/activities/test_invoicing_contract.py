@@ -154,7 +154,7 @@ async def invoicing(psa: Psa, store: Store) -> InvoicingActivities:
     await store.link("customer", "salesforce:001000000000001AAA", "billing", "cus_1")
     return InvoicingActivities(
         psa=psa,
-        erp=Erp(),  # type: ignore[arg-type]  # answers what invoicing asks
+        erp=Erp(),
         crms={"salesforce": Crm()},  # type: ignore[dict-item]
         rules=RULES,
         tax_rates={"US": Decimal("0.0825")},
