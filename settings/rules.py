@@ -23,7 +23,8 @@ class RulesFileError(ValueError):
 def _read(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
-            return tomllib.load(f)
+            # Percentages and rates are exact: a TOML float never passes through `float`.
+            return tomllib.load(f, parse_float=Decimal)
     except OSError as exc:
         raise RulesFileError(f"{path}: cannot read: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
@@ -50,6 +51,9 @@ def load_deal_rules(settings: Settings) -> DealRules:
                 "legal_entities": entities,
                 "countries": entities_doc.get("countries", {}),
                 "catalogue": catalogue_doc.get("products", {}),
+                # The firm's expense policy for deals that state none: none passed on unless
+                # the catalogue's [expenses] table names the billable categories.
+                "expense_policy": catalogue_doc.get("expenses", {}),
                 "approval": {
                     "amount_threshold": settings.approval_threshold,
                     "max_discount_percent": settings.max_discount_percent,
