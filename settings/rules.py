@@ -6,6 +6,7 @@ Errors name the file and the entry, so a typo in a mapping file is found before 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,10 @@ class RulesFileError(ValueError):
     pass
 
 
-def _read(path: Path) -> dict[str, Any]:
+def _read(path: Path, parse_float: Callable[[str], Any] = float) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
-            # Percentages and rates are exact: a TOML float never passes through `float`.
-            return tomllib.load(f, parse_float=Decimal)
+            return tomllib.load(f, parse_float=parse_float)
     except OSError as exc:
         raise RulesFileError(f"{path}: cannot read: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
@@ -43,7 +43,8 @@ def _entities(tables: Any) -> Any:
 
 def load_deal_rules(settings: Settings) -> DealRules:
     entities_doc = _read(settings.legal_entities_file)
-    catalogue_doc = _read(settings.service_catalogue_file)
+    # A markup is exact: the catalogue's numbers never pass through `float`.
+    catalogue_doc = _read(settings.service_catalogue_file, parse_float=Decimal)
     entities = _entities(entities_doc.get("entities", {}))
     try:
         return DealRules.model_validate(
