@@ -95,6 +95,7 @@ from canonical.rating import (
     RejectedEntry,
     TaskProgress,
     billed_so_far,
+    cap_problems,
     rate_period,
     rate_upfront,
 )
@@ -177,6 +178,7 @@ __all__ = [
     "UnknownOwnership",
     "billed_so_far",
     "can_transition",
+    "cap_problems",
     "check_same_currency",
     "customer_id_for",
     "explain",

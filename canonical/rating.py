@@ -95,6 +95,7 @@ __all__ = [
     "RejectedEntry",
     "TaskProgress",
     "billed_so_far",
+    "cap_problems",
     "rate_period",
     "rate_upfront",
 ]
@@ -165,6 +166,27 @@ class BilledSoFar(CanonicalModel):
     @classmethod
     def _sorted(cls, items: list[str]) -> list[str]:
         return sorted(set(items))
+
+
+def cap_problems(version: ContractVersion, billed: BilledSoFar) -> list[str]:
+    """Caps a version sets below what was already billed under them, each naming its field:
+    a change order must not lower a cap past what the customer has been invoiced."""
+    issues: list[str] = []
+    currency = version.currency
+    cap = version.not_to_exceed
+    if cap is not None and cap.amount < billed.under_cap:
+        issues.append(
+            f"not_to_exceed: the cap {cap.amount} {currency} is below the "
+            f"{billed.under_cap} {currency} already billed under it"
+        )
+    for i, line in enumerate(version.lines):
+        spent = billed.time_net.get(line.id, Decimal(0))
+        if line.not_to_exceed is not None and line.not_to_exceed.amount < spent:
+            issues.append(
+                f"lines[{i}].not_to_exceed: the cap {line.not_to_exceed.amount} {currency} on "
+                f"line {line.id} is below the {spent} {currency} already billed on it"
+            )
+    return issues
 
 
 class BilledItem(CanonicalModel):

@@ -36,6 +36,7 @@ from canonical import (
     TaskProgress,
     TimeEntry,
     billed_so_far,
+    cap_problems,
     minor_unit,
     rate_period,
     rate_upfront,
@@ -799,6 +800,19 @@ def test_the_contracts_cap_applies_after_the_lines_caps() -> None:
     ]
     assert rated.subtotal == gbp("1100.00") and rated.overage == gbp("700.00")
     assert_totals_are_sums(rated)
+
+
+def test_a_cap_below_what_was_already_billed_names_the_field() -> None:
+    sold = lines()
+    sold[1] = sold[1].model_copy(update={"not_to_exceed": gbp("500")})
+    lowered = version(lines=sold, not_to_exceed=gbp("1000"))
+    billed = BilledSoFar(time_net={"L1": Decimal(900), "L2": Decimal(600)}, under_cap=Decimal(1500))
+    assert cap_problems(lowered, billed) == [
+        "not_to_exceed: the cap 1000 GBP is below the 1500 GBP already billed under it",
+        "lines[1].not_to_exceed: the cap 500 GBP on line L2 is below the 600 GBP already "
+        "billed on it",
+    ]
+    assert cap_problems(lowered, BilledSoFar(under_cap=Decimal(1000))) == []
 
 
 # -- currencies and rounding ---------------------------------------------------------------------
