@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import ConfigDict, Field
 from temporalio import activity
@@ -43,6 +43,7 @@ from canonical import (
     TaskProgress,
     billed_so_far,
     plan_deal,
+    rate_upfront,
 )
 from connectors.errors import ConnectorError
 from store import InvoiceDraft, Store
@@ -108,6 +109,9 @@ class DraftInput(ActivityModel):
     workflow_id: str
     period: str
     context: ContractContext
+    #: "period": the month's time, fees due, milestones done and expenses. "upfront": the
+    #: fixed fees' upfront shares (the provisioning invoice), filed under ``period``.
+    kind: Literal["period", "upfront"] = "period"
 
 
 class ProjectsInput(ActivityModel):
@@ -237,7 +241,8 @@ class InvoicingActivities:
     @activity.defn
     @translate_connector_errors
     async def draft_invoice(self, request: DraftInput) -> DraftView:
-        """Pull the period's unbilled time page by page, rate it, keep the draft in the store."""
+        """Rate the period (its unbilled time pulled page by page) or the upfront shares,
+        minus what issued invoices billed, and keep the draft in the store."""
         loaded = request.context.contract
         if not isinstance(loaded, BillingContract):
             # Loaded by a worker from before contracts-as-sold: load the contract now.
@@ -251,30 +256,17 @@ class InvoicingActivities:
         ]
         earlier_periods = [RatedPeriod.model_validate(d.rated["period"]) for d in issued]
         contract = loaded.model_copy(update={"billed": billed_so_far(earlier_periods)})
-        rater = Rater(contract, period)
-        held = {entry for rated in earlier_periods for entry in rated.billed_time_entry_ids}
-        earlier = [
-            d.invoice_number or d.id
-            for d, rated in zip(issued, earlier_periods, strict=True)
-            if d.period == period.key and rated.kind == "period"
-        ]
-        after: int | None = None
-        pulled = 0
-        while True:
-            page = await self.psa.list_time_page(
-                int(contract.project_id),
-                start=period.start,
-                end=period.end,
-                after_id=after,
-                limit=PAGE_SIZE,
-            )
-            rater.add_time([e for e in page.entries if e.id not in held])
-            pulled += len(page.entries)
-            activity.heartbeat(pulled)
-            if page.next_after is None:
-                break
-            after = page.next_after
-        rated = rater.finish()
+        earlier: list[str] = []
+        if request.kind == "upfront":
+            rated = rate_upfront(contract, on=period.start)
+        else:
+            earlier = [
+                d.invoice_number or d.id
+                for d, rated in zip(issued, earlier_periods, strict=True)
+                if d.period == period.key and rated.kind == "period"
+            ]
+            held = {entry for rated in earlier_periods for entry in rated.billed_time_entry_ids}
+            rated = await self._rate_period(contract, period, held)
         invoice = rated.to_invoice(
             invoice_id=request.draft_id,
             customer_id=contract.customer_id,
@@ -305,6 +297,29 @@ class InvoicingActivities:
         if rated.rejected:
             await self._record_rejections(request, rated.rejected)
         return draft_view(request.draft_id, rated, invoice, [], earlier)
+
+    async def _rate_period(
+        self, contract: BillingContract, period: BillingPeriod, held: set[str]
+    ) -> RatedPeriod:
+        """The period's unbilled time, pulled page by page (each page heartbeated), rated."""
+        rater = Rater(contract, period)
+        after: int | None = None
+        pulled = 0
+        while True:
+            page = await self.psa.list_time_page(
+                int(contract.project_id),
+                start=period.start,
+                end=period.end,
+                after_id=after,
+                limit=PAGE_SIZE,
+            )
+            rater.add_time([e for e in page.entries if e.id not in held])
+            pulled += len(page.entries)
+            activity.heartbeat(pulled)
+            if page.next_after is None:
+                break
+            after = page.next_after
+        return rater.finish()
 
     async def _record_rejections(self, request: DraftInput, rejected: list[RejectedEntry]) -> None:
         contract = request.context.contract

@@ -270,3 +270,45 @@ async def test_a_context_loaded_by_an_earlier_worker_is_drafted_by_the_contract(
     )
 
     assert view.lines == [] and view.time_entries == 1  # covered by the fee, not billed
+
+
+async def test_the_upfront_invoice_bills_the_shares_once_and_periods_never(store: Store) -> None:
+    psa = globex_psa(training_done=date(2026, 11, 25))
+    activities = await invoicing(psa, store)
+    env = ActivityEnvironment()
+    context = await env.run(
+        activities.load_billing_contract, LoadContractInput(project_id=str(PROJECT))
+    )
+    assert isinstance(context.contract, BillingContract)
+    [sold] = context.contract.contract.versions
+    training = sold.lines[2].model_copy(
+        update={
+            "schedule": sold.lines[2].fee_schedule.model_copy(
+                update={"upfront_percent": Decimal(25)}
+            )
+        }
+    )
+    upfront_sold = sold.model_copy(update={"lines": [*sold.lines[:2], training]})
+    contract = context.contract.model_copy(
+        update={
+            "contract": context.contract.contract.model_copy(update={"versions": [upfront_sold]})
+        }
+    )
+    context = context.model_copy(update={"contract": contract})
+
+    def upfront(draft_id: str) -> DraftInput:
+        return draft(draft_id, "2026-11", context).model_copy(update={"kind": "upfront"})
+
+    first = await env.run(activities.draft_invoice, upfront("t2i/upfront-1"))
+    assert [(ln.description, ln.net) for ln in first.lines] == [
+        ("Training — fixed fee, 25 % up front", Decimal("1000.00"))
+    ]
+    assert first.time_entries == 0 and not first.supplementary
+    await store.update_draft("t2i/upfront-1", status="billed", invoice_number="INV-0010")
+
+    assert (await env.run(activities.draft_invoice, upfront("t2i/upfront-2"))).lines == []
+    period = await env.run(activities.draft_invoice, draft("t2i/nov", "2026-11", context))
+    assert [(ln.description, ln.net) for ln in period.lines] == [
+        ("Training — fixed fee on completion (the 75 % remaining)", Decimal("3000.00"))
+    ]
+    assert not period.supplementary  # an upfront invoice is not this period's
