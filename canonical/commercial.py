@@ -306,7 +306,7 @@ class Opportunity(CanonicalModel):
             if ln.billing_type is BillingType.TIME_AND_MATERIALS and not ln.role:
                 issues.append(f"lines[{i}].role: time-and-materials line needs a role")
         if self.payment_terms is None and not default_payment_terms:
-            issues.append("payment_terms: no payment terms on the deal")
+            issues.append("payment_terms: no payment terms on the deal or its contract")
         return issues
 
 

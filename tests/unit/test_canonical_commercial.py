@@ -183,7 +183,7 @@ def test_booking_issues_list_every_problem() -> None:
     assert opp.booking_issues() == [
         "won: opportunity is in stage 'Negotiation', not won",
         "lines[0].role: time-and-materials line needs a role",
-        "payment_terms: no payment terms on the deal",
+        "payment_terms: no payment terms on the deal or its contract",
     ]
     assert opportunity(lines=[]).booking_issues() == ["lines: no line items to deliver or bill"]
 
