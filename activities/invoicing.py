@@ -7,11 +7,12 @@ billing and the ERP build their invoices from the stored draft, so both get the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import date
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
+from pydantic import ConfigDict, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -23,7 +24,9 @@ from canonical import (
     BillingContract,
     BillingPeriod,
     BillingType,
-    ContractTask,
+    Contract,
+    ContractLine,
+    ContractVersion,
     Customer,
     DealRules,
     DraftLine,
@@ -33,12 +36,14 @@ from canonical import (
     InvoiceLine,
     LegalEntity,
     Money,
-    Project,
+    PaymentTerms,
     RatedPeriod,
     Rater,
     RejectedEntry,
+    TaskProgress,
+    billed_so_far,
     plan_deal,
-    sum_money,
+    rate_upfront,
 )
 from connectors.errors import ConnectorError
 from store import InvoiceDraft, Store
@@ -72,8 +77,26 @@ class LoadContractInput(ActivityModel):
     project_id: str
 
 
+class ContractFacts(ActivityModel):
+    """What a worker from before contracts-as-sold loaded: a run in flight may still carry it
+    in its history. The workflow reads only these facts; `draft_invoice` loads the contract
+    afresh for such a run."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    project_id: str
+    customer_id: str
+    customer_name: str
+    currency: str
+    tax_rate: Decimal
+    payment_terms: PaymentTerms
+    legal_entity_code: str
+    po_number: str | None = None
+
+
 class ContractContext(ActivityModel):
-    contract: BillingContract
+    #: Left to right: today's contract when it validates, else an earlier worker's facts.
+    contract: Annotated[BillingContract | ContractFacts, Field(union_mode="left_to_right")]
     crm: str | None
     opportunity_id: str | None
     erp_customer_id: str
@@ -86,6 +109,9 @@ class DraftInput(ActivityModel):
     workflow_id: str
     period: str
     context: ContractContext
+    #: "period": the month's time, fees due, milestones done and expenses. "upfront": the
+    #: fixed fees' upfront shares (the provisioning invoice), filed under ``period``.
+    kind: Literal["period", "upfront"] = "period"
 
 
 class ProjectsInput(ActivityModel):
@@ -125,9 +151,14 @@ class InvoicingActivities:
     @translate_connector_errors
     async def load_billing_contract(self, request: LoadContractInput) -> ContractContext:
         """What invoicing this project needs, from where each fact is owned: the project and
-        its tasks from the PSA, the customer (terms, country) from the ERP, the commercial
-        terms (rate card) from the CRM deal, the tax from the customer's jurisdiction."""
-        project = await self.psa.get_project(int(request.project_id))
+        its tasks' progress from the PSA, the customer (terms, country) from the ERP, the
+        contract as sold from the CRM deal, the tax from the customer's jurisdiction. What
+        was billed before is read when drafting, from q2c's store."""
+        _, context = await self._load(request.project_id)
+        return context
+
+    async def _load(self, project_id: str) -> tuple[BillingContract, ContractContext]:
+        project = await self.psa.get_project(int(project_id))
         if project.party_id is None:
             raise _permanent(f"project {project.id} has no customer", "NoCustomer")
         erp_customer_id = str(project.party_id)
@@ -149,35 +180,25 @@ class InvoicingActivities:
                 f"tax_rates: no tax rate for customers in {country} (customer {customer.name})",
                 "NoTaxRate",
             )
-        crm, sold = await self._commercial_terms(customer_id, project.opportunity_id)
-        rate_card = sold.rate_card if sold else None
-        card_roles = rate_card.roles() if rate_card else set()
+        crm, sold = await self._sold(customer_id, project.opportunity_id)
+        if sold is None:
+            sold = _contract_from_psa(project)
         contract = BillingContract(
             project_id=str(project.id),
             customer_id=customer_id,
             customer_name=customer.name,
             currency=project.currency,
-            billing_type=sold.billing_type if sold else BillingType.TIME_AND_MATERIALS,
-            rate_card=rate_card,
+            contract=Contract(versions=[sold]),
             tasks=[
-                ContractTask(
-                    id=str(task.id),
-                    name=task.name,
-                    role=task.role,
-                    open=task.state != "done",
-                    # The rate card (effective-dated) wins; the PSA's price covers the rest.
-                    rate=None if task.role in card_roles else task.rate,
-                )
+                TaskProgress(id=str(task.id), name=task.name, done_on=_done_on(task))
                 for task in project.tasks
             ],
-            milestones=sold.milestones if sold else [],
-            billed_to_date=await self._billed_to_date(str(project.id), project.currency),
             tax_rate=self.tax_rates[country],
             payment_terms=customer.payment_terms,
             legal_entity_code=project.legal_entity_code,
-            po_number=sold.po_number if sold else None,
+            po_number=sold.po_number,
         )
-        return ContractContext(
+        return contract, ContractContext(
             contract=contract,
             crm=crm,
             opportunity_id=project.opportunity_id,
@@ -186,10 +207,11 @@ class InvoicingActivities:
             customer_country=country,
         )
 
-    async def _commercial_terms(
+    async def _sold(
         self, customer_id: str, opportunity_id: str | None
-    ) -> tuple[str | None, Project | None]:
-        """The project as the deal sold it (rate card, milestones, PO); None without a deal."""
+    ) -> tuple[str | None, ContractVersion | None]:
+        """The contract as the deal sold it; None without a deal, or when the deal cannot
+        be read or planned (then the PSA's tasks and rates stand in for it)."""
         crm = customer_id.split(":", 1)[0]
         port = self.crms.get(crm)
         if port is None or opportunity_id is None:
@@ -202,14 +224,14 @@ class InvoicingActivities:
                 raise
             activity.logger.warning("deal %s unreadable, using PSA rates: %s", opportunity_id, exc)
             return crm, None
-        return crm, plan_deal(opportunity, account, self.rules).project
-
-    async def _billed_to_date(self, project_id: str, currency: str) -> Money:
-        """Net billed by earlier runs of this project (counts toward a not-to-exceed cap)."""
-        drafts = await self.store.billed_drafts(project_id)
-        return sum_money(
-            (Invoice.model_validate(d.rated["invoice"]).subtotal for d in drafts), currency
-        )
+        plan = plan_deal(opportunity, account, self.rules)
+        if plan.contract is None:
+            activity.logger.warning(
+                "deal %s has no billable contract, using PSA rates: %s",
+                opportunity_id,
+                "; ".join(plan.issues),
+            )
+        return crm, plan.contract
 
     @activity.defn
     async def list_invoiceable_projects(self, request: ProjectsInput) -> list[str]:
@@ -219,41 +241,32 @@ class InvoicingActivities:
     @activity.defn
     @translate_connector_errors
     async def draft_invoice(self, request: DraftInput) -> DraftView:
-        """Pull the period's unbilled time page by page, rate it, keep the draft in the store."""
-        context = request.context
-        contract = context.contract
+        """Rate the period (its unbilled time pulled page by page) or the upfront shares,
+        minus what issued invoices billed, and keep the draft in the store."""
+        loaded = request.context.contract
+        if not isinstance(loaded, BillingContract):
+            # Loaded by a worker from before contracts-as-sold: load the contract now.
+            loaded, _ = await self._load(loaded.project_id)
         period = BillingPeriod.parse(request.period)
-        rater = Rater(contract, period)
-        # Entries an issued invoice holds are billed, whether or not the PSA shows it yet
-        # (marking may have failed, or may still be to come): never bill them twice.
+        # What issued invoices billed is billed, whether or not the PSA shows it yet (marking
+        # may have failed, or may still be to come): their entries are never billed twice,
+        # nor their fees, instalments, milestones and expenses, and they count toward caps.
         issued = [
-            d
-            for d in await self.store.billed_drafts(contract.project_id)
-            if d.id != request.draft_id
+            d for d in await self.store.billed_drafts(loaded.project_id) if d.id != request.draft_id
         ]
-        held = {
-            entry
-            for d in issued
-            for entry in RatedPeriod.model_validate(d.rated["period"]).billed_time_entry_ids
-        }
-        earlier = [d.invoice_number or d.id for d in issued if d.period == period.key]
-        after: int | None = None
-        pulled = 0
-        while True:
-            page = await self.psa.list_time_page(
-                int(contract.project_id),
-                start=period.start,
-                end=period.end,
-                after_id=after,
-                limit=PAGE_SIZE,
-            )
-            rater.add_time([e for e in page.entries if e.id not in held])
-            pulled += len(page.entries)
-            activity.heartbeat(pulled)
-            if page.next_after is None:
-                break
-            after = page.next_after
-        rated = rater.finish()
+        earlier_periods = [RatedPeriod.model_validate(d.rated["period"]) for d in issued]
+        contract = loaded.model_copy(update={"billed": billed_so_far(earlier_periods)})
+        earlier: list[str] = []
+        if request.kind == "upfront":
+            rated = rate_upfront(contract, on=period.start)
+        else:
+            earlier = [
+                d.invoice_number or d.id
+                for d, rated in zip(issued, earlier_periods, strict=True)
+                if d.period == period.key and rated.kind == "period"
+            ]
+            held = {entry for rated in earlier_periods for entry in rated.billed_time_entry_ids}
+            rated = await self._rate_period(contract, period, held)
         invoice = rated.to_invoice(
             invoice_id=request.draft_id,
             customer_id=contract.customer_id,
@@ -284,6 +297,29 @@ class InvoicingActivities:
         if rated.rejected:
             await self._record_rejections(request, rated.rejected)
         return draft_view(request.draft_id, rated, invoice, [], earlier)
+
+    async def _rate_period(
+        self, contract: BillingContract, period: BillingPeriod, held: set[str]
+    ) -> RatedPeriod:
+        """The period's unbilled time, pulled page by page (each page heartbeated), rated."""
+        rater = Rater(contract, period)
+        after: int | None = None
+        pulled = 0
+        while True:
+            page = await self.psa.list_time_page(
+                int(contract.project_id),
+                start=period.start,
+                end=period.end,
+                after_id=after,
+                limit=PAGE_SIZE,
+            )
+            rater.add_time([e for e in page.entries if e.id not in held])
+            pulled += len(page.entries)
+            activity.heartbeat(pulled)
+            if page.next_after is None:
+                break
+            after = page.next_after
+        return rater.finish()
 
     async def _record_rejections(self, request: DraftInput, rejected: list[RejectedEntry]) -> None:
         contract = request.context.contract
@@ -401,3 +437,49 @@ def _numeric_first(text: str) -> tuple[int, str]:
 
 def _permanent(message: str, kind: str) -> ApplicationError:
     return ApplicationError(message, type=kind, non_retryable=True)
+
+
+def _done_on(task: Any) -> date | None:
+    """The day the PSA set the task Done; None while open (or while the PSA cannot say)."""
+    if task.state != "done":
+        return None
+    done_on: date | None = getattr(task, "done_on", None)
+    return done_on
+
+
+def _contract_from_psa(project: Any) -> ContractVersion:
+    """A stand-in contract when no deal can be read: every task billed by the hour at the
+    PSA's rate, except those the PSA says are fixed fee or milestone (their fee unknown here,
+    so only their hours are covered)."""
+    lines: Sequence[ContractLine] = [
+        _line_from_psa(task, project.currency) for task in project.tasks
+    ]
+    if not lines:
+        raise _permanent(f"project {project.id} has no tasks to bill", "NoTasks")
+    today = datetime.now(UTC).date()
+    zero = Money.zero(project.currency)
+    return ContractVersion(
+        contract_id=project.project_ref or f"psa:{project.id}",
+        version=1,
+        effective_from=today,
+        source=f"psa:{project.id}",
+        currency=project.currency,
+        start_date=today,
+        lines=list(lines),
+        payment_terms=PaymentTerms(net_days=30),
+        value=zero,
+    )
+
+
+def _line_from_psa(task: Any, currency: str) -> ContractLine:
+    kind = BillingType(getattr(task, "billing_type", None) or BillingType.TIME_AND_MATERIALS)
+    hourly = kind is BillingType.TIME_AND_MATERIALS
+    return ContractLine(
+        id=f"psa:{task.id}",
+        task=task.name,
+        task_id=str(task.id),
+        role=task.role,
+        billing_type=BillingType.TIME_AND_MATERIALS if hourly else BillingType.FIXED_FEE,
+        rate=task.rate if hourly else None,
+        amount=Money.zero(currency),
+    )

@@ -1,16 +1,22 @@
-"""What was sold and on which terms: opportunities, rate cards, milestones, contract terms."""
+"""What was sold and on which terms: opportunities, their lines, rate cards, milestones.
+
+The contract q2c keeps once a deal is provisioned is `canonical.contract`; these are the
+deal's own shapes, as the CRM holds them.
+"""
 
 from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any
 
 from pydantic import (
     AwareDatetime,
     Field,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from canonical._base import CanonicalModel, NonEmpty
@@ -29,7 +35,6 @@ from canonical.party import PaymentTerms
 
 __all__ = [
     "BillingType",
-    "ContractTerms",
     "ExpensePolicy",
     "FeeRemainder",
     "Milestone",
@@ -187,58 +192,6 @@ class Milestone(CanonicalModel):
         return self.status is MilestoneStatus.COMPLETED
 
 
-class ContractTerms(CanonicalModel):
-    """The commercial agreement a project is delivered and billed under."""
-
-    currency: CurrencyCode
-    billing_type: BillingType
-    payment_terms: PaymentTerms
-    po_number: str | None = None
-    rate_card: RateCard | None = None
-    fixed_fee: PositiveMoney | None = None
-    # validate_default: the "milestone billing needs milestones" rule must see an omitted list
-    milestones: list[Milestone] = Field(default_factory=list, validate_default=True)
-    start_date: date | None = None
-    end_date: date | None = None
-
-    @field_validator("rate_card")
-    @classmethod
-    def _rate_card_currency(cls, value: RateCard | None, info: ValidationInfo) -> RateCard | None:
-        return check_rate_card_currency(value, info.data.get("currency"), "contract")
-
-    @field_validator("fixed_fee")
-    @classmethod
-    def _fee_currency(cls, value: Money | None, info: ValidationInfo) -> Money | None:
-        currency = info.data.get("currency")
-        if value is not None and currency is not None:
-            check_same_currency(currency, [("fixed_fee", value)])
-        return value
-
-    @field_validator("milestones")
-    @classmethod
-    def _milestones(cls, value: list[Milestone], info: ValidationInfo) -> list[Milestone]:
-        currency = info.data.get("currency")
-        if currency is not None:
-            check_same_currency(
-                currency, ((f"milestones[{i}].amount", m.amount) for i, m in enumerate(value))
-            )
-        if info.data.get("billing_type") is BillingType.MILESTONE and not value:
-            raise ValueError("milestone billing needs at least one milestone")
-        _unique_ids("milestones", [m.id for m in value])
-        return value
-
-    @field_validator("end_date")
-    @classmethod
-    def _end_after_start(cls, value: date | None, info: ValidationInfo) -> date | None:
-        start = info.data.get("start_date")
-        if value is not None and start is not None and value < start:
-            raise ValueError(f"end_date {value} is before start_date {start}")
-        return value
-
-    def milestone_total(self) -> Money:
-        return sum_money((m.amount for m in self.milestones), self.currency)
-
-
 class Opportunity(CanonicalModel):
     """A deal as the CRM holds it.
 
@@ -261,7 +214,8 @@ class Opportunity(CanonicalModel):
     probability: Percent | None = None
     owner: str | None = None
     description: str | None = None
-    contract_terms: ContractTerms | None = None
+    #: The customer's negotiated rates (an MSA), when they and not the lines' prices decide.
+    rate_card: RateCard | None = None
     updated_at: AwareDatetime | None = None
     #: The contract's own terms beyond the lines (custom fields and objects in the CRM).
     milestones: list[Milestone] = Field(default_factory=list)
@@ -270,13 +224,30 @@ class Opportunity(CanonicalModel):
     end_date: date | None = None  # the contract term's last day (instalments spread over it)
     expense_policy: ExpensePolicy | None = None  # None: the firm's default policy
 
+    @model_validator(mode="before")
+    @classmethod
+    def _earlier_shape(cls, data: Any) -> Any:
+        """Runs in flight hold deals read before the contract got its own fields, with an
+        empty ``contract_terms`` (no CRM ever filled it): that empty field is dropped."""
+        if isinstance(data, dict) and "contract_terms" in data and data["contract_terms"] is None:
+            return {k: v for k, v in data.items() if k != "contract_terms"}
+        return data
+
     @field_validator("lines")
     @classmethod
     def _lines(cls, lines: list[OpportunityLine], info: ValidationInfo) -> list[OpportunityLine]:
         currency = info.data.get("currency")
         if currency is not None:
             check_same_currency(
-                currency, ((f"lines[{i}].unit_rate", ln.unit_rate) for i, ln in enumerate(lines))
+                currency,
+                [
+                    *((f"lines[{i}].unit_rate", ln.unit_rate) for i, ln in enumerate(lines)),
+                    *(
+                        (f"lines[{i}].not_to_exceed", ln.not_to_exceed)
+                        for i, ln in enumerate(lines)
+                        if ln.not_to_exceed is not None
+                    ),
+                ],
             )
         _unique_ids("lines", [ln.id for ln in lines])
         return lines
@@ -289,15 +260,29 @@ class Opportunity(CanonicalModel):
             check_same_currency(currency, [("amount", amount)])
         return amount
 
-    @field_validator("contract_terms")
+    @field_validator("rate_card")
     @classmethod
-    def _terms(cls, terms: ContractTerms | None, info: ValidationInfo) -> ContractTerms | None:
+    def _rate_card(cls, card: RateCard | None, info: ValidationInfo) -> RateCard | None:
+        return check_rate_card_currency(card, info.data.get("currency"), "opportunity")
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones(cls, milestones: list[Milestone], info: ValidationInfo) -> list[Milestone]:
         currency = info.data.get("currency")
-        if terms is not None and currency is not None and terms.currency != currency:
-            raise ValueError(
-                f"contract currency {terms.currency} differs from opportunity currency {currency}"
+        if currency is not None:
+            check_same_currency(
+                currency,
+                ((f"milestones[{i}].amount", m.amount) for i, m in enumerate(milestones)),
             )
-        return terms
+        return milestones
+
+    @field_validator("not_to_exceed")
+    @classmethod
+    def _cap(cls, cap: Money | None, info: ValidationInfo) -> Money | None:
+        currency = info.data.get("currency")
+        if cap is not None and currency is not None:
+            check_same_currency(currency, [("not_to_exceed", cap)])
+        return cap
 
     def total(self) -> Money:
         """Sum of the line amounts: what the deal is actually worth line by line."""
@@ -320,14 +305,7 @@ class Opportunity(CanonicalModel):
         for i, ln in enumerate(self.lines):
             if ln.billing_type is BillingType.TIME_AND_MATERIALS and not ln.role:
                 issues.append(f"lines[{i}].role: time-and-materials line needs a role")
-        terms = self.contract_terms
-        if (
-            BillingType.MILESTONE in self.billing_types()
-            and not self.milestones
-            and (terms is None or not terms.milestones)
-        ):
-            issues.append("contract_terms.milestones: milestone lines need milestones")
-        if self.payment_terms is None and terms is None and not default_payment_terms:
+        if self.payment_terms is None and not default_payment_terms:
             issues.append("payment_terms: no payment terms on the deal or its contract")
         return issues
 

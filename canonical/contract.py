@@ -87,22 +87,44 @@ class ContractLine(CanonicalModel):
 
     @model_validator(mode="after")
     def _by_type(self) -> Self:
-        hourly = self.billing_type is BillingType.TIME_AND_MATERIALS
-        if hourly and self.rate is None:
-            raise ValueError(f"line {self.id}: a time-and-materials line needs a rate")
-        if not hourly and self.rate is not None:
-            raise ValueError(f"line {self.id}: only time-and-materials lines have a rate")
-        if self.schedule is not None and self.billing_type is not BillingType.FIXED_FEE:
-            raise ValueError(f"line {self.id}: only fixed-fee lines have a fee schedule")
-        if self.not_to_exceed is not None and not hourly:
-            raise ValueError(f"line {self.id}: only time-and-materials lines have a cap")
         money = [
             ("amount", self.amount),
             ("rate", self.rate),
             ("not_to_exceed", self.not_to_exceed),
         ]
         check_same_currency(self.amount.currency, [(n, m) for n, m in money if m is not None])
+        for problem in self.problems():
+            raise ValueError(f"line {self.id}: {problem}")
         return self
+
+    def problems(self) -> list[str]:
+        """Why this line cannot be billed as sold, each as ``field: reason``.
+
+        Also answers on an unvalidated line (`model_construct`), so a deal can be checked
+        before its contract is made: `ContractVersion.problems` reports these under
+        ``lines[i].``.
+        """
+        issues: list[str] = []
+        hourly = self.billing_type is BillingType.TIME_AND_MATERIALS
+        kind = self.billing_type.value
+        if hourly and self.rate is None:
+            issues.append("rate: a time-and-materials line needs a rate")
+        if not hourly and self.rate is not None:
+            issues.append(f"rate: only time-and-materials lines have a rate, not {kind}")
+        if self.schedule is not None and self.billing_type is not BillingType.FIXED_FEE:
+            issues.append(f"schedule: only fixed-fee lines have a fee schedule, not {kind}")
+        if (
+            self.schedule is not None
+            and self.schedule.instalments is not None
+            and self.schedule.remainder is not FeeRemainder.INSTALMENTS
+        ):
+            issues.append(
+                f"schedule.instalments: {self.schedule.instalments} instalments, but the "
+                f"remainder is paid {self.schedule.remainder.value}"
+            )
+        if self.not_to_exceed is not None and not hourly:
+            issues.append(f"not_to_exceed: only time-and-materials lines have a cap, not {kind}")
+        return issues
 
     @property
     def fee_schedule(self) -> FeeSchedule:
@@ -184,18 +206,25 @@ class ContractVersion(CanonicalModel):
                 *([("not_to_exceed", self.not_to_exceed)] if self.not_to_exceed else []),
             ],
         )
-        if self.end_date is not None and self.end_date < self.start_date:
-            raise ValueError(f"end_date {self.end_date} is before start_date {self.start_date}")
-        _unique("lines", [ln.id for ln in self.lines])
-        _unique("lines.task", [ln.task for ln in self.lines])
-        _unique("milestones", [m.id for m in self.milestones])
         for problem in self.problems():
             raise ValueError(problem)
         return self
 
     def problems(self) -> list[str]:
-        """Why these terms cannot be billed as they stand, each naming its field."""
+        """Why these terms cannot be billed as they stand, each naming its field.
+
+        The one statement of these rules: the validator raises the first, and a deal is
+        checked before its contract exists by asking an unvalidated version
+        (``ContractVersion.model_construct(...).problems()``) for all of them at once.
+        """
         issues: list[str] = []
+        if self.end_date is not None and self.end_date < self.start_date:
+            issues.append(f"end_date: {self.end_date} is before start_date {self.start_date}")
+        issues += _repeats("lines", "id", [ln.id for ln in self.lines])
+        issues += _repeats("lines", "task", [ln.task for ln in self.lines])
+        issues += _repeats("milestones", "id", [m.id for m in self.milestones])
+        for i, ln in enumerate(self.lines):
+            issues += [f"lines[{i}].{problem}" for problem in ln.problems()]
         lines = {ln.id: ln for ln in self.lines}
         for i, m in enumerate(self.milestones):
             line = lines.get(m.line_id)
@@ -326,9 +355,14 @@ class Contract(CanonicalModel):
         return found
 
 
-def _unique(field: str, ids: list[str]) -> None:
-    seen: set[str] = set()
-    for i, ident in enumerate(ids):
-        if ident in seen:
-            raise ValueError(f"{field}[{i}] repeats {ident!r}; each must be unique")
-        seen.add(ident)
+def _repeats(field: str, key: str, values: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    issues: list[str] = []
+    for i, value in enumerate(values):
+        if value in seen:
+            issues.append(
+                f"{field}[{i}].{key}: {value!r} is also {field}[{seen[value]}]'s; "
+                "each must be unique"
+            )
+        seen.setdefault(value, i)
+    return issues

@@ -3,6 +3,19 @@
 What a deal does not carry (which legal entity contracts, how that country is taxed, which PSA
 role delivers a product) comes from configuration, loaded into `DealRules`. `plan_deal` is pure:
 the same deal and rules always give the same plan, so a workflow may replay it safely.
+
+Decisions worth knowing:
+
+- A line is billed the way it was sold: its own billing type, else the catalogue's for its
+  product. The plan's `contract` (version 1) carries that per line, and each task carries its
+  line's type; `Project.billing_type` is only a summary for people (the type carrying most of
+  the value) and decides nothing.
+- A time-and-materials line bills its hours at the line's unit price, or at the deal's
+  negotiated rate card for its role on the close date when the deal has one. A discount is in
+  the line's value (the budget), not in its rate.
+- The rules of a billable contract (a milestone on a milestone line, milestones adding up to
+  their line, instalments needing a term...) are `ContractVersion.problems`, asked of the
+  contract before it is made: the deal's issues name the contract's fields.
 """
 
 from __future__ import annotations
@@ -16,13 +29,16 @@ from pydantic import Field, model_validator
 from canonical._base import CanonicalModel, NonEmpty
 from canonical.commercial import (
     BillingType,
+    ExpensePolicy,
+    FeeRemainder,
     Opportunity,
     OpportunityLine,
     RateCard,
     RateCardEntry,
 )
-from canonical.contract import ContractVersion
+from canonical.contract import ContractLine, ContractMilestone, ContractVersion, FeeSchedule
 from canonical.delivery import Project, Task
+from canonical.errors import NoRate
 from canonical.money import CurrencyCode, Money
 from canonical.party import Account, CountryCode, Customer, LegalEntity, PaymentTerms
 
@@ -99,6 +115,9 @@ class DealRules(CanonicalModel):
     #: How long a run waits for bad deal data to be corrected before it gives up.
     correction_deadline: timedelta = timedelta(days=3)
     outage: OutagePolicy = OutagePolicy()
+    #: The firm's expense policy for deals that state none: nothing is passed on unless the
+    #: firm configures the categories its customers pay for.
+    expense_policy: ExpensePolicy = ExpensePolicy()
 
     @model_validator(mode="after")
     def _countries_name_known_entities(self) -> DealRules:
@@ -113,6 +132,10 @@ class DealRules(CanonicalModel):
         """A product not in the catalogue is a role of its own name, billed by the hour."""
         found = self.catalogue.get(line.service)
         return found or CatalogueEntry(role=line.service)
+
+    def billing_type_for(self, line: OpportunityLine) -> BillingType:
+        """How a line is billed: as it was sold, else as the catalogue sells its product."""
+        return line.billing_type or self.entry_for(line).billing_type
 
     def policy(self) -> DealPolicy:
         return DealPolicy(
@@ -139,7 +162,9 @@ class DealPlan(CanonicalModel):
     risks: list[str] = Field(default_factory=list)
     customer: Customer | None = None
     project: Project | None = None
-    #: The contract as sold, version 1: what invoicing bills from (None: not ready).
+    #: The contract as sold (version 1, effective from the close date), as q2c provisions it.
+    #: `plan_deal` sets it with the project; a plan recorded before contracts has none, and
+    #: `ready` does not ask for it, so runs in flight replay as they ran.
     contract: ContractVersion | None = None
 
     @property
@@ -158,9 +183,13 @@ def project_id_for(crm: str, opportunity_id: str) -> str:
 def plan_deal(opportunity: Opportunity, account: Account, rules: DealRules) -> DealPlan:
     """Derive, validate and assess a won deal. Every problem is reported, not just the first."""
     entries = {ln.id: rules.entry_for(ln) for ln in opportunity.lines}
+    kinds = {ln.id: rules.billing_type_for(ln) for ln in opportunity.lines}
     # The catalogue gives every line its role, so a CRM line without one is not a problem.
-    with_roles = [ln.model_copy(update={"role": entries[ln.id].role}) for ln in opportunity.lines]
-    issues = opportunity.model_copy(update={"lines": with_roles}).booking_issues(
+    resolved = [
+        ln.model_copy(update={"role": entries[ln.id].role, "billing_type": kinds[ln.id]})
+        for ln in opportunity.lines
+    ]
+    issues = opportunity.model_copy(update={"lines": resolved}).booking_issues(
         default_payment_terms=True
     )
     if opportunity.account_id != account.id:
@@ -194,18 +223,17 @@ def plan_deal(opportunity: Opportunity, account: Account, rules: DealRules) -> D
                 f"account.tax_id: customers under {rule.tax_regime} need a tax id on the account"
             )
 
-    # Every role sold needs one rate: the contract's rate card, else the lines' unit prices.
-    rate_card, rate_issues = _rate_card(opportunity, entries)
+    # Every role sold by the hour needs one rate: the deal's rate card, else the lines' prices.
+    rate_card, rate_issues = _rate_card(opportunity, resolved)
     issues += rate_issues
 
-    if issues or entity is None or rule is None or address is None:
+    terms = opportunity.payment_terms or rules.default_payment_terms
+    sold, contract_issues = _contract(opportunity, resolved, terms, rules)
+    issues += contract_issues
+
+    if issues or sold is None or entity is None or rule is None or address is None:
         return DealPlan(issues=issues)
 
-    terms = opportunity.payment_terms or (
-        opportunity.contract_terms.payment_terms
-        if opportunity.contract_terms
-        else rules.default_payment_terms
-    )
     customer = Customer(
         id=customer_id_for(opportunity.crm, account.id),
         name=account.name,
@@ -217,10 +245,6 @@ def plan_deal(opportunity: Opportunity, account: Account, rules: DealRules) -> D
         contacts=account.contacts,
         external_ids={opportunity.crm: account.id},
     )
-    # A task's rate overrides the rate card, so the line's price must not shadow the contract's.
-    by_contract = opportunity.contract_terms is not None and (
-        opportunity.contract_terms.rate_card is not None
-    )
     project = Project(
         id=project_id_for(opportunity.crm, opportunity.id),
         name=opportunity.name,
@@ -229,44 +253,138 @@ def plan_deal(opportunity: Opportunity, account: Account, rules: DealRules) -> D
         currency=opportunity.currency,
         budget=opportunity.total(),
         rate_card=rate_card,
-        tasks=[_task(ln, entries[ln.id], by_contract) for ln in opportunity.lines],
-        billing_type=_main_billing_type(opportunity, entries),
+        tasks=[_task(ln, sold.lines[i], opportunity.rate_card) for i, ln in enumerate(resolved)],
+        billing_type=_main_billing_type(resolved),
         start_date=opportunity.close_date,
+        end_date=opportunity.end_date,
         opportunity_id=opportunity.id,
         po_number=opportunity.po_number,
         external_ids={opportunity.crm: opportunity.id},
     )
+    contract = ContractVersion.model_validate(sold.model_dump() | {"contract_id": project.id})
     return DealPlan(
         risks=_risks(opportunity, terms, address.country, rule, entity, rules.approval),
         customer=customer,
         project=project,
+        contract=contract,
     )
 
 
+def _contract(
+    opportunity: Opportunity,
+    lines: list[OpportunityLine],
+    terms: PaymentTerms,
+    rules: DealRules,
+) -> tuple[ContractVersion | None, list[str]]:
+    """The contract as sold, unvalidated, and why it cannot be billed (`problems`).
+
+    ``lines`` carry their resolved role and billing type. The version returned is made with
+    `model_construct`: the caller validates it once its issues are empty.
+    """
+    issues: list[str] = []
+    milestones: list[ContractMilestone] = []
+    for i, m in enumerate(opportunity.milestones):
+        if m.line_id is None:
+            issues.append(f"milestones[{i}].line_id: milestone {m.name!r} names no line")
+            continue
+        milestones.append(
+            ContractMilestone.model_construct(
+                id=m.id, name=m.name, amount=m.amount, line_id=m.line_id, planned_date=m.due_date
+            )
+        )
+    contract_lines: list[ContractLine] = []
+    for i, ln in enumerate(lines):
+        rate = _line_rate(i, ln, opportunity, issues)
+        kind = ln.billing_type or BillingType.TIME_AND_MATERIALS
+        hourly = kind is BillingType.TIME_AND_MATERIALS
+        scheduled = kind is BillingType.FIXED_FEE or ln.fee_remainder or ln.instalments
+        schedule = (
+            FeeSchedule.model_construct(
+                upfront_percent=(
+                    opportunity.upfront_percent if kind is BillingType.FIXED_FEE else Decimal(0)
+                ),
+                remainder=ln.fee_remainder
+                or (FeeRemainder.INSTALMENTS if ln.instalments else FeeRemainder.ON_COMPLETION),
+                instalments=ln.instalments,
+            )
+            if scheduled
+            else None
+        )
+        contract_lines.append(
+            ContractLine.model_construct(
+                id=ln.id,
+                task=ln.description or ln.service,
+                task_id=None,
+                role=ln.role,
+                billing_type=kind,
+                rate=rate if hourly else None,
+                hours=ln.quantity if hourly else None,
+                amount=ln.amount,
+                schedule=schedule,
+                not_to_exceed=ln.not_to_exceed,
+            )
+        )
+    version = ContractVersion.model_construct(
+        contract_id=project_id_for(opportunity.crm, opportunity.id),
+        version=1,
+        effective_from=opportunity.close_date,
+        source=f"opportunity:{opportunity.id}",
+        currency=opportunity.currency,
+        start_date=opportunity.close_date,
+        end_date=opportunity.end_date,
+        lines=contract_lines,
+        milestones=milestones,
+        not_to_exceed=opportunity.not_to_exceed,
+        expense_policy=opportunity.expense_policy or rules.expense_policy,
+        payment_terms=terms,
+        value=opportunity.total(),
+        po_number=opportunity.po_number,
+    )
+    issues += version.problems()
+    return (version if contract_lines else None), issues
+
+
+def _line_rate(
+    index: int, line: OpportunityLine, opportunity: Opportunity, issues: list[str]
+) -> Money:
+    """What an hour of a time-and-materials line costs: the deal's rate card for its role on
+    the close date, else the line's unit price."""
+    card = opportunity.rate_card
+    if card is None or line.billing_type is not BillingType.TIME_AND_MATERIALS:
+        return line.unit_rate
+    try:
+        return card.rate_for(line.role or line.service, opportunity.close_date)
+    except NoRate:
+        if (line.role or line.service) in card.roles():  # else `_rate_card` said so already
+            issues.append(
+                f"lines[{index}].role: the deal's rate card has no rate for {line.role!r} "
+                f"on the close date {opportunity.close_date.isoformat()}"
+            )
+        return line.unit_rate
+
+
 def _rate_card(
-    opportunity: Opportunity, entries: dict[str, CatalogueEntry]
+    opportunity: Opportunity, lines: list[OpportunityLine]
 ) -> tuple[RateCard | None, list[str]]:
-    contract = opportunity.contract_terms
+    """The PSA's rate card: the deal's own, else one rate per role from the hourly lines."""
     issues: list[str] = []
     hourly = [
-        (i, ln, entries[ln.id])
-        for i, ln in enumerate(opportunity.lines)
-        if entries[ln.id].billing_type is BillingType.TIME_AND_MATERIALS
+        (i, ln, ln.role or ln.service)
+        for i, ln in enumerate(lines)
+        if ln.billing_type is BillingType.TIME_AND_MATERIALS
     ]
-    if contract is not None and contract.rate_card is not None:
-        card = contract.rate_card
-        for i, _ln, entry in hourly:
-            if entry.role not in card.roles():
-                issues.append(
-                    f"lines[{i}].role: the contract's rate card has no rate for {entry.role!r}"
-                )
+    if opportunity.rate_card is not None:
+        card = opportunity.rate_card
+        for i, _ln, role in hourly:
+            if role not in card.roles():
+                issues.append(f"lines[{i}].role: the deal's rate card has no rate for {role!r}")
         return card, issues
     rates: dict[str, set[Money]] = defaultdict(set)
-    for i, ln, entry in hourly:
+    for i, ln, role in hourly:
         if ln.unit_rate.amount <= 0:
-            issues.append(f"lines[{i}].unit_rate: no rate for role {entry.role!r}")
+            issues.append(f"lines[{i}].unit_rate: no rate for role {role!r}")
         else:
-            rates[entry.role].add(ln.unit_rate)
+            rates[role].add(ln.unit_rate)
     for role, found in sorted(rates.items()):
         if len(found) > 1:
             listed = ", ".join(sorted(str(m.amount) for m in found))
@@ -283,21 +401,23 @@ def _rate_card(
     return card, issues
 
 
-def _task(line: OpportunityLine, entry: CatalogueEntry, by_contract: bool) -> Task:
-    hourly = entry.billing_type is BillingType.TIME_AND_MATERIALS
+def _task(line: OpportunityLine, sold: ContractLine, deal_card: RateCard | None) -> Task:
+    """The PSA task delivering a line; its own rate unless the deal's rate card prices it."""
+    hourly = sold.billing_type is BillingType.TIME_AND_MATERIALS
     return Task(
-        name=line.description or line.service,
-        role=entry.role,
+        name=sold.task,
+        role=sold.role,
         planned_hours=line.quantity if hourly else None,
-        rate=line.unit_rate if hourly and not by_contract else None,
+        rate=line.unit_rate if hourly and deal_card is None else None,
+        billing_type=sold.billing_type,
     )
 
 
-def _main_billing_type(opportunity: Opportunity, entries: dict[str, CatalogueEntry]) -> BillingType:
-    """The billing type carrying most of the deal's value."""
+def _main_billing_type(lines: list[OpportunityLine]) -> BillingType:
+    """The billing type carrying most of the deal's value: a summary for people only."""
     weight: dict[BillingType, Decimal] = defaultdict(Decimal)
-    for ln in opportunity.lines:
-        weight[entries[ln.id].billing_type] += ln.amount.amount
+    for ln in lines:
+        weight[ln.billing_type or BillingType.TIME_AND_MATERIALS] += ln.amount.amount
     return max(sorted(weight), key=lambda bt: weight[bt])
 
 

@@ -6,6 +6,7 @@ Errors name the file and the entry, so a typo in a mapping file is found before 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,10 @@ class RulesFileError(ValueError):
     pass
 
 
-def _read(path: Path) -> dict[str, Any]:
+def _read(path: Path, parse_float: Callable[[str], Any] = float) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
-            return tomllib.load(f)
+            return tomllib.load(f, parse_float=parse_float)
     except OSError as exc:
         raise RulesFileError(f"{path}: cannot read: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
@@ -42,7 +43,8 @@ def _entities(tables: Any) -> Any:
 
 def load_deal_rules(settings: Settings) -> DealRules:
     entities_doc = _read(settings.legal_entities_file)
-    catalogue_doc = _read(settings.service_catalogue_file)
+    # A markup is exact: the catalogue's numbers never pass through `float`.
+    catalogue_doc = _read(settings.service_catalogue_file, parse_float=Decimal)
     entities = _entities(entities_doc.get("entities", {}))
     try:
         return DealRules.model_validate(
@@ -50,6 +52,9 @@ def load_deal_rules(settings: Settings) -> DealRules:
                 "legal_entities": entities,
                 "countries": entities_doc.get("countries", {}),
                 "catalogue": catalogue_doc.get("products", {}),
+                # The firm's expense policy for deals that state none: none passed on unless
+                # the catalogue's [expenses] table names the billable categories.
+                "expense_policy": catalogue_doc.get("expenses", {}),
                 "approval": {
                     "amount_threshold": settings.approval_threshold,
                     "max_discount_percent": settings.max_discount_percent,

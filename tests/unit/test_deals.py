@@ -24,11 +24,15 @@ from canonical import (
     ApprovalPolicy,
     BillingType,
     Contact,
-    ContractTerms,
+    ContractLine,
+    ContractVersion,
     CountryRule,
     DealPlan,
     DealRules,
+    ExpensePolicy,
+    FeeRemainder,
     LegalEntity,
+    Milestone,
     Money,
     Opportunity,
     OpportunityLine,
@@ -166,21 +170,15 @@ def effective_rate(project: Project, task: Task) -> Money:
     return project.rate_card.rate_for(task.role, project.start_date)
 
 
-def contract(entries: dict[str, str], currency: str = "USD") -> ContractTerms:
-    return ContractTerms(
+def negotiated(entries: dict[str, str], currency: str = "USD") -> RateCard:
+    """The customer's MSA rates, negotiated before the deal."""
+    return RateCard(
         currency=currency,
-        billing_type=BillingType.TIME_AND_MATERIALS,
-        payment_terms=PaymentTerms(net_days=30),
-        rate_card=RateCard(
-            currency=currency,
-            name="Acme MSA 2025",
-            entries=[
-                RateCardEntry(
-                    role=role, rate=money(rate, currency), effective_from=date(2025, 1, 1)
-                )
-                for role, rate in entries.items()
-            ],
-        ),
+        name="Acme MSA 2025",
+        entries=[
+            RateCardEntry(role=role, rate=money(rate, currency), effective_from=date(2025, 1, 1))
+            for role, rate in entries.items()
+        ],
     )
 
 
@@ -248,16 +246,13 @@ def test_a_deal_without_payment_terms_gets_the_standard_net_30(rules: DealRules)
     assert plan.customer.payment_terms.label == "Net 30"
 
 
-def test_the_contract_terms_give_payment_terms_the_deal_lacks(rules: DealRules) -> None:
-    terms = ContractTerms(
-        currency="USD",
-        billing_type=BillingType.TIME_AND_MATERIALS,
-        payment_terms=PaymentTerms(net_days=20),
-    )
-    plan = plan_deal(opportunity(payment_terms=None, contract_terms=terms), account(), rules)
+def test_the_contract_is_sold_on_the_terms_the_customer_gets(rules: DealRules) -> None:
+    for terms, expected in ((PaymentTerms(net_days=20), 20), (None, 30)):
+        plan = plan_deal(opportunity(payment_terms=terms), account(), rules)
 
-    assert plan.customer is not None
-    assert plan.customer.payment_terms == PaymentTerms(net_days=20)
+        assert plan.customer is not None and plan.contract is not None
+        assert plan.customer.payment_terms == PaymentTerms(net_days=expected)
+        assert plan.contract.payment_terms == plan.customer.payment_terms
 
 
 def test_the_catalogue_decides_the_role_whatever_the_crm_line_says(rules: DealRules) -> None:
@@ -280,8 +275,9 @@ def test_the_catalogue_decides_the_role_whatever_the_crm_line_says(rules: DealRu
 def test_fixed_fee_products_are_planned_without_hours_or_rates(rules: DealRules) -> None:
     lines = [
         line("L1", "Consulting", "10", "180"),
-        line("L2", "Implementation Package", "1", "40000"),
-        line("L3", "Training", "2", "3000"),
+        # The CRM leaves the billing type to the catalogue, which sells these as fixed fees.
+        line("L2", "Implementation Package", "1", "40000", billing_type=None),
+        line("L3", "Training", "2", "3000", billing_type=None),
     ]
     plan = plan_deal(opportunity(lines), account(), rules)
 
@@ -295,12 +291,18 @@ def test_fixed_fee_products_are_planned_without_hours_or_rates(rules: DealRules)
     ]
     # Only hourly roles need a rate; the fixed fees carry most of the value.
     assert project.rate_card is not None and project.rate_card.roles() == {"Consultant"}
-    assert project.billing_type is BillingType.FIXED_FEE
+    assert project.billing_type is BillingType.FIXED_FEE  # a summary; it decides nothing
+    assert [t.billing_type for t in project.tasks] == [
+        BillingType.TIME_AND_MATERIALS,
+        BillingType.FIXED_FEE,
+        BillingType.FIXED_FEE,
+    ]
     assert project.budget == money("47800.00")
 
 
 def test_a_deal_of_fixed_fees_alone_needs_no_rate_card(rules: DealRules) -> None:
-    plan = plan_deal(single("Implementation Package", "40000"), account(), rules)
+    deal = opportunity([line("L1", "Implementation Package", "1", "40000", billing_type=None)])
+    plan = plan_deal(deal, account(), rules)
 
     assert plan.issues == []
     assert plan.project is not None
@@ -313,13 +315,18 @@ def test_a_contract_rate_card_prices_the_work_not_the_line_prices(rules: DealRul
     lines = standard_lines()
     # A line at no list price is fine when the contract prices its role.
     lines[1] = lines[1].model_copy(update={"unit_rate": money("0")})
-    plan = plan_deal(opportunity(lines, contract_terms=contract(card)), account(), rules)
+    plan = plan_deal(opportunity(lines, rate_card=negotiated(card)), account(), rules)
 
     assert plan.issues == []
     project = plan.project
     assert project is not None and project.rate_card is not None
     assert project.rate_card.name == "Acme MSA 2025"
     assert {t.role: effective_rate(project, t) for t in project.tasks} == {
+        role: money(rate) for role, rate in card.items()
+    }
+    # The contract bills each line's hours at the negotiated rate too.
+    assert plan.contract is not None
+    assert {ln.role: ln.rate for ln in plan.contract.lines} == {
         role: money(rate) for role, rate in card.items()
     }
 
@@ -412,13 +419,13 @@ def _zero_rate() -> tuple[Opportunity, Account]:
 
 
 def _two_rates_for_one_role() -> tuple[Opportunity, Account]:
-    lines = [*standard_lines(), line("L4", "Development", "40", "165")]
+    lines = [*standard_lines(), line("L4", "Development", "40", "165", description="Phase 2")]
     return opportunity(lines), account()
 
 
 def _contract_card_lacks_a_role() -> tuple[Opportunity, Account]:
-    card = contract({"Solution Architect": "220", "Developer": "160"})
-    return opportunity(contract_terms=card), account()
+    card = negotiated({"Solution Architect": "220", "Developer": "160"})
+    return opportunity(rate_card=card), account()
 
 
 def _not_won() -> tuple[Opportunity, Account]:
@@ -486,7 +493,10 @@ def test_every_issue_is_reported_at_once(rules: DealRules) -> None:
 
 
 def test_country_and_rate_issues_come_together(rules: DealRules) -> None:
-    lines = [*standard_lines("EUR"), line("L4", "Development", "10", "99", "EUR")]
+    lines = [
+        *standard_lines("EUR"),
+        line("L4", "Development", "10", "99", "EUR", description="Phase 2"),
+    ]
     plan = plan_deal(opportunity(lines, "EUR"), account("GB", tax_id=None), rules)
 
     assert sorted(i.split(": ", 1)[0] for i in plan.issues) == [
@@ -497,7 +507,7 @@ def test_country_and_rate_issues_come_together(rules: DealRules) -> None:
 
 
 def test_the_same_role_at_the_same_rate_twice_is_one_rate(rules: DealRules) -> None:
-    lines = [*standard_lines(), line("L4", "Development", "40", "150")]
+    lines = [*standard_lines(), line("L4", "Development", "40", "150", description="Phase 2")]
     plan = plan_deal(opportunity(lines), account(), rules)
 
     assert plan.issues == []
@@ -555,15 +565,12 @@ def test_payment_terms_longer_than_standard_are_a_risk(
     )
 
 
-def test_long_terms_from_the_contract_are_a_risk_too(rules: DealRules) -> None:
-    terms = ContractTerms(
-        currency="USD",
-        billing_type=BillingType.TIME_AND_MATERIALS,
-        payment_terms=PaymentTerms(net_days=60),
-    )
-    plan = plan_deal(opportunity(payment_terms=None, contract_terms=terms), account(), rules)
+def test_long_standard_terms_from_the_rules_are_a_risk_too(rules: DealRules) -> None:
+    lenient = rules.model_copy(update={"default_payment_terms": PaymentTerms(net_days=60)})
+    plan = plan_deal(opportunity(payment_terms=None), account(), lenient)
 
     assert plan.risks == ["payment terms net 60 days exceed the standard 30 days"]
+    assert plan.contract is not None and plan.contract.payment_terms.net_days == 60
 
 
 def test_several_risks_are_all_listed_and_the_deal_is_still_planned(rules: DealRules) -> None:
@@ -720,3 +727,255 @@ def test_the_plan_is_the_same_on_another_worker(rules: DealRules) -> None:
                 timeout=60,
             )
             assert out.stdout == expected
+
+
+# ---------------------------------------------------------------- the contract as sold
+
+
+def globex_lines() -> list[OpportunityLine]:
+    """The demo's mixed deal: Development and Project Management by the hour, Training a fee
+    the CRM leaves to the catalogue."""
+    return [
+        line("L1", "Development", "100", "150"),
+        line("L2", "Project Management", "20", "120"),
+        line("L3", "Training", "1", "4000", billing_type=None),
+    ]
+
+
+def test_a_line_is_billed_the_way_it_was_sold(rules: DealRules) -> None:
+    # The catalogue sells Training as a fixed fee and Consulting by the hour; the lines say
+    # otherwise, and the lines win.
+    lines = [
+        line("L1", "Training", "16", "120"),
+        line("L2", "Consulting", "1", "9000", billing_type="fixed_fee"),
+        line("L3", "Implementation Package", "1", "40000", billing_type=None),
+    ]
+    plan = plan_deal(opportunity(lines), account(), rules)
+
+    assert plan.issues == [] and plan.contract is not None and plan.project is not None
+    kinds = [ln.billing_type for ln in plan.contract.lines]
+    assert kinds == [
+        BillingType.TIME_AND_MATERIALS,
+        BillingType.FIXED_FEE,
+        BillingType.FIXED_FEE,
+    ]
+    assert [t.billing_type for t in plan.project.tasks] == kinds
+    assert [(ln.rate, ln.hours) for ln in plan.contract.lines] == [
+        (money("120"), Decimal("16")),
+        (None, None),
+        (None, None),
+    ]
+
+
+def test_the_mixed_deal_becomes_version_1_of_its_contract(rules: DealRules) -> None:
+    deal = opportunity(globex_lines(), upfront_percent="20", end_date=date(2025, 9, 30))
+    plan = plan_deal(deal, account(), rules)
+
+    assert plan.ready and plan.project is not None
+    contract = plan.contract
+    assert contract is not None
+    assert (contract.contract_id, contract.version, contract.source) == (
+        plan.project.id,
+        1,
+        "opportunity:006A",
+    )
+    assert (contract.effective_from, contract.start_date, contract.end_date) == (
+        CLOSE,
+        CLOSE,
+        date(2025, 9, 30),
+    )
+    assert contract.value == deal.total() == money("21400.00")
+    assert contract.po_number == "PO-4711" and contract.currency == "USD"
+    dev, pm, training = contract.lines
+    assert (dev.task, dev.role, dev.rate, dev.amount) == (
+        "Development",
+        "Developer",
+        money("150"),
+        money("15000.00"),
+    )
+    assert (pm.role, pm.rate) == ("Project Manager", money("120"))
+    assert training.billing_type is BillingType.FIXED_FEE and training.rate is None
+    assert training.schedule is not None and training.schedule.upfront_percent == 20
+    assert contract.upfront(training) == money("800.00")
+    assert contract.remainder(training) == money("3200.00")
+    # The firm's default expense policy passes nothing on.
+    assert contract.expense_policy == ExpensePolicy()
+    assert contract.expense_policy.billable("travel") is False
+
+
+def test_the_deal_sets_caps_expenses_and_instalments(rules: DealRules) -> None:
+    lines = [
+        line("L1", "Development", "100", "150", not_to_exceed=money("12000")),
+        line("L2", "Training", "1", "6000", billing_type=None, instalments=3),
+    ]
+    policy = ExpensePolicy(billable_categories=["Travel"], markup_percent="10")
+    deal = opportunity(lines, not_to_exceed=money("20000"), expense_policy=policy)
+    plan = plan_deal(deal, account(), rules)
+
+    assert plan.issues == [] and plan.contract is not None
+    contract = plan.contract
+    assert contract.not_to_exceed == money("20000")
+    assert contract.lines[0].not_to_exceed == money("12000")
+    assert contract.expense_policy == policy
+    instalments = contract.instalments(contract.lines[1])
+    assert [(i.due, i.amount) for i in instalments] == [
+        (date(2025, 3, 1), money("2000.00")),
+        (date(2025, 4, 1), money("2000.00")),
+        (date(2025, 5, 1), money("2000.00")),
+    ]
+
+
+def test_the_firms_expense_policy_applies_when_the_deal_states_none(rules: DealRules) -> None:
+    firm = ExpensePolicy(billable_categories=["travel", "lodging"], markup_percent="5")
+    plan = plan_deal(opportunity(), account(), rules.model_copy(update={"expense_policy": firm}))
+
+    assert plan.contract is not None and plan.contract.expense_policy == firm
+
+
+def test_milestones_are_sold_on_their_milestone_line(rules: DealRules) -> None:
+    lines = [*globex_lines(), line("L4", "Go-live", "1", "10000", billing_type="milestone")]
+    milestones = [
+        Milestone(id="M1", name="Cut-over", amount=money("6000"), line_id="L4"),
+        Milestone(
+            id="M2",
+            name="Hypercare",
+            amount=money("4000"),
+            line_id="L4",
+            due_date=date(2025, 6, 30),
+        ),
+    ]
+    plan = plan_deal(opportunity(lines, milestones=milestones), account(), rules)
+
+    assert plan.issues == [] and plan.contract is not None
+    assert [(m.id, m.line_id, m.amount, m.planned_date) for m in plan.contract.milestones] == [
+        ("M1", "L4", money("6000"), None),
+        ("M2", "L4", money("4000"), date(2025, 6, 30)),
+    ]
+
+
+def _milestone_on_an_hourly_line() -> Opportunity:
+    lines = [*globex_lines(), line("L4", "Go-live", "1", "5000", billing_type="milestone")]
+    return opportunity(
+        lines,
+        milestones=[
+            Milestone(id="M1", name="Cut-over", amount=money("5000"), line_id="L4"),
+            Milestone(id="M2", name="Sprint 1", amount=money("1000"), line_id="L1"),
+        ],
+    )
+
+
+def _milestones_short_of_their_line() -> Opportunity:
+    lines = [*globex_lines(), line("L4", "Go-live", "1", "5000", billing_type="milestone")]
+    return opportunity(
+        lines, milestones=[Milestone(id="M1", name="Cut-over", amount=money("4000"), line_id="L4")]
+    )
+
+
+def _milestone_line_without_milestones() -> Opportunity:
+    return opportunity(
+        [*globex_lines(), line("L4", "Go-live", "1", "5000", billing_type="milestone")]
+    )
+
+
+def _milestone_naming_no_line() -> Opportunity:
+    lines = [*globex_lines(), line("L4", "Go-live", "1", "5000", billing_type="milestone")]
+    return opportunity(
+        lines,
+        milestones=[
+            Milestone(id="M1", name="Cut-over", amount=money("5000"), line_id="L4"),
+            Milestone(id="M2", name="Extra", amount=money("5")),
+        ],
+    )
+
+
+def _instalments_without_an_end_date() -> Opportunity:
+    lines = globex_lines()
+    lines[2] = lines[2].model_copy(update={"fee_remainder": FeeRemainder.INSTALMENTS})
+    return opportunity(lines)
+
+
+def _cap_on_a_fixed_fee() -> Opportunity:
+    lines = globex_lines()
+    lines[2] = lines[2].model_copy(update={"not_to_exceed": money("5000")})
+    return opportunity(lines)
+
+
+def _instalments_on_an_hourly_line() -> Opportunity:
+    lines = globex_lines()
+    lines[0] = lines[0].model_copy(update={"instalments": 3})
+    return opportunity(lines, end_date=date(2025, 12, 31))
+
+
+def _two_lines_one_task() -> Opportunity:
+    return opportunity([*globex_lines(), line("L4", "Development", "10", "150")])
+
+
+def _ends_before_it_starts() -> Opportunity:
+    return opportunity(globex_lines(), end_date=date(2025, 1, 31))
+
+
+@pytest.mark.parametrize(
+    ("make", "field", "mentions"),
+    [
+        pytest.param(
+            _milestone_on_an_hourly_line,
+            "milestones[1].line_id",
+            ["'Sprint 1'", "L1", "time_and_materials"],
+            id="milestone-on-t&m",
+        ),
+        pytest.param(
+            _milestones_short_of_their_line,
+            "lines[3].milestones",
+            ["add up to 4000", "5000.00"],
+            id="milestones-short",
+        ),
+        pytest.param(
+            _milestone_line_without_milestones, "lines[3].milestones", ["L4"], id="no-milestones"
+        ),
+        pytest.param(_milestone_naming_no_line, "milestones[1].line_id", ["'Extra'"], id="no-line"),
+        pytest.param(
+            _instalments_without_an_end_date, "lines[2].schedule", ["end_date"], id="no-term"
+        ),
+        pytest.param(_cap_on_a_fixed_fee, "lines[2].not_to_exceed", ["fixed_fee"], id="ff-cap"),
+        pytest.param(
+            _instalments_on_an_hourly_line, "lines[0].schedule", ["fixed-fee"], id="t&m-schedule"
+        ),
+        pytest.param(_two_lines_one_task, "lines[3].task", ["'Development'"], id="one-task"),
+        pytest.param(_ends_before_it_starts, "end_date", ["2025-01-31"], id="end-date"),
+    ],
+)
+def test_a_contract_that_cannot_be_billed_names_the_field(
+    rules: DealRules, make: Callable[[], Opportunity], field: str, mentions: list[str]
+) -> None:
+    plan = plan_deal(make(), account(), rules)
+
+    assert len(plan.issues) == 1, plan.issues
+    issue = plan.issues[0]
+    assert issue.startswith(f"{field}: "), issue
+    for fragment in mentions:
+        assert fragment in issue, issue
+    assert plan.contract is None and plan.project is None and not plan.ready
+
+
+def test_the_contracts_own_rules_say_the_same_when_it_is_made() -> None:
+    """The deal's issues are `ContractVersion.problems`: made directly, it refuses alike."""
+    sold = ContractLine(
+        id="L1",
+        task="Go-live",
+        billing_type=BillingType.MILESTONE,
+        amount=money("5000"),
+    )
+    with pytest.raises(ValidationError, match=r"lines\[0\]\.milestones: milestone line L1"):
+        ContractVersion(
+            contract_id="salesforce:006A",
+            version=1,
+            effective_from=CLOSE,
+            source="opportunity:006A",
+            currency="USD",
+            start_date=CLOSE,
+            lines=[sold],
+            payment_terms=PaymentTerms(net_days=30),
+            value=money("5000"),
+        )
+    with pytest.raises(ValidationError, match="rate: a time-and-materials line needs a rate"):
+        ContractLine(id="L2", task="Dev", billing_type="time_and_materials", amount=money("1"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from canonical import BillingType, PaymentTerms
+from canonical import BillingType, ExpensePolicy, PaymentTerms
 from settings import DEMO_RULES, Settings
 from settings.rules import RulesFileError, load_deal_rules
 
@@ -170,6 +170,17 @@ def test_files_of_ones_own_replace_the_demo(tmp_path: Path) -> None:
     assert rules.legal_entities["NW-US"].tax_regime is None
     assert set(rules.catalogue) == {"Go-live Support"}
     assert rules.catalogue["Go-live Support"].billing_type is BillingType.MILESTONE
+    assert rules.expense_policy == ExpensePolicy()  # nothing passed on unless configured
+
+
+def test_the_catalogue_sets_the_firms_expense_policy(tmp_path: Path) -> None:
+    catalogue = GOOD_CATALOGUE + '\n[expenses]\nbillable_categories = ["Travel", "lodging"]\n'
+    rules = load_deal_rules(files(tmp_path, catalogue=catalogue + "markup_percent = 7.5\n"))
+
+    assert rules.expense_policy == ExpensePolicy(
+        billable_categories=["Travel", "lodging"], markup_percent=Decimal("7.5")
+    )
+    assert rules.expense_policy.billable("travel")
 
 
 # ---------------------------------------------------------------- files gone wrong

@@ -44,13 +44,16 @@ from canonical import (
     ApprovalPolicy,
     BillingContract,
     BillingType,
-    ContractTask,
+    Contract,
+    ContractLine,
+    ContractVersion,
     DealPolicy,
     DraftLine,
     DraftView,
     Money,
     OutagePolicy,
     PaymentTerms,
+    TaskProgress,
 )
 from tests.workflows.fakes import FakeLedger, Unavailable, serving
 from workflows.invoice_cycle import InvoiceCycleWorkflow
@@ -59,16 +62,40 @@ from workflows.time_to_invoice import TimeToInvoiceInput, TimeToInvoiceWorkflow,
 APPROVER = "finance@northwind.example"
 
 
-def contract() -> BillingContract:
+def sold(*lines: ContractLine) -> Contract:
+    """Initech's contract: Development by the hour at 160.00 GBP, and any ``lines`` more."""
+    development = ContractLine(
+        id="00k1",
+        task="Development",
+        role="Developer",
+        billing_type=BillingType.TIME_AND_MATERIALS,
+        rate=Money.of("160", "GBP"),
+        hours=Decimal(100),
+        amount=Money.of("16000", "GBP"),
+    )
+    everything = [development, *lines]
+    version = ContractVersion(
+        contract_id="salesforce:006000000000001AAA",
+        version=1,
+        effective_from=date(2026, 10, 1),
+        source="opportunity:006000000000001AAA",
+        currency="GBP",
+        start_date=date(2026, 10, 1),
+        lines=everything,
+        payment_terms=PaymentTerms(net_days=30),
+        value=Money.of(sum((ln.amount.amount for ln in everything), Decimal(0)), "GBP"),
+    )
+    return Contract(versions=[version])
+
+
+def contract(*lines: ContractLine, tasks: list[TaskProgress] | None = None) -> BillingContract:
     return BillingContract(
         project_id="42",
         customer_id="salesforce:001000000000001AAA",
         customer_name="Initech UK Ltd",
         currency="GBP",
-        billing_type=BillingType.TIME_AND_MATERIALS,
-        tasks=[
-            ContractTask(id="7", name="Development", role="Developer", rate=Money.of("160", "GBP"))
-        ],
+        contract=sold(*lines),
+        tasks=tasks or [TaskProgress(id="7", name="Development")],
         tax_rate=Decimal("0.20"),
         payment_terms=PaymentTerms(net_days=30),
         legal_entity_code="NW-UK",
