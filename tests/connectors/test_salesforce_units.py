@@ -12,7 +12,15 @@ from typing import Any
 import httpx
 import pytest
 
-from canonical import BillingType, ExpensePolicy, FeeRemainder, Money, PaymentTerms
+from canonical import (
+    BillingType,
+    ExpensePolicy,
+    FeeRemainder,
+    Money,
+    Opportunity,
+    PaymentTerms,
+    plan_deal,
+)
 from connectors.errors import AuthFailed, RateLimitedError, TransientError, ValidationFailed
 from connectors.salesforce import (
     InvalidEvent,
@@ -37,6 +45,7 @@ from connectors.salesforce.wire import (
     OpportunityLineItemRecord,
     OpportunityRecord,
 )
+from tests.workflows.fakes import RULES, account
 
 SECRET = "whsec-test"
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -272,10 +281,13 @@ def test_a_milestone_line_with_its_milestone_is_bookable() -> None:
     line = _line(Billing_Type__c="Milestone", Quantity=Decimal(1), UnitPrice=Decimal(999))
     bare = to_opportunity(_opportunity(), [line], default_currency="EUR")
     with_milestone = to_opportunity(_opportunity(), [line], [_milestone()], default_currency="EUR")
-    assert [i for i in bare.booking_issues() if "milestone" in i] != []
-    assert with_milestone.booking_issues() == [
-        "payment_terms: no payment terms on the deal or its contract"
-    ]
+    customer = account("DE", tax_id="DE136695976").model_copy(update={"id": bare.account_id})
+
+    def milestone_issues(deal: Opportunity) -> list[str]:
+        return [i for i in plan_deal(deal, customer, RULES).issues if "milestone" in i]
+
+    assert milestone_issues(bare) != []
+    assert milestone_issues(with_milestone) == []
 
 
 def test_a_deal_without_contract_terms_keeps_the_defaults() -> None:

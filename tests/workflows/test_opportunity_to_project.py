@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from temporalio.client import (
@@ -17,6 +18,7 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 
+from canonical import BillingType, Money, OpportunityLine
 from tests.workflows.fakes import APPROVER, FakeSystems, account, opportunity, start_args
 from workflows.approvals import OPERATOR, OperatorAck, OperatorAction, OperatorDecision
 from workflows.opportunity_to_project import (
@@ -32,6 +34,7 @@ from workflows.opportunity_to_project import (
     OpportunityToProjectWorkflow,
     Step,
 )
+from workflows.time_to_invoice import upfront_workflow_id
 
 Handle = WorkflowHandle[OpportunityToProjectWorkflow, OpportunityToProjectResult]
 STEP_WAIT_S = 15
@@ -89,8 +92,18 @@ async def test_clean_deal_is_provisioned_everywhere(temporal_client: Client, tas
     assert result.ids == {
         "erp_customer": "17",
         "psa_project": "42",
+        "contract": "salesforce:006000000000001AAA v1",
         "billing_customer": "cus_TEST1",
     }
+    # The contract as sold is kept with the PSA's task ids; hours only: no upfront invoice.
+    [recorded] = systems.called("record_contract")
+    assert recorded.project_id == "42" and recorded.task_ids == {
+        t.name: str(100 + i)
+        for i, t in enumerate(systems.called("create_project")[0].project.tasks)
+    }
+    assert [ln.billing_type for ln in recorded.contract.lines] == [
+        BillingType.TIME_AND_MATERIALS
+    ] * 2
     [project] = systems.called("create_project")
     assert project.project.legal_entity_code == "NW-US"
     assert [(t.role, t.rate.amount if t.rate else None) for t in project.project.tasks] == [
@@ -515,3 +528,43 @@ async def test_messages_with_an_added_field_are_accepted(temporal_client: Client
 
     assert ack.approver == APPROVER
     assert result.status == Step.COMPLETED
+
+
+async def test_an_upfront_fee_starts_its_invoice_run_once(temporal_client: Client, task_queue: str):
+    """A fixed fee with 20 % up front: provisioning starts the upfront invoice's own
+    time-to-invoice run, and a second provisioning of the deal does not start another."""
+    deal = opportunity()
+    fee = OpportunityLine(
+        id="00k3",
+        service="Training",
+        quantity=Decimal(1),
+        unit_rate=Money.of("5000", deal.currency),
+        billing_type=BillingType.FIXED_FEE,
+    )
+    systems = FakeSystems(
+        deal=deal.model_copy(update={"lines": [*deal.lines, fee], "upfront_percent": Decimal(20)})
+    )
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start(temporal_client, task_queue)
+        result = await handle.result()
+        upfront_id = upfront_workflow_id("42")
+        assert result.ids["upfront_invoice_run"] == upfront_id
+        child = temporal_client.get_workflow_handle(upfront_id)
+        try:
+            started = await child.describe()
+            assert started.workflow_type == "TimeToInvoiceWorkflow"
+            assert started.parent_id == handle.id
+            # The deal provisioned again (a re-entry): the upfront run is not started twice.
+            again = await temporal_client.start_workflow(
+                OpportunityToProjectWorkflow.run,
+                start_args(deal.id)[0],
+                id=f"{handle.id}-again",
+                task_queue=task_queue,
+            )
+            await again.result()
+            assert (await child.describe()).run_id == started.run_id
+        finally:
+            await child.terminate("test over")
+    [recorded, _] = systems.called("record_contract")
+    [training] = [ln for ln in recorded.contract.lines if ln.task == "Training"]
+    assert recorded.contract.upfront(training) == Money.of("1000.00", deal.currency)
