@@ -17,6 +17,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities._base import ActivityModel
+from activities.contracts import stored_contract
 from activities.errors import translate_connector_errors
 from activities.ports import CrmPort
 from canonical import (
@@ -180,15 +181,20 @@ class InvoicingActivities:
                 f"tax_rates: no tax rate for customers in {country} (customer {customer.name})",
                 "NoTaxRate",
             )
-        crm, sold = await self._sold(customer_id, project.opportunity_id)
-        if sold is None:
-            sold = _contract_from_psa(project)
+        # The contract as provisioned, every version; a project provisioned before q2c kept
+        # contracts is billed as its deal sells it today, else by the PSA's tasks and rates.
+        prefix = customer_id.split(":", 1)[0]
+        crm = prefix if prefix in self.crms else None
+        kept = await stored_contract(self.store, str(project.id))
+        if kept is None:
+            crm, sold = await self._sold(customer_id, project.opportunity_id)
+            kept = Contract(versions=[sold or _contract_from_psa(project)])
         contract = BillingContract(
             project_id=str(project.id),
             customer_id=customer_id,
             customer_name=customer.name,
             currency=project.currency,
-            contract=Contract(versions=[sold]),
+            contract=kept,
             tasks=[
                 TaskProgress(id=str(task.id), name=task.name, done_on=_done_on(task))
                 for task in project.tasks
@@ -196,7 +202,7 @@ class InvoicingActivities:
             tax_rate=self.tax_rates[country],
             payment_terms=customer.payment_terms,
             legal_entity_code=project.legal_entity_code,
-            po_number=sold.po_number,
+            po_number=kept.current.po_number,
         )
         return contract, ContractContext(
             contract=contract,
@@ -286,6 +292,7 @@ class InvoicingActivities:
                 workflow_id=request.workflow_id,
                 project_id=contract.project_id,
                 period=period.key,
+                kind=request.kind,
                 currency=contract.currency,
                 rated={
                     "period": rated.model_dump(mode="json"),

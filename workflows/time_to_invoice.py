@@ -286,6 +286,7 @@ class TimeToInvoiceWorkflow(Lifecycle, AwaitsApproval):
                 workflow_id=workflow.info().workflow_id,
                 period=request.period,
                 context=context,
+                kind=request.kind.value,
             ),
             system=TRYTON,
             start_to_close=DRAFT_ATTEMPT,

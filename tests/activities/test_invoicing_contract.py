@@ -11,6 +11,7 @@ from typing import Any
 
 from temporalio.testing import ActivityEnvironment
 
+from activities.contracts import ContractActivities, RecordContractInput
 from activities.invoicing import (
     ContractContext,
     ContractFacts,
@@ -312,3 +313,43 @@ async def test_the_upfront_invoice_bills_the_shares_once_and_periods_never(store
         ("Training — fixed fee on completion (the 75 % remaining)", Decimal("3000.00"))
     ]
     assert not period.supplementary  # an upfront invoice is not this period's
+
+
+async def test_the_contract_as_provisioned_wins_over_the_deal_edited_since(store: Store) -> None:
+    """What was provisioned is billed: a deal edited in the CRM afterwards changes nothing
+    (only a change order makes a new version)."""
+    psa = globex_psa(training_done=date(2026, 11, 25))
+    psa.book("1001", 7, "10", date(2026, 11, 3))
+    plan = plan_deal(deal(), account(), RULES)
+    assert plan.contract is not None
+    provisioned = plan.contract.model_copy(
+        update={
+            "lines": [
+                ln.model_copy(update={"rate": Money.of("155", "USD")})
+                if ln.task == "Solution Architecture"
+                else ln
+                for ln in plan.contract.lines
+            ]
+        }
+    )
+    await ContractActivities(store).record_contract(
+        RecordContractInput(
+            contract=provisioned,
+            project_id=str(PROJECT),
+            task_ids={"Solution Architecture": "7", "Project Management": "8", "Training": "9"},
+        )
+    )
+    activities = await invoicing(psa, store)
+    env = ActivityEnvironment()
+    context = await env.run(
+        activities.load_billing_contract, LoadContractInput(project_id=str(PROJECT))
+    )
+    assert isinstance(context.contract, BillingContract)
+    [kept] = context.contract.contract.versions
+    assert {ln.task: ln.task_id for ln in kept.lines}["Training"] == "9"
+
+    drafted = await env.run(activities.draft_invoice, draft("t2i/kept", "2026-11", context))
+    assert [(ln.description, ln.net) for ln in drafted.lines] == [
+        ("Solution Architecture — Developer (10 h at 155.00 USD)", Decimal("1550.00")),
+        ("Training — fixed fee on completion", Decimal("4000.00")),
+    ]
