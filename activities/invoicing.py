@@ -46,6 +46,7 @@ from canonical import (
     plan_deal,
     rate_upfront,
 )
+from canonical.invoicing import SOURCES_LISTED
 from connectors.errors import ConnectorError
 from store import InvoiceDraft, Store
 
@@ -415,8 +416,12 @@ def draft_view(
                 net=line.net.amount,
                 tax=line.tax.amount,
                 total=line.total.amount,
+                contract_version=line.contract_version,
+                sources=sources[:SOURCES_LISTED],
+                source_count=len(sources),
             )
             for line in invoice.lines
+            for sources in [rated.line_entries.get(line.id or "", line.source_ids)]
         ],
         subtotal=invoice.subtotal.amount,
         tax=invoice.tax.amount,

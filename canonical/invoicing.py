@@ -48,6 +48,11 @@ class InvoiceAdjustment(CanonicalModel):
     lines: list[AdjustmentLine] = Field(min_length=1)
 
 
+#: Sources listed per draft line (the count is always complete; the draft in the store
+#: holds every one).
+SOURCES_LISTED = 10
+
+
 class DraftLine(CanonicalModel):
     description: str
     quantity: Decimal
@@ -55,6 +60,11 @@ class DraftLine(CanonicalModel):
     net: Decimal
     tax: Decimal
     total: Decimal
+    #: Where the line comes from: the contract version it was rated under, and the time
+    #: entries, fee, instalment, milestone or expenses that produced it (the first few).
+    contract_version: int | None = None
+    sources: list[str] = Field(default_factory=list)
+    source_count: int = 0
 
 
 class DraftView(CanonicalModel):

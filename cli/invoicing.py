@@ -36,6 +36,7 @@ from canonical import (
     AdjustmentKind,
     AdjustmentLine,
     BillingPeriod,
+    DraftLine,
     DraftView,
     InvoiceAdjustment,
 )
@@ -599,7 +600,7 @@ def _lines_table(draft: DraftView) -> Table:
         table.add_column(name, justify="right", no_wrap=True)
     for line in draft.lines:
         table.add_row(
-            line.description,
+            line.description + _traced(line),
             f"{line.quantity:f}",
             amount_text(line.unit_price, c),
             amount_text(line.net, c),
@@ -607,6 +608,19 @@ def _lines_table(draft: DraftView) -> Table:
             amount_text(line.total, c),
         )
     return table
+
+
+def _traced(line: DraftLine) -> str:
+    """Where a line comes from: its contract version and what produced it."""
+    if line.contract_version is None and not line.source_count:
+        return ""
+    version = f"contract v{line.contract_version}" if line.contract_version else "no contract"
+    if not line.source_count:
+        return f"\n  {version}"
+    shown = ", ".join(line.sources)
+    hidden = line.source_count - len(line.sources)
+    more = f" and {hidden} more" if hidden > 0 else ""
+    return f"\n  {version}; from {shown}{more}"
 
 
 def _record_line(record: InvoiceRecord) -> str:

@@ -200,6 +200,8 @@ async def test_show_adjust_and_approve_a_draft(
     assert human.exit_code == 0, human.output
     [line] = [line for line in human.stdout.splitlines() if "Development — Developer" in line]
     assert line.split()[-5:] == ["12.5", "160.00", "2,000.00", "400.00", "2,400.00"]
+    # Each line traced to the contract version and the entries that produced it.
+    assert "contract v1; from 1001, 1002, 1003" in human.stdout
     assert row(human.stdout, "subtotal") == ["2,000.00", "GBP"]
     assert row(human.stdout, "tax") == ["400.00", "GBP"]
     assert row(human.stdout, "total") == ["2,400.00", "GBP"]
@@ -226,6 +228,9 @@ async def test_show_adjust_and_approve_a_draft(
         "net": "2000.00",
         "tax": "400.00",
         "total": "2400.00",
+        "contract_version": 1,
+        "sources": ["1001", "1002", "1003"],
+        "source_count": 3,
     }
     assert (draft["hours"], draft["rejected_entries"]) == ("12.5", 0)
 

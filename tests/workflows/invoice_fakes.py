@@ -116,6 +116,9 @@ def draft_view(draft_id: str, hours: str = "12.5") -> DraftView:
                 net=net,
                 tax=tax,
                 total=net + tax,
+                contract_version=1,
+                sources=["1001", "1002", "1003"],
+                source_count=3,
             )
         ],
         subtotal=net,
