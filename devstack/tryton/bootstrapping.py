@@ -19,18 +19,25 @@ from devstack.tryton.reference import (
     BANK_JOURNAL,
     CASH_CODE,
     COMPANY_ADDRESSES,
+    COST_PRICE_FROM,
     COUNTRIES,
     CURRENCIES,
     DEFAULT_LEGAL_ENTITIES,
     DEFAULT_TAX_RATES,
+    DEFERRED_REVENUE_CODE,
+    EXPENSE_CATEGORY,
     EXPENSE_CODE,
+    EXPENSE_PRODUCTS,
+    FEE_PRODUCT,
     PAYMENT_METHOD,
     PAYMENT_TERMS,
     PRODUCT_CATEGORY,
+    REIMBURSEMENT_JOURNAL,
     REVENUE_CODE,
     SALE_TAX_GROUP,
     SERVICE_PRODUCTS,
     TAX_PAYABLE_CODE,
+    employee_cost,
     employees_of,
     list_price,
     load_legal_entities,
@@ -96,13 +103,20 @@ class _Bootstrap:
             accounts = await self.chart(company_id)
             await self.tax_rounding(company_id)
             years = [self.today.year, self.today.year + 1]
+            currency = self.entities[code].currency
+            employee_ids = {
+                name: await self.employee(company_id, name) for name in employees_of(code)
+            }
+            costs = {name: employee_cost(name, currency) for name in employee_ids}
+            for name, employee_id in employee_ids.items():
+                await self.employee_cost_price(employee_id, costs[name])
+            deferred = await self._account_by_code(company_id, DEFERRED_REVENUE_CODE)
+            await self.deferred_revenue_account(company_id, deferred)
             companies[code] = CompanyResult(
                 company_id=company_id,
                 party_id=party_id,
                 currency=self.entities[code].currency,
-                employee_ids={
-                    name: await self.employee(company_id, name) for name in employees_of(code)
-                },
+                employee_ids=employee_ids,
                 revenue_account_id=accounts["revenue"],
                 expense_account_id=accounts["expense"],
                 receivable_account_id=accounts["receivable"],
@@ -120,10 +134,22 @@ class _Bootstrap:
                     str(rate): await self.tax(company_id, rate, tax_group, accounts["tax"])
                     for rate in self.tax_rates
                 },
+                deferred_revenue_account_id=deferred,
+                reimbursement_journal_id=await self.reimbursement_journal(
+                    company_id, currency_ids[currency]
+                ),
+                employee_costs={name: str(cost) for name, cost in costs.items()},
             )
         hour = int(await self.c.model("ir.model.data", "get_id", "product", "uom_hour"))
         category = await self.category(companies)
         product_ids = await self.products(category, hour, companies)
+        unit = int(await self.c.model("ir.model.data", "get_id", "product", "uom_unit"))
+        expense_category = await self.category(companies, EXPENSE_CATEGORY)
+        expense_product_ids = {
+            name: await self.plain_product(name, unit, expense_category)
+            for name in EXPENSE_PRODUCTS
+        }
+        fee_product = await self.plain_product(FEE_PRODUCT, unit, category)
         payment_term_ids = {
             name: await self.payment_term(name, days) for name, days in PAYMENT_TERMS.items()
         }
@@ -134,6 +160,8 @@ class _Bootstrap:
             payment_term_ids=payment_term_ids,
             hour_uom_id=hour,
             bank_journal_id=bank_journal,
+            expense_product_ids=expense_product_ids,
+            fee_product_id=fee_product,
         )
 
     async def currencies(self) -> dict[str, int]:
@@ -485,15 +513,15 @@ class _Bootstrap:
         await self.c.model("account.fiscalyear", "create_period", [fy], context=context)
         return fy
 
-    async def category(self, companies: dict[str, CompanyResult]) -> int:
-        """The services' category, with revenue and expense accounts in every company."""
-        found = await self.c.search("product.category", [("name", "=", PRODUCT_CATEGORY)], limit=1)
+    async def category(
+        self, companies: dict[str, CompanyResult], name: str = PRODUCT_CATEGORY
+    ) -> int:
+        """A products' category, with revenue and expense accounts in every company."""
+        found = await self.c.search("product.category", [("name", "=", name)], limit=1)
         category = (
             found[0]
             if found
-            else await self.c.create_one(
-                "product.category", {"name": PRODUCT_CATEGORY, "accounting": True}
-            )
+            else await self.c.create_one("product.category", {"name": name, "accounting": True})
         )
         await self._per_company(
             "product.category",
@@ -550,6 +578,68 @@ class _Bootstrap:
                 keep_existing=True,
             )
         return product_ids
+
+    async def plain_product(self, name: str, unit: int, category: int) -> int:
+        """A service product sold by the unit that prices no task (not salable): an expense
+        category, or the fixed fee whose revenue is deferred."""
+        found = await self.c.search(
+            "product.product", [("template.name", "=", name), ("type", "=", "service")], limit=1
+        )
+        if found:
+            return found[0]
+        template = await self.c.create_one(
+            "product.template",
+            {
+                "name": name,
+                "type": "service",
+                "default_uom": unit,
+                "salable": False,
+                "account_category": category,
+                "products": [["create", [{}]]],
+            },
+        )
+        (row,) = await self.c.read("product.template", [template], ["products"])
+        return int(row["products"][0])
+
+    async def employee_cost_price(self, employee_id: int, cost: Decimal) -> None:
+        """The employee's hourly cost from `COST_PRICE_FROM` (timesheet_cost); a cost
+        someone set by hand on that date is left alone."""
+        found = await self.c.search(
+            "company.employee_cost_price",
+            [("employee", "=", employee_id), ("date", "=", COST_PRICE_FROM)],
+            limit=1,
+        )
+        if not found:
+            await self.c.create(
+                "company.employee_cost_price",
+                [{"employee": employee_id, "date": COST_PRICE_FROM, "cost_price": cost}],
+            )
+
+    async def deferred_revenue_account(self, company_id: int, account: int) -> None:
+        """Where account_invoice_defer moves the revenue it defers, in this company."""
+        company = self.c.for_company(company_id)
+        (config,) = await company.read("account.configuration", [1], ["deferred_account_revenue"])
+        if config["deferred_account_revenue"] != account:
+            await company.write("account.configuration", [1], {"deferred_account_revenue": account})
+
+    async def reimbursement_journal(self, company_id: int, currency_id: int) -> int:
+        """The company's payment journal for approved expenses (paid by hand)."""
+        found = await self.c.search(
+            "account.payment.journal",
+            [("company", "=", company_id), ("name", "=", REIMBURSEMENT_JOURNAL)],
+            limit=1,
+        )
+        if found:
+            return found[0]
+        return await self.c.for_company(company_id).create_one(
+            "account.payment.journal",
+            {
+                "name": REIMBURSEMENT_JOURNAL,
+                "company": company_id,
+                "currency": currency_id,
+                "process_method": "manual",
+            },
+        )
 
     async def _per_company(
         self,

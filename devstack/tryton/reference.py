@@ -8,11 +8,13 @@ A change here changes what the bootstrap makes, so it is part of `inputs_digest`
 from __future__ import annotations
 
 import tomllib
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
 import settings
 from canonical import LegalEntity
+from connectors.tryton import mapping
 from settings import Settings
 from settings.rules import load_tax_rates as load_tax_rates_by_country
 
@@ -51,6 +53,27 @@ SERVICE_PRODUCTS: dict[str, Decimal] = {
     "Training": Decimal("120"),
 }
 DEFAULT_PRODUCT = "Consulting"
+#: Expense products, one per expense category (a project disbursement's category); not
+#: salable, so they never price a task. Which categories a customer pays for is the
+#: contract's expense policy: Entertainment is one a contract would not bill.
+EXPENSE_PRODUCTS = ("Travel", "Lodging", "Meals", "Entertainment")
+EXPENSE_CATEGORY = "Project Expenses"
+#: The service product of fixed fees whose revenue is deferred (account_invoice_defer
+#: defers only lines with a service product); not salable.
+FEE_PRODUCT = mapping.FEE_PRODUCT
+#: Employees' hourly cost in USD (timesheet_cost), converted for other companies like
+#: list prices; from `COST_PRICE_FROM`, so time booked on any recent date has a cost.
+EMPLOYEE_COSTS: dict[str, Decimal] = {
+    "Ada Lovelace": Decimal("85"),
+    "Grace Hopper": Decimal("80"),
+}
+DEFAULT_EMPLOYEE_COST = Decimal("70")
+COST_PRICE_FROM = date(2020, 1, 1)
+#: Where the revenue of deferred invoice lines waits (universal chart: Deferred Income).
+DEFERRED_REVENUE_CODE = "2.2.2"
+#: The payment journal of expense reimbursements (a disbursement, once approved, is a
+#: payment to the employee who paid it).
+REIMBURSEMENT_JOURNAL = "Expense reimbursements"
 PAYMENT_TERMS = {"Net 30": 30, "Net 45": 45, "Net 60": 60}
 #: The country list is not loaded by `trytond-admin`; addresses need the countries q2c sells to.
 COUNTRIES = {
@@ -108,6 +131,11 @@ def tax_name(rate: Decimal) -> str:
 def employees_of(code: str) -> tuple[str, ...]:
     """The demo people of a legal entity; an entity the demo does not know gets two."""
     return EMPLOYEES.get(code, (f"{code} Consultant", f"{code} Project Manager"))
+
+
+def employee_cost(name: str, currency: str) -> Decimal:
+    """An employee's hourly cost in `currency`, at the demo rate."""
+    return list_price(EMPLOYEE_COSTS.get(name, DEFAULT_EMPLOYEE_COST), currency)
 
 
 def list_price(usd_price: Decimal, currency: str) -> Decimal:

@@ -24,6 +24,12 @@ class CompanyResult:
     fiscal_year_ids: dict[int, int] = field(default_factory=dict)
     #: Customer taxes by rate (`"0.20"`).
     tax_ids: dict[str, int] = field(default_factory=dict)
+    #: Where deferred revenue waits until recognized (account_invoice_defer).
+    deferred_revenue_account_id: int = 0
+    #: The payment journal approved expenses are reimbursed through (project_disbursement).
+    reimbursement_journal_id: int = 0
+    #: Employee name -> hourly cost (timesheet_cost), as a string (`"85"`).
+    employee_costs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,10 @@ class BootstrapResult:
     payment_term_ids: dict[str, int]
     hour_uom_id: int
     bank_journal_id: int
+    #: Expense category -> its expense product (not salable).
+    expense_product_ids: dict[str, int] = field(default_factory=dict)
+    #: The service product of deferred fixed-fee lines (not salable).
+    fee_product_id: int = 0
     #: The settings files the database was set up from (a changed file re-runs it).
     inputs_sha256: str = ""
 

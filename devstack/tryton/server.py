@@ -13,6 +13,7 @@ way (`devstack/tryton_postgres.py`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import subprocess
@@ -30,9 +31,18 @@ ADMIN_LOG_NAME = "trytond-admin.log"
 SERVER_LOG_NAME = "trytond.log"
 #: q2c's own Tryton module (`connectors/tryton/trytond_q2c`): lets q2c mark time billed.
 Q2C_MODULE = trytond_q2c.MODULE_NAME
-Q2C_MODULE_PACKAGE = trytond_q2c.__name__
 #: The modules q2c relies on; their dependencies come along with `--activate-dependencies`.
-MODULES = ("project_invoice", "sale_opportunity", "sale_project_task", Q2C_MODULE)
+MODULES = (
+    "project_invoice",
+    "sale_opportunity",
+    "sale_project_task",
+    # Expenses are project disbursements; employee cost per hour, for margin; revenue
+    # deferred over a fee's delivery period.
+    "project_disbursement",
+    "timesheet_cost",
+    "account_invoice_defer",
+    Q2C_MODULE,
+)
 #: The Tryton tools q2c runs, and their entry functions.
 _TOOLS = {"trytond": "trytond.cli:main", "trytond-admin": "trytond.cli.admin:main"}
 #: Creating the schema and activating the modules takes ~20 s; leave room on a busy machine.
@@ -74,8 +84,8 @@ def tool_argv(tool: str) -> list[str]:
     """Run `trytond` or `trytond-admin` with q2c's Tryton module visible to it.
 
     The interpreter running q2c runs the tool (its virtualenv holds trytond), through this
-    module's `__main__`, which declares the module to trytond first (see
-    `_expose_q2c_module`).
+    package's `__main__`. q2c's module reaches trytond through the `trytond.modules` entry
+    point of q2c's distribution (pyproject.toml).
     """
     if tool not in _TOOLS:
         raise ValueError(f"unknown Tryton tool {tool!r}")
@@ -278,5 +288,28 @@ def prepare(
     else:
         missing = missing_modules(folder, database, database_uri)
         if missing:
-            activate_modules(folder, database, missing)
+            # q2c's module is updated along: it may depend on the modules just activated.
+            activate_modules(folder, database, list(dict.fromkeys([*missing, Q2C_MODULE])))
+        elif _modules_stamp(folder, database).exists() and (
+            _modules_stamp(folder, database).read_text() != modules_digest()
+        ):
+            # q2c's module changed (a new field): update the schema, as `-u` does.
+            activate_modules(folder, database, list(MODULES))
+    _modules_stamp(folder, database).write_text(modules_digest())
     return conf
+
+
+def modules_digest() -> str:
+    """The modules a database has activated, and the code of q2c's own: what its schema
+    holds beyond what trytond's version fixes."""
+    digest = hashlib.sha256(" ".join(MODULES).encode())
+    module_folder = Path(trytond_q2c.__file__).parent
+    for path in sorted(module_folder.iterdir()):
+        if path.is_file() and path.suffix in (".py", ".cfg", ".xml"):
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _modules_stamp(folder: Path, database: str) -> Path:
+    return folder / f"{database}.modules.sha256"

@@ -12,7 +12,12 @@ from pathlib import Path
 
 from devstack.tryton.reference import DEFAULT_LEGAL_ENTITIES, DEFAULT_TAX_RATES
 from devstack.tryton.result import BootstrapResult
-from devstack.tryton.server import database_exists, database_path, marker_path
+from devstack.tryton.server import (
+    database_exists,
+    database_path,
+    marker_path,
+    modules_digest,
+)
 
 
 def snapshot(folder: Path, database: str, dest: Path) -> Path:
@@ -62,10 +67,23 @@ def _marker_for_snapshot(snapshot_file: Path) -> Path:
 def inputs_digest(
     legal_entities: Path = DEFAULT_LEGAL_ENTITIES, tax_rates: Path = DEFAULT_TAX_RATES
 ) -> str:
-    """The settings files a database is bootstrapped from: a change re-runs the bootstrap."""
+    """What shapes a bootstrapped database: a change re-runs the bootstrap (and the tests
+    build a new snapshot).
+
+    That is the bootstrap's code (`bootstrapping`, and `result`, the marker's shape), the
+    reference data (`reference` and the settings files it reads) and the modules (their
+    list and q2c's module's code, `modules_digest`). Nothing else: the server's start-up,
+    snapshots and period helpers may change without a new snapshot. Installed Tryton
+    versions are the test cache's concern (`tests/fixtures/tryton.py`).
+    """
+    from devstack.tryton import bootstrapping, reference, result
+
     digest = hashlib.sha256()
+    for module in (bootstrapping, reference, result):
+        digest.update(Path(module.__file__ or "").read_bytes())
     for path in (legal_entities, tax_rates):
         digest.update(path.read_bytes())
+    digest.update(modules_digest().encode())
     return digest.hexdigest()
 
 
