@@ -10,6 +10,8 @@ never booked twice). A span of whole months is recognized in equal monthly amoun
 3,000 fee over January to March is 1,000 a month, not 1,033.33 for January); the last
 month takes the rounding remainder, as the module does. Other spans keep the module's
 daily proration.
+
+q2c's own invoices are posted with their taxes as q2c rated them (`Invoice`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from typing import Any
 
 from trytond.pool import Pool, PoolMeta
 from trytond.rpc import RPC
-from trytond.transaction import Transaction
+from trytond.transaction import Transaction, without_check_access
 
 _UP_TO = "q2c_recognize_up_to"
+_TAXES_RATED = "q2c_taxes_rated"
 
 
 def _whole_months(start: dt.date, end: dt.date) -> int | None:
@@ -49,7 +52,8 @@ class InvoiceDeferred(metaclass=PoolMeta):  # type: ignore[metaclass]  # merged 
         """
         pool = Pool()
         pool.get("ir.model.access").check(cls.__name__, "write")
-        with Transaction().set_context(**{_UP_TO: up_to}):
+        # As the module's own button and wizard: the checks are the access check above.
+        with Transaction().set_context(**{_UP_TO: up_to}), without_check_access():
             drafts = cls.search(
                 [
                     ("company", "=", company_id),
@@ -118,3 +122,20 @@ class InvoiceDeferred(metaclass=PoolMeta):  # type: ignore[metaclass]  # merged 
             else:
                 line.credit = amount
         return move
+
+
+class Invoice(metaclass=PoolMeta):  # type: ignore[metaclass]  # merged into the model
+    __name__ = "account.invoice"
+
+    @classmethod
+    def _check_taxes(cls, invoices: list[Any]) -> None:
+        """Skipped when q2c posts its own invoice (context `q2c_taxes_rated`).
+
+        q2c chooses each line's tax itself (the customer's country and tax regime), and a
+        deferred line carries the fee product only so that account_invoice_defer defers
+        it: the product's default taxes are not the line's, and the warning "does not
+        have the default taxes" would refuse the posting.
+        """
+        if Transaction().context.get(_TAXES_RATED):
+            return
+        super()._check_taxes(invoices)  # type: ignore[misc]

@@ -20,6 +20,7 @@ from typing import Any
 from trytond.model import fields
 from trytond.pool import Pool, PoolMeta
 from trytond.pyson import Eval
+from trytond.transaction import without_check_access
 
 
 class Work(metaclass=PoolMeta):  # type: ignore[metaclass]  # Tryton merges it into the model
@@ -42,26 +43,38 @@ class Work(metaclass=PoolMeta):  # type: ignore[metaclass]  # Tryton merges it i
         return int(model_data.get_id("project", "work_done_status"))
 
     @classmethod
-    def preprocess_values(cls, mode: str, values: dict[str, Any]) -> dict[str, Any]:
-        values = super().preprocess_values(mode, values)  # type: ignore[misc]
-        if "status" in values and "q2c_done_on" not in values:
-            if values["status"] == cls._q2c_done_status():
-                if mode == "create":
-                    values["q2c_done_on"] = Pool().get("ir.date").today()
-            else:
-                values["q2c_done_on"] = None
-        return values
+    def create(cls, vlist: list[dict[str, Any]]) -> list[Any]:
+        works = super().create(vlist)  # type: ignore[misc]
+        done = cls._q2c_done_status()
+        cls._q2c_set_done_on([w for w in works if w.status.id == done], [])
+        return works  # type: ignore[no-any-return]
 
     @classmethod
     def write(cls, *args: Any) -> None:
-        # Works entering Done get today's date; those already Done keep theirs.
+        # Works entering Done get today's date, those already Done keep theirs, and those
+        # leaving Done lose it.
         done = cls._q2c_done_status()
-        today = Pool().get("ir.date").today()
         actions = iter(args)
-        to_date: list[Any] = []
+        entering: list[Any] = []
+        leaving: list[Any] = []
         for records, values in zip(actions, actions, strict=True):
-            if values.get("status") == done:
-                to_date.extend(r for r in records if r.status.id != done or not r.q2c_done_on)
+            if "status" not in values:
+                continue
+            if values["status"] == done:
+                entering.extend(r for r in records if not r.q2c_done_on)
+            else:
+                leaving.extend(r for r in records if r.q2c_done_on)
         super().write(*args)  # type: ignore[misc]
-        if to_date:
-            super().write(to_date, {"q2c_done_on": today})  # type: ignore[misc]
+        cls._q2c_set_done_on(entering, leaving)
+
+    @classmethod
+    def _q2c_set_done_on(cls, entering: list[Any], leaving: list[Any]) -> None:
+        args: list[Any] = []
+        if entering:
+            args.extend([entering, {"q2c_done_on": Pool().get("ir.date").today()}])
+        if leaving:
+            args.extend([leaving, {"q2c_done_on": None}])
+        if args:
+            # The field is read-only to clients: only this module sets it.
+            with without_check_access():
+                super().write(*args)  # type: ignore[misc]
