@@ -3,7 +3,7 @@
 Tryton names its database with a `[database] uri` that leaves the database out
 (`postgresql://user@host:port/`) and takes the name from `-d`; these helpers take the
 same two halves. trytond's own PostgreSQL backend uses psycopg 3, so q2c does too.
-SQLite stays the default (`devstack/tryton.py`); this module is used only when the
+SQLite stays the default (`devstack/tryton/`); this module is used only when the
 URI names PostgreSQL.
 """
 

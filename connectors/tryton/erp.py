@@ -18,7 +18,13 @@ from connectors.errors import ConnectorError, IdempotencyConflict, NotFound, Val
 from connectors.tryton import mapping
 from connectors.tryton.catalog import Catalog, Company
 from connectors.tryton.client import SYSTEM, TrytonClient
-from connectors.tryton.wire import ErpInvoice, ErpInvoiceInfo, InvoiceLineRecord, InvoiceRecord
+from connectors.tryton.wire import (
+    ErpInvoice,
+    ErpInvoiceInfo,
+    InvoiceLineRecord,
+    InvoiceRecord,
+    ProjectRevenue,
+)
 
 _INVOICE_FIELDS = [
     "type",
@@ -37,6 +43,12 @@ _INVOICE_FIELDS = [
     "lines",
     "lines_to_pay",
 ]
+#: q2c's Tryton module: run deferrals and book their months up to a day.
+_RECOGNIZE = "q2c_recognize"
+#: The context key that limits the months a deferral's run books (q2c's Tryton module).
+_UP_TO_CONTEXT = "q2c_recognize_up_to"
+#: The context key under which q2c's Tryton module posts an invoice with q2c's taxes.
+_TAXES_RATED_CONTEXT = "q2c_taxes_rated"
 _INVOICE_LINE_FIELDS = [
     "type",
     "description",
@@ -52,6 +64,7 @@ class TrytonErp:
     def __init__(self, client: TrytonClient, catalog: Catalog | None = None) -> None:
         self.client = client
         self._catalog = catalog
+        self._fee: tuple[int, int] | None = None
 
     async def catalog(self, *, refresh: bool = False) -> Catalog:
         if self._catalog is None or refresh:
@@ -562,19 +575,19 @@ class TrytonErp:
         lines = []
         for i, (line, tax) in enumerate(zip(invoice.lines, tax_ids, strict=True)):
             quantity, unit_price, description = mapping.invoice_line_values(line)
-            lines.append(
-                {
-                    "type": "line",
-                    "sequence": i + 1,
-                    "company": company.company_id,
-                    "currency": currency,
-                    "description": description,
-                    "quantity": quantity,
-                    "unit_price": unit_price,
-                    "account": revenue,
-                    "taxes": [["add", [tax]]],
-                }
-            )
+            values: dict[str, Any] = {
+                "type": "line",
+                "sequence": i + 1,
+                "company": company.company_id,
+                "currency": currency,
+                "description": description,
+                "quantity": quantity,
+                "unit_price": unit_price,
+                "account": revenue,
+                "taxes": [["add", [tax]]],
+            }
+            values.update(await self._deferral_values(client, invoice, i))
+            lines.append(values)
         return {
             "type": "out",
             "company": company.company_id,
@@ -590,6 +603,53 @@ class TrytonErp:
             "comment": comment,
             "lines": [["create", lines]],
         }
+
+    async def _deferral_values(
+        self, client: TrytonClient, invoice: Invoice, index: int
+    ) -> dict[str, Any]:
+        """A line with a revenue span is deferred over it (account_invoice_defer): it gets
+        the fee product (the module defers only service lines) and the span."""
+        line = invoice.lines[index]
+        if line.revenue_from is None and line.revenue_to is None:
+            return {}
+        field = f"lines[{index}].revenue_to"
+        if line.revenue_from is None or line.revenue_to is None:
+            raise ValidationFailed(
+                f"invoice {invoice.id} line {index + 1} has half a revenue span",
+                system=SYSTEM,
+                field=field if line.revenue_to is None else f"lines[{index}].revenue_from",
+            )
+        if line.revenue_to <= line.revenue_from:
+            raise ValidationFailed(
+                f"invoice {invoice.id} line {index + 1}: revenue span must end after it "
+                f"starts ({line.revenue_from} to {line.revenue_to})",
+                system=SYSTEM,
+                field=field,
+            )
+        product, unit = await self._fee_product(client)
+        return {
+            "product": product,
+            "unit": unit,
+            "defer_from": line.revenue_from,
+            "defer_to": line.revenue_to,
+        }
+
+    async def _fee_product(self, client: TrytonClient) -> tuple[int, int]:
+        if self._fee is None:
+            rows = await client.search_read(
+                "product.product",
+                [("template.name", "=", mapping.FEE_PRODUCT), ("type", "=", "service")],
+                ["default_uom"],
+                limit=1,
+            )
+            if not rows:
+                raise ValidationFailed(
+                    f"no service product {mapping.FEE_PRODUCT!r} in Tryton to defer revenue",
+                    system=SYSTEM,
+                    field="product",
+                )
+            self._fee = (int(rows[0]["id"]), int(rows[0]["default_uom"]))
+        return self._fee
 
     async def _invoice_line_ids(self, invoice_id: int) -> list[int]:
         rows = await self.client.search_read(
@@ -824,20 +884,118 @@ class TrytonErp:
         return any(mapping.payment_key(m["description"]) == idempotency_key for m in moves)
 
     async def post_invoice(self, invoice_id: int) -> Invoice:
-        """Post (number and book) the invoice; posting a posted or paid invoice changes nothing."""
-        rows = await self.client.read("account.invoice", [invoice_id], ["state", "company"])
+        """Post (number and book) the invoice; posting a posted or paid invoice changes nothing.
+
+        Lines with a revenue span were deferred by posting (account_invoice_defer makes a
+        draft deferral per line): their deferrals run now, so the books hold the revenue
+        as deferred, and the months of the span begun by the invoice date are recognized.
+        A retry runs those a failed attempt left in draft.
+        """
+        rows = await self.client.read(
+            "account.invoice", [invoice_id], ["state", "company", "comment"]
+        )
         if not rows:
             raise NotFound(f"no invoice {invoice_id} in Tryton", system=SYSTEM)
+        company = self.client.for_company(int(rows[0]["company"]))
         if rows[0]["state"] in ("draft", "validated"):
+            # q2c's own invoice carries the taxes q2c rated, not the products' defaults
+            # (a deferred line's fee product): q2c's Tryton module skips that warning.
+            mine = mapping.label_value(rows[0]["comment"], mapping.INVOICE_LABEL) is not None
             # Numbered from the sequence of the invoice's company, dated in its time zone.
-            await self.client.for_company(int(rows[0]["company"])).model(
-                "account.invoice", "post", [invoice_id]
+            await company.model(
+                "account.invoice",
+                "post",
+                [invoice_id],
+                context={_TAXES_RATED_CONTEXT: True} if mine else None,
             )
         elif rows[0]["state"] == "cancelled":
             raise ValidationFailed(
                 f"invoice {invoice_id} is cancelled", system=SYSTEM, field="state"
             )
+        await self._run_deferrals(company, invoice_id)
         return await self.get_invoice(invoice_id)
+
+    async def _run_deferrals(self, company: TrytonClient, invoice_id: int) -> None:
+        drafts = await company.search(
+            "account.invoice.deferred",
+            [("invoice_line.invoice", "=", invoice_id), ("state", "=", "draft")],
+        )
+        if not drafts:
+            return
+        (invoice,) = await company.read("account.invoice", [invoice_id], ["invoice_date"])
+        await company.model(
+            "account.invoice.deferred",
+            "run",
+            drafts,
+            context={_UP_TO_CONTEXT: invoice["invoice_date"]},
+        )
+
+    # -- revenue -------------------------------------------------------------------------------
+
+    async def recognize_revenue(self, company_code: str, up_to: date) -> None:
+        """Recognize the deferred revenue of the legal entity's months up to `up_to`.
+
+        Runs account_invoice_defer's deferrals through q2c's Tryton module, which books
+        only the months that start by `up_to` (the module alone would book every month at
+        once). Idempotent: a month booked is never booked again.
+        """
+        cat = await self.catalog()
+        if company_code not in cat.companies:
+            cat = await self.catalog(refresh=True)
+        company = cat.company(company_code, field="company_code")
+        await self.client.for_company(company.company_id).model(
+            "account.invoice.deferred", _RECOGNIZE, company.company_id, up_to
+        )
+
+    async def revenue_by_project(self, project_id: int) -> ProjectRevenue:
+        """The project's revenue in the ERP, from its posted invoices: what is recognized
+        and what is still deferred, in the project's company currency.
+
+        Deferred is what the deferrals of the invoices' lines still hold on the deferred
+        revenue account; recognized is the rest of the invoiced revenue (lines without a
+        span were recognized when posted). Credit notes count negative.
+        """
+        invoice_ids = await self.invoices_of_project(project_id)
+        rows = await self.client.read(
+            "account.invoice", invoice_ids, ["state", "company", "currency.code", "lines"]
+        )
+        works = await self.client.read("project.work", [project_id], ["company"])
+        if not works:
+            raise NotFound(f"no project {project_id} in Tryton", system=SYSTEM)
+        currency = (await self.catalog()).company_by_id(int(works[0]["company"])).currency
+        posted = [r for r in rows if r["state"] in ("posted", "paid")]
+        line_ids = [line for r in posted for line in r["lines"]]
+        invoiced = Decimal(0)
+        if line_ids:
+            lines = await self.client.search_read(
+                "account.invoice.line",
+                [("id", "in", line_ids), ("type", "=", "line")],
+                ["amount"],
+            )
+            invoiced = sum((Decimal(line["amount"]) for line in lines), Decimal(0))
+        deferred = Decimal(0)
+        if line_ids:
+            deferrals = await self.client.search_read(
+                "account.invoice.deferred",
+                [("invoice_line", "in", line_ids)],
+                ["moves", "invoice_line.account"],
+            )
+            for deferral in deferrals:
+                if not deferral["moves"]:
+                    continue  # not run yet: the books still hold it as revenue
+                income = int(deferral["invoice_line."]["account"])
+                move_lines = await self.client.search_read(
+                    "account.move.line",
+                    [("move", "in", deferral["moves"]), ("account", "!=", income)],
+                    ["debit", "credit"],
+                )
+                deferred += sum(
+                    (Decimal(m["credit"]) - Decimal(m["debit"]) for m in move_lines), Decimal(0)
+                )
+        return ProjectRevenue(
+            recognized=Money(amount=invoiced - deferred, currency=currency),
+            deferred=Money(amount=deferred, currency=currency),
+        )
 
     async def get_invoice(self, invoice_id: int) -> Invoice:
         rows = await self.client.read("account.invoice", [invoice_id], _INVOICE_FIELDS)

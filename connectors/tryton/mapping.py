@@ -21,6 +21,11 @@ Where q2c keeps its keys in Tryton, and why there:
 - Project budget and opportunity: `q2c-budget: 120000.00 GBP` and `q2c-opportunity: <id>`
   lines in the project's `comment`. `project.work` has no money field that means a budget:
   `list_price` is the hourly price, `effort_duration` planned time, `revenue` computed.
+- Contract value: `q2c-contract-value: 120000.00 GBP` in the project's comment, the ERP's
+  record of what was sold (canonical `Project.budget` is the contract value today).
+- A task's billing type: `q2c-billing: fixed_fee` in the task's comment, next to its role.
+- Expense key: `[q2c:<hash of key>]` at the end of the disbursement's description, as on
+  timesheet lines.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from pydantic import ValidationError
 
 from canonical import (
     Address,
+    BillingType,
     Contact,
     Customer,
     Invoice,
@@ -56,11 +62,16 @@ PROJECT_LABEL = "q2c-project:"
 BUDGET_LABEL = "q2c-budget:"
 OPPORTUNITY_LABEL = "q2c-opportunity:"
 INVOICE_LABEL = "q2c-invoice:"
+CONTRACT_VALUE_LABEL = "q2c-contract-value:"
+BILLING_LABEL = "q2c-billing:"
 LEGAL_ENTITY_PREFIX = "q2c-legal-entity:"
 _LINE_TAG = re.compile(r"\s*\[q2c:([0-9a-f.]+)\]\s*$")
 _PAYMENT_TAG = re.compile(r"\[q2c-key: (.+)\]$")
 
 DEFAULT_PRODUCT = "Consulting"
+#: The service product of invoice lines whose revenue is deferred: account_invoice_defer
+#: defers only lines with a service product (the bootstrap makes it, not salable).
+FEE_PRODUCT = "Fixed Fee"
 #: Roles as CRMs and rate cards name them -> the service product that bills them.
 ROLE_PRODUCTS: dict[str, str] = {
     "consultant": "Consulting",
@@ -231,10 +242,12 @@ def task_number(project_number: str, position: int) -> str:
 
 
 def project_comment(project: Project, idempotency_key: str) -> str:
-    """The project's comment: its key, the q2c project id, its budget and opportunity."""
+    """The project's comment: its key, the q2c project id, its budget, contract value and
+    opportunity."""
     comment = with_label(None, KEY_LABEL, idempotency_key)
     comment = with_label(comment, PROJECT_LABEL, project.id)
     comment = with_label(comment, BUDGET_LABEL, format_money(project.budget))
+    comment = with_label(comment, CONTRACT_VALUE_LABEL, format_money(project.budget))
     if project.opportunity_id:
         comment = with_label(comment, OPPORTUNITY_LABEL, project.opportunity_id)
     return comment
@@ -249,6 +262,29 @@ def format_money(money: Money) -> str:
 def parse_money(text: str) -> Money:
     amount, currency = text.split()
     return Money.of(amount, currency)
+
+
+def task_comment(role: str, billing_type: BillingType) -> str:
+    """A task's comment: the role it bills and how its line is billed."""
+    return with_label(with_label(None, ROLE_LABEL, role), BILLING_LABEL, billing_type.value)
+
+
+def task_billing_type(comment: str | None) -> BillingType:
+    """A task's billing type; tasks made before q2c recorded one are time and materials."""
+    value = label_value(comment, BILLING_LABEL)
+    try:
+        return BillingType(value) if value else BillingType.TIME_AND_MATERIALS
+    except ValueError:
+        raise ValidationFailed(
+            f"unknown billing type {value!r} in a task's comment",
+            system="tryton",
+            field="billing_type",
+        ) from None
+
+
+def expense_key(idempotency_key: str) -> str:
+    """The tag a disbursement booked under `idempotency_key` carries (see `tag_description`)."""
+    return hashlib.sha256(idempotency_key.encode()).hexdigest()[:24]
 
 
 def like_pattern(text: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from canonical import Money, NoRate, Project, Task, TimeEntry
+from canonical import Expense, Money, NoRate, Project, Task, TimeEntry
 from connectors.errors import ConnectorError, NotFound, PermanentError, ValidationFailed
 from connectors.tryton import mapping
 from connectors.tryton.catalog import Catalog, Company
@@ -22,6 +22,7 @@ from connectors.tryton.client import SYSTEM, TrytonClient
 from connectors.tryton.trytond_q2c import LINK_METHOD, MODULE_NAME
 from connectors.tryton.wire import (
     Employee,
+    ExpensePage,
     ProjectInfo,
     ProjectRef,
     TaskInfo,
@@ -44,12 +45,28 @@ _WORK_FIELDS = [
     "timesheet_works",
     "project_invoice_method",
     "effort_duration",
+    "q2c_done_on",
 ]
 _LINE_FIELDS = ["employee", "work", "date", "duration", "description", "invoice_line"]
 #: Timesheet lines per `create` call: one transaction each, well within a request's size.
 CREATE_BATCH = 1000
-#: Timesheet lines per call of q2c's module when marking time billed.
+#: Timesheet lines (or disbursements) per call of q2c's module when marking them billed.
 LINK_BATCH = 1000
+#: What q2c reads of a disbursement (an expense).
+_EXPENSE_FIELDS = [
+    "work",
+    "payment_date",
+    "amount",
+    "currency.code",
+    "description",
+    "state",
+    "payee.name",
+    "q2c_product.template.name",
+]
+#: A disbursement without an expense product (made by hand in Tryton).
+UNCATEGORIZED = "uncategorized"
+#: Disbursement states that mean approved (validated, hence a reimbursement payment).
+_APPROVED = ("validated", "paid")
 
 
 class TrytonPsa:
@@ -206,7 +223,7 @@ class TrytonPsa:
             "product": self._product_id(cat, product),
             "list_price": self._price(prices, project, task, product),
             "timesheet_available": True,
-            "comment": mapping.with_label(None, mapping.ROLE_LABEL, task.role or product),
+            "comment": mapping.task_comment(task.role or product, task.billing_type),
         }
         if task.planned_hours is not None:
             values["effort_duration"] = timedelta(hours=float(task.planned_hours))
@@ -278,6 +295,7 @@ class TrytonPsa:
         company = cat.company_by_id(project.company)
         products = {v: k for k, v in cat.product_ids.items()}
         budget = mapping.label_value(project.comment, mapping.BUDGET_LABEL)
+        contract_value = mapping.label_value(project.comment, mapping.CONTRACT_VALUE_LABEL)
         return ProjectInfo(
             id=project.id,
             name=project.name,
@@ -287,6 +305,7 @@ class TrytonPsa:
             currency=company.currency,
             state="done" if project.status == done else "open",
             budget=mapping.parse_money(budget) if budget else None,
+            contract_value=mapping.parse_money(contract_value) if contract_value else None,
             opportunity_id=mapping.label_value(project.comment, mapping.OPPORTUNITY_LABEL),
             project_ref=mapping.label_value(project.comment, mapping.PROJECT_LABEL),
             tasks=[
@@ -298,6 +317,8 @@ class TrytonPsa:
                     rate=Money(amount=w.list_price or Decimal(0), currency=company.currency),
                     planned_hours=mapping.hours(w.effort_duration) if w.effort_duration else None,
                     state="done" if w.status == done else "open",
+                    billing_type=mapping.task_billing_type(w.comment),
+                    done_on=w.q2c_done_on if w.status == done else None,
                 )
                 for w in works
                 if w.parent == project_id
@@ -321,6 +342,37 @@ class TrytonPsa:
             await self.client.for_company(works[0].company).write(
                 "project.work", still_open, {"status": done, "progress": 1.0}
             )
+
+    async def set_task_done(self, task_id: int) -> date:
+        """Set a task (or a project's work) Done, as a person completes a milestone or a
+        fixed-fee deliverable in Tryton; returns the day it was done.
+
+        Setting a Done task Done again changes nothing and keeps its day (q2c's Tryton
+        module records the day the status changed: Tryton keeps only a write date).
+        """
+        rows = await self.client.read(
+            "project.work", [task_id], ["status", "progress", "company", "q2c_done_on"]
+        )
+        if not rows:
+            raise NotFound(f"no project work {task_id} in Tryton", system=SYSTEM)
+        row = rows[0]
+        done = await (await self.catalog()).done_status(self.client)
+        if row["status"] != done or (row["progress"] or 0) < 1 or row["q2c_done_on"] is None:
+            children = await self.client.search(
+                "project.work", [("parent", "child_of", [task_id]), ("id", "!=", task_id)]
+            )
+            if children:
+                raise ValidationFailed(
+                    f"project work {task_id} has sub-works; set them Done first",
+                    system=SYSTEM,
+                    field="task_id",
+                )
+            await self.client.for_company(int(row["company"])).write(
+                "project.work", [task_id], {"status": done, "progress": 1.0}
+            )
+            (row,) = await self.client.read("project.work", [task_id], ["q2c_done_on"])
+        done_on: date = row["q2c_done_on"]
+        return done_on
 
     # -- time ----------------------------------------------------------------------------------
 
@@ -474,11 +526,13 @@ class TrytonPsa:
         """
         await self._link([(line_id, None) for line_id in sorted(set(line_ids))])
 
-    async def _link(self, pairs: list[tuple[int, int | None]]) -> None:
+    async def _link(
+        self, pairs: list[tuple[int, int | None]], model: str = "timesheet.line"
+    ) -> None:
         for start in range(0, len(pairs), LINK_BATCH):
             chunk = [[line, target] for line, target in pairs[start : start + LINK_BATCH]]
             try:
-                await self.client.model("timesheet.line", LINK_METHOD, chunk)
+                await self.client.model(model, LINK_METHOD, chunk)
             except ConnectorError as exc:
                 if LINK_METHOD in str(exc) and not isinstance(exc, ValidationFailed):
                     raise PermanentError(
@@ -487,6 +541,218 @@ class TrytonPsa:
                         code="module_missing",
                     ) from exc
                 raise
+
+    async def project_cost(self, project_id: int, start: date, end: date) -> Money:
+        """What the project's time dated `start`..`end` cost: hours times each employee's
+        hourly cost on the day (timesheet_cost keeps it on every line), in the project's
+        company currency, rounded to the minor unit once, at the end."""
+        works = await self._time_works(project_id)
+        company = (await self.catalog()).company_by_id(next(iter(works.values())).company)
+        rows = await self.client.search_read(
+            "timesheet.line",
+            [("work", "in", list(works)), ("date", ">=", start), ("date", "<=", end)],
+            ["duration", "cost_price"],
+        )
+        total = sum(
+            (mapping.hours(r["duration"]) * Decimal(r["cost_price"] or 0) for r in rows),
+            Decimal(0),
+        )
+        return Money(amount=total, currency=company.currency).rounded()
+
+    # -- expenses ------------------------------------------------------------------------------
+
+    async def book_expense(
+        self, expense: Expense, *, idempotency_key: str, approve: bool = True
+    ) -> int:
+        """Book an expense as a disbursement of its project; returns the disbursement id.
+
+        The payee is the employee who spent it, the expense product its category; `approve`
+        validates it (Tryton then makes the reimbursement payment, through the company's
+        payment journal for the currency, linked to the project on first use). The key is
+        tagged on the description: a retry finds the disbursement and books nothing more.
+        """
+        found = await self._expense_of_key(idempotency_key)
+        if found is None:
+            found = await self._create_expense(expense, idempotency_key)
+        disbursement_id, state, company_id = found
+        if approve and state == "draft":
+            await self.client.for_company(company_id).model(
+                "project.disbursement", "validate_disbursement", [disbursement_id]
+            )
+        return disbursement_id
+
+    async def _expense_of_key(self, idempotency_key: str) -> tuple[int, str, int] | None:
+        tag = mapping.expense_key(idempotency_key)
+        rows = await self.client.search_read(
+            "project.disbursement",
+            [("description", "like", f"%[q2c:{tag}]")],
+            ["description", "state", "company"],
+            order=[("id", "ASC")],
+        )
+        for row in rows:
+            if mapping.split_description(row.get("description"))[1] == tag:
+                return int(row["id"]), str(row["state"]), int(row["company"])
+        return None
+
+    async def _create_expense(self, expense: Expense, idempotency_key: str) -> tuple[int, str, int]:
+        work_id = int(expense.project_id)
+        rows = await self.client.read(
+            "project.work",
+            [work_id],
+            ["company", "type", "disbursement_journals.currency"],
+        )
+        if not rows or rows[0]["type"] != "project":
+            raise ValidationFailed(
+                f"no project {expense.project_id} in Tryton", system=SYSTEM, field="project_id"
+            )
+        cat = await self.catalog()
+        company_id = int(rows[0]["company"])
+        if expense.employee not in cat.company_by_id(company_id).employees:
+            cat = await self.catalog(refresh=True)
+        company = cat.company_by_id(company_id)
+        employee = company.employee_id(expense.employee)
+        (person,) = await self.client.read("company.employee", [employee], ["party"])
+        currency = cat.currency_ids.get(expense.amount.currency)
+        if currency is None:
+            raise ValidationFailed(
+                f"Tryton has no currency {expense.amount.currency}",
+                system=SYSTEM,
+                field="amount",
+            )
+        product = await self.client.search(
+            "product.product",
+            [("template.name", "=", expense.category), ("type", "=", "service")],
+            limit=1,
+        )
+        if not product:
+            raise ValidationFailed(
+                f"no expense product {expense.category!r} in Tryton",
+                system=SYSTEM,
+                field="category",
+            )
+        client = self.client.for_company(company_id)
+        journals = {int(j["currency"]) for j in rows[0]["disbursement_journals."]}
+        if currency not in journals:
+            await self._add_disbursement_journal(client, work_id, company_id, currency, expense)
+        await client.create(
+            "project.disbursement",
+            [
+                {
+                    "work": work_id,
+                    "company": company_id,
+                    "payee": int(person["party"]),
+                    "payment_date": expense.incurred_on,
+                    "currency": currency,
+                    "amount": expense.amount.amount,
+                    "description": mapping.tag_description(
+                        expense.description or expense.category,
+                        mapping.expense_key(idempotency_key),
+                    ),
+                    "q2c_product": product[0],
+                }
+            ],
+        )
+        # Two attempts at once may both have booked: the first stays, later drafts go.
+        rows = await self.client.search_read(
+            "project.disbursement",
+            [("description", "like", f"%[q2c:{mapping.expense_key(idempotency_key)}]")],
+            ["state"],
+            order=[("id", "ASC")],
+        )
+        first, *later = rows
+        drafts = [int(r["id"]) for r in later if r["state"] == "draft"]
+        if drafts:
+            await client.delete("project.disbursement", drafts)
+        return int(first["id"]), str(first["state"]), company_id
+
+    async def _add_disbursement_journal(
+        self,
+        client: TrytonClient,
+        work_id: int,
+        company_id: int,
+        currency: int,
+        expense: Expense,
+    ) -> None:
+        journal = await self.client.search(
+            "account.payment.journal",
+            [("company", "=", company_id), ("currency", "=", currency)],
+            limit=1,
+            order=[("id", "ASC")],
+        )
+        if not journal:
+            raise ValidationFailed(
+                f"company {company_id} has no payment journal in {expense.amount.currency} "
+                "to reimburse expenses",
+                system=SYSTEM,
+                field="amount",
+            )
+        await client.write(
+            "project.work",
+            [work_id],
+            {
+                "disbursement_journals": [
+                    ["create", [{"currency": currency, "journal": journal[0]}]]
+                ]
+            },
+        )
+
+    async def list_expense_page(
+        self,
+        project_id: int,
+        *,
+        start: date,
+        end: date,
+        after_id: int | None = None,
+        limit: int = 1000,
+    ) -> ExpensePage:
+        """The project's unbilled expenses dated `start`..`end`, a page at a time, by id.
+
+        An expense is a disbursement of the project or of one of its tasks; unbilled means
+        q2c has not linked it to an invoice line (`mark_expenses_billed`); cancelled ones
+        are left out. `approved` is a validated (or paid) disbursement; `billable` is
+        True: which categories the customer pays for is the contract's expense policy.
+        """
+        if limit < 1:
+            raise ValidationFailed("limit must be at least 1", system=SYSTEM, field="limit")
+        works = await self.works(project_id)
+        if works[0].type != "project":
+            raise NotFound(f"Tryton work {project_id} is not a project", system=SYSTEM)
+        domain: list[Any] = [
+            ("work", "in", [w.id for w in works]),
+            ("payment_date", ">=", start),
+            ("payment_date", "<=", end),
+            ("q2c_invoice_line", "=", None),
+            ("state", "!=", "cancelled"),
+        ]
+        if after_id is not None:
+            domain.append(("id", ">", after_id))
+        rows = await self.client.search_read(
+            "project.disbursement",
+            domain,
+            _EXPENSE_FIELDS,
+            limit=limit + 1,
+            order=[("id", "ASC")],
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return ExpensePage(
+            entries=[_expense(project_id, row) for row in rows],
+            next_after=int(rows[-1]["id"]) if more else None,
+        )
+
+    async def mark_expenses_billed(self, links: Mapping[int, int]) -> None:
+        """Mark disbursements billed by the ERP invoice lines q2c posted (id -> line).
+
+        As `mark_time_billed`, through q2c's Tryton module: they leave
+        `list_expense_page`, and Tryton's own project invoicing has nothing left to bill
+        on them. Idempotent; refused for one billed on another line or not approved.
+        """
+        await self._link(sorted(links.items()), "project.disbursement")
+
+    async def unmark_expenses_billed(self, disbursement_ids: Sequence[int]) -> None:
+        """Return disbursements to unbilled (a compensation); refused once the invoice that
+        billed them is posted."""
+        await self._link([(i, None) for i in sorted(set(disbursement_ids))], "project.disbursement")
 
     async def _timesheet_work(
         self, entry: TimeEntry, cache: dict[int, tuple[int, int]]
@@ -569,4 +835,30 @@ def _time_entry(
             + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()),
             system=SYSTEM,
             field="duration" if "hours" in str(exc) else "timesheet_line",
+        ) from None
+
+
+def _expense(project_id: int, row: dict[str, Any]) -> Expense:
+    text, _ = mapping.split_description(row.get("description"))
+    product = row.get("q2c_product.") or {}
+    category = (product.get("template.") or {}).get("name") or UNCATEGORIZED
+    try:
+        return Expense(
+            id=str(row["id"]),
+            project_id=str(project_id),
+            employee=str(row["payee."]["name"]),
+            incurred_on=row["payment_date"],
+            category=str(category),
+            amount=Money(amount=Decimal(row["amount"]), currency=str(row["currency."]["code"])),
+            description=text,
+            billable=True,
+            approved=row["state"] in _APPROVED,
+            billed=False,
+        )
+    except ValidationError as exc:
+        raise ValidationFailed(
+            f"disbursement {row['id']} of project {project_id}: "
+            + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()),
+            system=SYSTEM,
+            field="disbursement",
         ) from None

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from canonical import InvoiceStatus, Money, TimeEntry
+from canonical import BillingType, Expense, InvoiceStatus, Money, TimeEntry
 
 _WIRE = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
@@ -48,6 +48,9 @@ class TaskInfo(BaseModel):
     rate: Money  # the hourly list price, in the project's currency
     planned_hours: Decimal | None
     state: str  # "open" or "done"
+    billing_type: BillingType = BillingType.TIME_AND_MATERIALS
+    #: The day the task was set Done (q2c's Tryton module records it); None while open.
+    done_on: date | None = None
 
 
 class ProjectInfo(BaseModel):
@@ -63,6 +66,8 @@ class ProjectInfo(BaseModel):
     currency: str
     state: str  # "open" or "done"
     budget: Money | None
+    #: What was sold, as the ERP keeps it with the project (`q2c-contract-value:`).
+    contract_value: Money | None = None
     opportunity_id: str | None
     project_ref: str | None  # the canonical project id q2c created it for
     tasks: list[TaskInfo]
@@ -77,6 +82,25 @@ class TimePage(BaseModel):
 
     entries: list[TimeEntry]
     next_after: int | None
+
+
+class ExpensePage(BaseModel):
+    """One page of a project's unbilled expenses (its disbursements), by disbursement id;
+    `next_after` as in `TimePage`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    entries: list[Expense]
+    next_after: int | None
+
+
+class ProjectRevenue(BaseModel):
+    """A project's invoiced revenue in the ERP: recognized so far, and still deferred."""
+
+    model_config = ConfigDict(frozen=True)
+
+    recognized: Money
+    deferred: Money
 
 
 class ErpInvoice(BaseModel):
@@ -130,6 +154,7 @@ class WorkRecord(BaseModel):
     timesheet_works: list[int] = Field(default_factory=list)
     project_invoice_method: str | None = None
     effort_duration: timedelta | None = None
+    q2c_done_on: date | None = None
 
 
 class TimesheetLineRecord(BaseModel):

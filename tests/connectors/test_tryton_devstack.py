@@ -7,6 +7,8 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import pytest
+
 from devstack import tryton as devtryton
 from tests.fixtures.tryton import DATABASE, TrytonServer
 
@@ -19,7 +21,7 @@ def test_config_listens_on_loopback_and_keeps_sqlite_in_the_folder(tmp_path: Pat
     assert "uri = sqlite://" in text
     argv = devtryton.server_argv(conf, "q2c")
     assert argv[-2:] == ["-d", "q2c"]
-    # trytond run by q2c's interpreter, which declares q2c's Tryton module to it first.
+    # trytond run by q2c's interpreter, whose virtualenv holds trytond and q2c's module.
     assert argv[:4] == [sys.executable, "-m", "devstack.tryton", "trytond"]
 
 
@@ -122,3 +124,48 @@ def test_an_existing_postgresql_database_is_reused_and_its_marker_is_its_own(
     devtryton.mark_bootstrapped(folder, database, tryton_postgres.bootstrap, uri)
     assert devtryton.is_bootstrapped(folder, database, uri)
     assert devtryton.read_bootstrap(folder, database, uri) == tryton_postgres.bootstrap
+
+
+def test_the_digest_covers_what_shapes_the_database_and_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from devstack.tryton import server
+
+    read: list[Path] = []
+    real_read_bytes = Path.read_bytes
+
+    def recording(self: Path) -> bytes:
+        read.append(self)
+        return real_read_bytes(self)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Path, "read_bytes", recording)
+        base = devtryton.inputs_digest()
+    # The bootstrap's code, its reference data and settings files, q2c's module.
+    names = {p.name for p in read if "trytond_q2c" not in p.parts}
+    assert names == {
+        "bootstrapping.py",
+        "reference.py",
+        "result.py",
+        "legal_entities.toml",
+        "tax_rates.toml",
+    }
+    assert any(p.name == "tryton.cfg" and "trytond_q2c" in p.parts for p in read)
+    assert devtryton.inputs_digest() == base  # stable
+
+    rates = tmp_path / "tax_rates.toml"
+    rates.write_text(devtryton.DEFAULT_TAX_RATES.read_text() + "\n# edited\n")
+    assert devtryton.inputs_digest(tax_rates=rates) != base
+    monkeypatch.setattr(server, "MODULES", (*server.MODULES, "analytic_account"))
+    assert devtryton.inputs_digest() != base
+
+
+def test_q2c_module_is_declared_once_as_an_installed_module_declares_itself() -> None:
+    # trytond takes a module from exactly one `trytond.modules` entry point of its name.
+    from trytond.tools.misc import entry_points, import_module
+
+    from connectors.tryton import trytond_q2c
+
+    (entry,) = entry_points().select(group="trytond.modules", name=devtryton.Q2C_MODULE)
+    assert entry.value == trytond_q2c.__name__
+    assert import_module(devtryton.Q2C_MODULE) is trytond_q2c

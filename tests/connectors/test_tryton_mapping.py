@@ -46,12 +46,24 @@ def test_project_comment_carries_key_budget_and_opportunity() -> None:
         "q2c-key: otp:sf:006ABC:create_project",
         "q2c-project: prj-1",
         "q2c-budget: 120000.00 GBP",
+        "q2c-contract-value: 120000.00 GBP",
         "q2c-opportunity: 006ABC",
     ]
     budget = mapping.label_value(comment, mapping.BUDGET_LABEL)
     assert budget is not None and mapping.parse_money(budget) == Money.of("120000", "GBP")
     # Nothing is rounded away: a budget finer than the minor unit is kept as given.
     assert mapping.format_money(Money.of("10.005", "GBP")) == "10.005 GBP"
+
+
+def test_task_comment_carries_role_and_billing_type() -> None:
+    comment = mapping.task_comment("Consultant", BillingType.MILESTONE)
+    assert comment.splitlines() == ["q2c-role: Consultant", "q2c-billing: milestone"]
+    assert mapping.task_billing_type(comment) is BillingType.MILESTONE
+    # A task made before q2c recorded billing types bills its time.
+    assert mapping.task_billing_type("q2c-role: Consultant") is BillingType.TIME_AND_MATERIALS
+    with pytest.raises(ValidationFailed) as raised:
+        mapping.task_billing_type("q2c-billing: barter")
+    assert raised.value.field == "billing_type"
 
 
 def _address(**values: Any) -> dict[str, Any]:

@@ -192,7 +192,7 @@ def test_tryton_on_postgresql_is_bootstrapped_then_reused_and_stopped(
         ).fetchone()
         years = conn.execute("SELECT count(*) FROM account_fiscalyear").fetchone()
         products = conn.execute(
-            "SELECT count(*) FROM product_template WHERE type = 'service'"
+            "SELECT count(*) FROM product_template WHERE type = 'service' AND salable"
         ).fetchone()
         q2c_module = conn.execute(
             "SELECT state FROM ir_module WHERE name = %s", (devtryton.Q2C_MODULE,)
