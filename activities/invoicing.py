@@ -68,6 +68,10 @@ class InvoicingPsaPort(Protocol):
         self, project_id: int, *, start: date, end: date, after_id: int | None = None, limit: int
     ) -> Any: ...
 
+    async def list_expense_page(
+        self, project_id: int, *, start: date, end: date, after_id: int | None = None, limit: int
+    ) -> Any: ...
+
 
 class CustomerSource(Protocol):
     async def get_customer(
@@ -273,6 +277,7 @@ class InvoicingActivities:
                 if d.period == period.key and rated.kind == "period"
             ]
             held = {entry for rated in earlier_periods for entry in rated.billed_time_entry_ids}
+            held |= {e for rated in earlier_periods for e in rated.billed_expense_ids}
             rated = await self._rate_period(contract, period, held)
         invoice = rated.to_invoice(
             invoice_id=request.draft_id,
@@ -309,24 +314,29 @@ class InvoicingActivities:
     async def _rate_period(
         self, contract: BillingContract, period: BillingPeriod, held: set[str]
     ) -> RatedPeriod:
-        """The period's unbilled time, pulled page by page (each page heartbeated), rated."""
+        """The period's unbilled time and expenses, pulled page by page (each page
+        heartbeated), rated; `held`: entry and expense ids issued invoices billed."""
         rater = Rater(contract, period)
-        after: int | None = None
         pulled = 0
-        while True:
-            page = await self.psa.list_time_page(
-                int(contract.project_id),
-                start=period.start,
-                end=period.end,
-                after_id=after,
-                limit=PAGE_SIZE,
-            )
-            rater.add_time([e for e in page.entries if e.id not in held])
-            pulled += len(page.entries)
-            activity.heartbeat(pulled)
-            if page.next_after is None:
-                break
-            after = page.next_after
+        for read, add in (
+            (self.psa.list_time_page, rater.add_time),
+            (self.psa.list_expense_page, rater.add_expenses),
+        ):
+            after: int | None = None
+            while True:
+                page = await read(
+                    int(contract.project_id),
+                    start=period.start,
+                    end=period.end,
+                    after_id=after,
+                    limit=PAGE_SIZE,
+                )
+                add([e for e in page.entries if e.id not in held])
+                pulled += len(page.entries)
+                activity.heartbeat(pulled)
+                if page.next_after is None:
+                    break
+                after = page.next_after
         return rater.finish()
 
     async def _record_rejections(self, request: DraftInput, rejected: list[RejectedEntry]) -> None:

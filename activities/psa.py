@@ -64,16 +64,22 @@ class PsaActivities:
         activity.logger.info("closing project %s: %s", request.project_id, request.reason)
         await self.psa.close_project(int(request.project_id))
 
-    async def _entry_ids(self, draft_id: str) -> tuple[list[int], list[int]]:
+    async def _billed_ids(self, draft_id: str) -> tuple[list[int], list[int], list[int]]:
+        """The draft's time entries and expenses, and its ERP invoice lines."""
         row, _ = await stored_invoice(self.store, draft_id)
         rated = RatedPeriod.model_validate(row.rated["period"])
-        return [int(e) for e in rated.billed_time_entry_ids], [int(i) for i in row.erp_line_ids]
+        return (
+            [int(e) for e in rated.billed_time_entry_ids],
+            [int(e) for e in rated.billed_expense_ids],
+            [int(i) for i in row.erp_line_ids],
+        )
 
     @activity.defn
     @translate_connector_errors
     async def mark_time_billed(self, request: TimeBillingInput) -> int:
-        """Link each billed time entry to the ERP invoice: the PSA then counts it invoiced."""
-        entries, line_ids = await self._entry_ids(request.draft_id)
+        """Link each billed time entry and expense to the ERP invoice: the PSA then counts
+        them invoiced (the name is older than expenses; histories keep it)."""
+        entries, expenses, line_ids = await self._billed_ids(request.draft_id)
         if not line_ids:
             raise ApplicationError(
                 f"draft {request.draft_id} has no ERP invoice lines to link time to",
@@ -84,14 +90,18 @@ class PsaActivities:
             batch = entries[start : start + MARK_BATCH]
             await self.psa.mark_time_billed(dict.fromkeys(batch, line_ids[0]))
             activity.heartbeat(start + len(batch))
+        if expenses:
+            await self.psa.mark_expenses_billed(dict.fromkeys(expenses, line_ids[0]))
         return len(entries)
 
     @activity.defn
     @translate_connector_errors
     async def unmark_time_billed(self, request: TimeBillingInput) -> int:
-        """Compensation: the time returns to unbilled, to be invoiced again."""
-        entries, _ = await self._entry_ids(request.draft_id)
+        """Compensation: the time and expenses return to unbilled, to be invoiced again."""
+        entries, expenses, _ = await self._billed_ids(request.draft_id)
         for start in range(0, len(entries), MARK_BATCH):
             await self.psa.unmark_time_billed(entries[start : start + MARK_BATCH])
             activity.heartbeat(start)
+        if expenses:
+            await self.psa.unmark_expenses_billed(expenses)
         return len(entries)

@@ -24,6 +24,8 @@ from canonical import (
     BillingContract,
     BillingType,
     Customer,
+    Expense,
+    ExpensePolicy,
     LegalEntity,
     Money,
     Opportunity,
@@ -32,7 +34,7 @@ from canonical import (
     TimeEntry,
     plan_deal,
 )
-from connectors.tryton.wire import TimePage
+from connectors.tryton.wire import ExpensePage, TimePage
 from store import Store
 from tests.workflows.fakes import RULES, account, opportunity
 
@@ -57,6 +59,7 @@ class Psa:
 
     tasks: list[Task]
     entries: list[TimeEntry] = field(default_factory=list)
+    expenses: list[Expense] = field(default_factory=list)
     party_id: int = 17
     opportunity_id: str = "006000000000001AAA"
 
@@ -72,6 +75,26 @@ class Psa:
                 hours=Decimal(hours),
                 approved=True,
             )
+        )
+
+    def spend(self, expense_id: str, category: str, amount: str, day: date) -> None:
+        self.expenses.append(
+            Expense(
+                id=expense_id,
+                project_id=str(PROJECT),
+                employee="Ada",
+                incurred_on=day,
+                category=category,
+                amount=Money.of(amount, "USD"),
+                approved=True,
+            )
+        )
+
+    async def list_expense_page(
+        self, project_id: int, *, start: date, end: date, after_id: int | None = None, limit: int
+    ) -> ExpensePage:
+        return ExpensePage(
+            entries=[e for e in self.expenses if start <= e.incurred_on <= end], next_after=None
         )
 
     async def get_project(self, project_id: int) -> Any:
@@ -353,3 +376,44 @@ async def test_the_contract_as_provisioned_wins_over_the_deal_edited_since(store
         ("Solution Architecture — Developer (10 h at 155.00 USD)", Decimal("1550.00")),
         ("Training — fixed fee on completion", Decimal("4000.00")),
     ]
+
+
+async def test_expenses_in_the_policy_are_billed_once_with_their_markup(store: Store) -> None:
+    """Travel is billable at 10 % markup; Entertainment is not, and is never billed."""
+    psa = globex_psa()
+    psa.spend("501", "Travel", "400", date(2026, 11, 5))
+    psa.spend("502", "Entertainment", "90", date(2026, 11, 6))
+    sold = deal().model_copy(
+        update={
+            "expense_policy": ExpensePolicy(
+                billable_categories=["travel"], markup_percent=Decimal(10)
+            )
+        }
+    )
+    activities = await invoicing(psa, store)
+    activities.crms = {"salesforce": SoldAs(sold)}  # type: ignore[dict-item]
+    env = ActivityEnvironment()
+    context = await env.run(
+        activities.load_billing_contract, LoadContractInput(project_id=str(PROJECT))
+    )
+    first = await env.run(activities.draft_invoice, draft("t2i/exp-1", "2026-11", context))
+    assert [(ln.net, ln.sources) for ln in first.lines] == [(Decimal("440.00"), ["expense:501"])]
+    row = await store.draft("t2i/exp-1")
+    assert row is not None
+    rated = RatedPeriod.model_validate(row.rated["period"])
+    assert rated.billed_expense_ids == ["501"] and rated.non_billable_expense_ids == ["502"]
+    await store.update_draft("t2i/exp-1", status="billed")
+
+    again = await env.run(activities.draft_invoice, draft("t2i/exp-2", "2026-11", context))
+    assert again.lines == []
+
+
+@dataclass
+class SoldAs:
+    sold: Opportunity
+
+    async def fetch_opportunity(self, opportunity_id: str) -> Opportunity:
+        return self.sold
+
+    async def fetch_account(self, account_id: str) -> Account:
+        return account()

@@ -12,7 +12,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.invoicing import ContractContext, DraftInput, InvoicingActivities
 from canonical import TimeEntry
-from connectors.tryton.wire import TimePage
+from connectors.tryton.wire import ExpensePage, TimePage
 from store import Store
 from tests.workflows.fakes import RULES
 from tests.workflows.invoice_fakes import contract
@@ -47,6 +47,11 @@ class UnmarkedPsa:
         self, project_id: int, *, start: date, end: date, after_id: int | None = None, limit: int
     ) -> TimePage:
         return TimePage(entries=list(self.entries), next_after=None)
+
+    async def list_expense_page(
+        self, project_id: int, *, start: date, end: date, after_id: int | None = None, limit: int
+    ) -> ExpensePage:
+        return ExpensePage(entries=[], next_after=None)
 
 
 def invoicing(psa: UnmarkedPsa, store: Store) -> InvoicingActivities:
