@@ -12,7 +12,7 @@ from activities._base import ActivityModel
 from activities.errors import translate_connector_errors
 from activities.invoicing import stored_invoice
 from activities.ports import ErpPort
-from canonical import Customer, Entity, Money, System, survive
+from canonical import BillingPeriod, Customer, Entity, Money, System, survive
 from store import Store
 
 
@@ -91,7 +91,7 @@ class ErpActivities:
     @translate_connector_errors
     async def post_erp_invoice(self, request: PostErpInvoiceInput) -> ErpPosted:
         """The customer invoice with the same lines as billing's, posted; totals must agree."""
-        _, invoice = await stored_invoice(self.store, request.draft_id)
+        row, invoice = await stored_invoice(self.store, request.draft_id)
         created = await self.erp.create_invoice(
             invoice,
             party_id=int(request.erp_customer_id),
@@ -110,6 +110,11 @@ class ErpActivities:
                 type="TotalsDisagree",
                 non_retryable=True,
             )
+        if invoice.legal_entity_code is not None:
+            # Deferred revenue is recognized month by month as months are invoiced: up to
+            # this invoice's period, for every deferral of its legal entity (idempotent).
+            period = BillingPeriod.parse(row.period)
+            await self.erp.recognize_revenue(invoice.legal_entity_code, up_to=period.end)
         return ErpPosted(
             erp_invoice_id=str(created.id), number=posted.number, total=posted.total.amount
         )
