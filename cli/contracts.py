@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from decimal import Decimal
 from typing import Annotated, Any
 
 import typer
@@ -15,7 +16,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from canonical import BillingType, Contract, ContractVersion, FeeRemainder
+from canonical import BillingType, Contract, ContractVersion, FeeRemainder, RatedPeriod
 from cli.app import CliError, app, friendly_errors
 from cli.common import Fields, JsonFlag, amount_text, console, settings
 from store import Store
@@ -76,17 +77,23 @@ async def _read(url: str, project: str) -> tuple[Contract, str, list[dict[str, A
             )
         contract = Contract(versions=[ContractVersion.model_validate(r.body) for r in rows])
         project_id = rows[-1].project_id
-        billed = [
-            {
+        billed: list[dict[str, Any]] = []
+        for draft in await store.billed_drafts(project_id):
+            rated = RatedPeriod.model_validate(draft.rated["period"])
+            where = {
                 "invoice": draft.invoice_number or draft.id,
                 "period": draft.period,
                 "kind": draft.kind,
                 "status": draft.status,
-                **item,
             }
-            for draft in await store.billed_drafts(project_id)
-            for item in draft.rated.get("period", {}).get("billed_items", [])
-        ]
+            billed += [
+                {**where, "item": f"time:{line_id}", "version": None, "net": str(net)}
+                for line_id, net in sorted(rated.time_net.items())
+            ]
+            billed += [
+                {**where, "item": i.key, "version": i.version, "net": str(i.net.amount)}
+                for i in rated.billed_items
+            ]
         return contract, project_id, billed
     finally:
         await store.close()
@@ -166,11 +173,11 @@ def _render(
             table.add_column(column, justify="right" if column == "net" else "left")
         for item in billed:
             table.add_row(
-                str(item.get("key", "-")),
-                str(item.get("contract_version", "-")),
+                item["item"],
+                f"v{item['version']}" if item["version"] else "-",
                 str(item["invoice"]),
                 f"{item['period']}" + (" (upfront)" if item["kind"] == "upfront" else ""),
-                str(item.get("net", "-")),
+                amount_text(Decimal(item["net"]), c),
             )
         out.print(table)
     else:

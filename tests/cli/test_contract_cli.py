@@ -12,6 +12,8 @@ from typer.testing import CliRunner, Result
 
 from activities.contracts import ContractActivities, RecordContractInput
 from canonical import (
+    BilledItem,
+    BillingPeriod,
     BillingType,
     ContractLine,
     ContractMilestone,
@@ -19,11 +21,13 @@ from canonical import (
     ExpensePolicy,
     FeeRemainder,
     FeeSchedule,
+    ItemKind,
     Money,
+    RatedPeriod,
 )
 from canonical.party import PaymentTerms
 from cli.app import app
-from store import Store
+from store import InvoiceDraft, Store
 
 
 def usd(amount: str) -> Money:
@@ -108,6 +112,39 @@ async def test_show_prints_the_contract_as_provisioned(
     assert "Cut-over" in out and "2027-01-15" in out and "1 milestones" in out
     assert "Travel billed at 10 % markup" in out
     assert "Billed: nothing yet" in out
+
+    # Once invoices are issued, what each billed is listed against the contract.
+    period = RatedPeriod(
+        period=BillingPeriod(year=2026, month=11),
+        currency="USD",
+        time_net={"00kDEV": Decimal("1500.00")},
+        billed_items=[
+            BilledItem(
+                key="upfront:00kTRN",
+                kind=ItemKind.UPFRONT,
+                line_id="00kTRN",
+                net=usd("600.00"),
+                version=1,
+            )
+        ],
+        overage=usd("0"),
+    )
+    await store.save_draft(
+        InvoiceDraft(
+            id="d-1",
+            workflow_id="time-to-invoice:41:2026-11",
+            project_id="41",
+            period="2026-11",
+            currency="USD",
+            status="billed",
+            invoice_number="INV2026-0007",
+            rated={"period": period.model_dump(mode="json")},
+        )
+    )
+    listed = await asyncio.to_thread(show, tmp_path, store_url, "41")
+    rows = [line.split() for line in listed.stdout.splitlines()]
+    assert ["time:00kDEV", "-", "INV2026-0007", "2026-11", "1,500.00"] in rows
+    assert ["upfront:00kTRN", "v1", "INV2026-0007", "2026-11", "600.00"] in rows
 
     as_json = await asyncio.to_thread(show, tmp_path, store_url, "salesforce:006MIXED", "--json")
     assert as_json.exit_code == 0, as_json.output
