@@ -6,6 +6,10 @@
    completes after `q2c signal data-corrected`.
 4. Time booked in Tryton on the UK project is invoiced for the month (`q2c invoice run`),
    approved by finance from the CLI, and paid in the Stripe stand-in, whose webhook closes the run.
+5. A mixed US deal (hours under a cap, a fixed fee with 20 % up front, a milestone): its
+   mobilization invoice goes out at provisioning; a month of hours next to fixed-fee work,
+   with the milestone completed in Tryton, is invoiced line by line as sold
+   (`q2c contract show` traces what was billed to the contract).
 
 Each deal reaches q2c the way it would in production: Salesforce's Closed Won webhook to the
 q2c service. The scenario is idempotent: run it again and it reports the same runs.
@@ -26,7 +30,7 @@ from pathlib import Path
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
-from canonical import BillingPeriod, TimeEntry
+from canonical import BillingPeriod, Expense, Money, TimeEntry
 from connectors.salesforce import SalesforceClient
 from connectors.stripe import StripeBilling
 from connectors.tryton import TrytonClient, TrytonPsa
@@ -47,7 +51,7 @@ from workflows.opportunity_to_project import (
     workflow_id,
 )
 from workflows.time_to_invoice import STATUS as INVOICE_STATUS
-from workflows.time_to_invoice import InvoiceStatus, InvoiceStep
+from workflows.time_to_invoice import InvoiceStatus, InvoiceStep, upfront_workflow_id
 from workflows.time_to_invoice import workflow_id as invoice_workflow_id
 
 STEP_WAIT_S = 90
@@ -245,6 +249,12 @@ async def run_demo(settings: Settings, say: Say) -> None:
         project_id = (await demo.wait_for(clean_id, Step.COMPLETED)).ids["psa_project"]
         await invoice_month(demo, project_id)
 
+        say("\nA mixed contract: Soylent buys hours, a fixed fee and a milestone.\n")
+        mixed, mixed_id = await demo.close(MIXED)
+        await report(demo, mixed, mixed_id)
+        mixed_project = (await demo.wait_for(mixed_id, Step.COMPLETED)).ids["psa_project"]
+        await bill_as_sold(demo, mixed_project)
+
 
 async def report(demo: Demo, deal: SeededDeal, wid: str) -> None:
     settings, say = demo.settings, demo.say
@@ -376,3 +386,78 @@ def _tryton(settings: Settings) -> TrytonClient:
         settings.tryton_user,
         settings.tryton_password,
     )
+
+
+#: A month on the Soylent project: hours by the hour, hours on the fixed-fee work (never
+#: billed by the hour) and on the go-live (billed by its milestone).
+MIXED_TIME = (
+    ("Development", "30"),
+    ("Project Management", "6"),
+    ("Implementation Package", "12"),
+    ("Go-live Support", "5"),
+)
+
+
+async def bill_as_sold(demo: Demo, project_id: str) -> None:
+    """The mobilization invoice at provisioning, then a month of mixed work, each line
+    billed the way it was sold; finance approves both from the CLI."""
+    settings, say = demo.settings, demo.say
+    approver = settings.finance_approvers[0]
+    upfront = upfront_workflow_id(project_id)
+    say("  At provisioning, the fixed fee's 20 % upfront share is drafted for finance:")
+    await _approve_when_drafted(demo, upfront, approver, "Mobilization per contract")
+
+    today = datetime.now(UTC).date()
+    period = BillingPeriod.of(today).key
+    async with _tryton(settings) as tryton:
+        psa = TrytonPsa(tryton)
+        project = await psa.get_project(int(project_id))
+        tasks = {t.name: t for t in project.tasks}
+        employees = await psa.list_employees(project.legal_entity_code)
+        entries = [
+            TimeEntry(
+                id=f"demo-mixed-{period}-{n}",
+                project_id=project_id,
+                task_id=str(tasks[name].id),
+                employee=employees[n % len(employees)].name,
+                role=tasks[name].role or name,
+                work_date=today,
+                hours=Decimal(hours),
+                approved=True,
+            )
+            for n, (name, hours) in enumerate(MIXED_TIME)
+        ]
+        await psa.create_timesheet_lines(entries, idempotency_key=f"demo-mixed-{project_id}")
+        travel = Expense(
+            id=f"demo-travel-{project_id}",
+            project_id=project_id,
+            employee=employees[0].name,
+            incurred_on=today,
+            category="Travel",
+            amount=Money.of("640.00", project.currency),
+            approved=True,
+        )
+        await psa.book_expense(travel, idempotency_key=travel.id)
+        await psa.set_task_done(tasks["Go-live Support"].id)
+    say(f"  booked in Tryton: {', '.join(f'{h} h {n}' for n, h in MIXED_TIME)}, 640.00 travel")
+    say("  the Go-live Support task is set to Done in Tryton: its milestone is complete")
+
+    wid = invoice_workflow_id(project_id, period)
+    demo.q2c("invoice", "run", project_id, "--period", period)
+    await _approve_when_drafted(demo, wid, approver, "Hours and milestone checked")
+    demo.q2c("contract", "show", project_id)
+
+
+async def _approve_when_drafted(demo: Demo, wid: str, approver: str, reason: str) -> None:
+    """Show the draft and approve it; a run decided in an earlier demo run is only shown."""
+    status = await _wait_invoice(
+        demo, wid, InvoiceStep.AWAITING_APPROVAL, InvoiceStep.AWAITING_PAYMENT, InvoiceStep.PAID
+    )
+    demo.q2c("invoice", "show", wid)
+    if status.step == InvoiceStep.AWAITING_APPROVAL:
+        demo.q2c("invoice", "approve", wid, "--approver", approver, "--reason", reason)
+        status = await _wait_invoice(demo, wid, InvoiceStep.AWAITING_PAYMENT, InvoiceStep.PAID)
+    else:
+        demo.say("  (approved in an earlier demo run)")
+    total = f"{status.draft.total} {status.draft.currency}" if status.draft else "-"
+    demo.say(f"  Invoice {status.invoice_number}: {total}, issued in Stripe and Tryton")
