@@ -17,6 +17,7 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from canonical import OutagePolicy
+from canonical import BillingType, Money, OpportunityLine, OutagePolicy
 from tests.fixtures.temporal import temporal_binary
 from tests.replay.invoice_histories import record_invoice_cycle_history, record_invoice_histories
 from tests.replay.sweep_histories import record_sweep_histories
@@ -144,8 +145,30 @@ def _deadline_passes() -> FakeSystems:
 Drive = Callable[[WorkflowHandle, Any], Awaitable[None]]  # type: ignore[type-arg]
 
 
+def _with_upfront_fee() -> FakeSystems:
+    """A fixed fee with 20 % up front: provisioning starts the upfront invoice's run."""
+    deal = opportunity()
+    fee = OpportunityLine(
+        id="00k3",
+        service="Training",
+        quantity=Decimal(1),
+        unit_rate=Money.of("5000", deal.currency),
+        billing_type=BillingType.FIXED_FEE,
+    )
+    return FakeSystems(
+        deal=deal.model_copy(update={"lines": [*deal.lines, fee], "upfront_percent": 20})
+    )
+
+
+async def _upfront(handle: WorkflowHandle, systems: FakeSystems) -> None:  # type: ignore[type-arg]
+    result = await handle.result()
+    # The upfront run is not this recording's subject (no invoicing worker serves it).
+    await handle._client.get_workflow_handle(result.ids["upfront_invoice_run"]).terminate()
+
+
 SCENARIOS: dict[str, tuple[Callable[[], FakeSystems], Drive]] = {
     "clean": (FakeSystems, _clean),
+    "upfront": (_with_upfront_fee, _upfront),
     "approved": (lambda: FakeSystems(deal=opportunity(hours="2000")), _approved),
     "corrected": (lambda: FakeSystems(deal_account=account("JP")), _corrected),
     "compensated": (lambda: FakeSystems(fail_billing="stripe HTTP 400: refused"), _compensated),

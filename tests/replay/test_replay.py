@@ -37,6 +37,7 @@ def test_histories_are_recorded_for_every_path() -> None:
         ("opportunity_to_project", "cancelled"),
         ("opportunity_to_project", "outage_resumed"),
         ("opportunity_to_project", "operator_retried"),
+        ("opportunity_to_project", "upfront"),
         ("time_to_invoice", "paid"),
         ("time_to_invoice", "failed"),
     } <= names
