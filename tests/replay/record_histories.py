@@ -17,7 +17,6 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +24,18 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from canonical import BillingType, Money, OpportunityLine, OutagePolicy
+from canonical import OutagePolicy
 from tests.fixtures.temporal import temporal_binary
 from tests.replay.invoice_histories import record_invoice_cycle_history, record_invoice_histories
 from tests.replay.sweep_histories import record_sweep_histories
-from tests.workflows.fakes import APPROVER, FakeSystems, account, opportunity, start_args
+from tests.workflows.fakes import (
+    APPROVER,
+    FakeSystems,
+    account,
+    opportunity,
+    start_args,
+    with_upfront_fee,
+)
 from workflows.approvals import OPERATOR, OperatorAck, OperatorAction, OperatorDecision
 from workflows.opportunity_to_project import (
     DATA_CORRECTED,
@@ -147,17 +153,7 @@ Drive = Callable[[WorkflowHandle, Any], Awaitable[None]]  # type: ignore[type-ar
 
 def _with_upfront_fee() -> FakeSystems:
     """A fixed fee with 20 % up front: provisioning starts the upfront invoice's run."""
-    deal = opportunity()
-    fee = OpportunityLine(
-        id="00k3",
-        service="Training",
-        quantity=Decimal(1),
-        unit_rate=Money.of("5000", deal.currency),
-        billing_type=BillingType.FIXED_FEE,
-    )
-    return FakeSystems(
-        deal=deal.model_copy(update={"lines": [*deal.lines, fee], "upfront_percent": 20})
-    )
+    return FakeSystems(deal=with_upfront_fee())
 
 
 async def _upfront(handle: WorkflowHandle, systems: FakeSystems) -> None:  # type: ignore[type-arg]

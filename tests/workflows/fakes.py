@@ -110,6 +110,19 @@ def opportunity(
     )
 
 
+def with_upfront_fee(deal: Opportunity | None = None) -> Opportunity:
+    """`deal` (the default deal) with a 5,000 Training fee, 20 % of it invoiced up front."""
+    deal = deal or opportunity()
+    fee = OpportunityLine(
+        id="00k3",
+        service="Training",
+        quantity=Decimal(1),
+        unit_rate=Money.of("5000", deal.currency),
+        billing_type=BillingType.FIXED_FEE,
+    )
+    return deal.model_copy(update={"lines": [*deal.lines, fee], "upfront_percent": Decimal(20)})
+
+
 @dataclass
 class FakeLedger:
     """What every fake-systems worker shares: a record of every call, and q2c's own ledger."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import timedelta
-from decimal import Decimal
 
 import pytest
 from temporalio.client import (
@@ -18,8 +17,15 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 
-from canonical import BillingType, Money, OpportunityLine
-from tests.workflows.fakes import APPROVER, FakeSystems, account, opportunity, start_args
+from canonical import BillingType, Money
+from tests.workflows.fakes import (
+    APPROVER,
+    FakeSystems,
+    account,
+    opportunity,
+    start_args,
+    with_upfront_fee,
+)
 from workflows.approvals import OPERATOR, OperatorAck, OperatorAction, OperatorDecision
 from workflows.opportunity_to_project import (
     DATA_CORRECTED,
@@ -533,17 +539,8 @@ async def test_messages_with_an_added_field_are_accepted(temporal_client: Client
 async def test_an_upfront_fee_starts_its_invoice_run_once(temporal_client: Client, task_queue: str):
     """A fixed fee with 20 % up front: provisioning starts the upfront invoice's own
     time-to-invoice run, and a second provisioning of the deal does not start another."""
-    deal = opportunity()
-    fee = OpportunityLine(
-        id="00k3",
-        service="Training",
-        quantity=Decimal(1),
-        unit_rate=Money.of("5000", deal.currency),
-        billing_type=BillingType.FIXED_FEE,
-    )
-    systems = FakeSystems(
-        deal=deal.model_copy(update={"lines": [*deal.lines, fee], "upfront_percent": Decimal(20)})
-    )
+    deal = with_upfront_fee()
+    systems = FakeSystems(deal=deal)
     async with systems.worker(temporal_client, task_queue):
         handle = await start(temporal_client, task_queue)
         result = await handle.result()
