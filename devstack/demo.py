@@ -34,6 +34,7 @@ from canonical import BillingPeriod, Expense, Money, TimeEntry
 from connectors.salesforce import SalesforceClient
 from connectors.stripe import StripeBilling
 from connectors.tryton import TrytonClient, TrytonPsa
+from connectors.tryton.wire import ProjectInfo
 from devstack.salesforce_seed import (
     DealLine,
     DealMilestone,
@@ -304,24 +305,7 @@ async def invoice_month(demo: Demo, project_id: str) -> None:
     period = BillingPeriod.of(today).key
     wid = invoice_workflow_id(project_id, period)
     async with _tryton(settings) as tryton:
-        psa = TrytonPsa(tryton)
-        project = await psa.get_project(int(project_id))
-        tasks = {t.name: t for t in project.tasks}
-        employees = await psa.list_employees(project.legal_entity_code)
-        entries = [
-            TimeEntry(
-                id=f"demo-time-{period}-{n}",
-                project_id=project_id,
-                task_id=str(tasks[name].id),
-                employee=employees[n % len(employees)].name,
-                role=tasks[name].role or name,
-                work_date=today,
-                hours=Decimal(hours),
-                approved=True,
-            )
-            for n, (name, hours) in enumerate(DEMO_TIME)
-        ]
-        await psa.create_timesheet_lines(entries, idempotency_key=f"demo-time-{project_id}")
+        await _book_time(TrytonPsa(tryton), project_id, DEMO_TIME, f"demo-time-{period}")
     say(f"  booked in Tryton: {', '.join(f'{h} h {n}' for n, h in DEMO_TIME)}")
 
     if await _closed(demo, wid):
@@ -353,6 +337,32 @@ async def invoice_month(demo: Demo, project_id: str) -> None:
         say(f"    Total           : {status.draft.total} {status.draft.currency}")
     say(f"    Stripe invoice  : {status.billing_invoice_id}")
     say(f"    Tryton invoice  : #{status.erp_invoice_id}")
+
+
+async def _book_time(
+    psa: TrytonPsa, project_id: str, hours: tuple[tuple[str, str], ...], key: str
+) -> ProjectInfo:
+    """Today's hours on the project's tasks, spread over its company's consultants; booked
+    once however often the demo runs (`key`)."""
+    project = await psa.get_project(int(project_id))
+    tasks = {t.name: t for t in project.tasks}
+    employees = await psa.list_employees(project.legal_entity_code)
+    today = datetime.now(UTC).date()
+    entries = [
+        TimeEntry(
+            id=f"{key}-{n}",
+            project_id=project_id,
+            task_id=str(tasks[name].id),
+            employee=employees[n % len(employees)].name,
+            role=tasks[name].role or name,
+            work_date=today,
+            hours=Decimal(worked),
+            approved=True,
+        )
+        for n, (name, worked) in enumerate(hours)
+    ]
+    await psa.create_timesheet_lines(entries, idempotency_key=f"{key}-{project_id}")
+    return project
 
 
 async def _closed(demo: Demo, wid: str) -> bool:
@@ -411,23 +421,9 @@ async def bill_as_sold(demo: Demo, project_id: str) -> None:
     period = BillingPeriod.of(today).key
     async with _tryton(settings) as tryton:
         psa = TrytonPsa(tryton)
-        project = await psa.get_project(int(project_id))
+        project = await _book_time(psa, project_id, MIXED_TIME, f"demo-mixed-{period}")
         tasks = {t.name: t for t in project.tasks}
         employees = await psa.list_employees(project.legal_entity_code)
-        entries = [
-            TimeEntry(
-                id=f"demo-mixed-{period}-{n}",
-                project_id=project_id,
-                task_id=str(tasks[name].id),
-                employee=employees[n % len(employees)].name,
-                role=tasks[name].role or name,
-                work_date=today,
-                hours=Decimal(hours),
-                approved=True,
-            )
-            for n, (name, hours) in enumerate(MIXED_TIME)
-        ]
-        await psa.create_timesheet_lines(entries, idempotency_key=f"demo-mixed-{project_id}")
         travel = Expense(
             id=f"demo-travel-{project_id}",
             project_id=project_id,
