@@ -401,10 +401,11 @@ def _tryton(settings: Settings) -> TrytonClient:
 #: A month on the Soylent project: hours by the hour, hours on the fixed-fee work (never
 #: billed by the hour) and on the go-live (billed by its milestone).
 MIXED_TIME = (
-    ("Development", "30"),
-    ("Project Management", "6"),
-    ("Implementation Package", "12"),
-    ("Go-live Support", "5"),
+    ("Development", "8"),
+    ("Development", "7.5"),
+    ("Project Management", "3"),
+    ("Implementation Package", "6"),
+    ("Go-live Support", "4"),
 )
 
 
