@@ -132,7 +132,7 @@ def _render(
     fields.print(out)
 
     lines = Table(box=box.SIMPLE_HEAD, title="Lines", title_justify="left")
-    for column in ("line", "task", "role", "billing", "rate / amount", "hours", "schedule"):
+    for column in ("task", "role", "billing", "rate / amount", "hours", "schedule"):
         lines.add_column(
             column, justify="right" if column in ("rate / amount", "hours") else "left"
         )
@@ -143,7 +143,6 @@ def _render(
             else amount_text(line.amount.amount, c)
         )
         lines.add_row(
-            line.id,
             f"{line.task}" + (f" (#{line.task_id})" if line.task_id else ""),
             line.role or "-",
             _BILLING_LABEL[line.billing_type],
@@ -155,11 +154,13 @@ def _render(
 
     if current.milestones:
         milestones = Table(box=box.SIMPLE_HEAD, title="Milestones", title_justify="left")
-        for column in ("milestone", "name", "line", "planned", "amount"):
+        for column in ("milestone", "task", "planned", "amount"):
             milestones.add_column(column, justify="right" if column == "amount" else "left")
         for m in current.milestones:
             planned = m.planned_date.isoformat() if m.planned_date else "-"
-            milestones.add_row(m.id, m.name, m.line_id, planned, amount_text(m.amount.amount, c))
+            owner = current.line(m.line_id)
+            task = owner.task if owner else m.line_id
+            milestones.add_row(m.name, task, planned, amount_text(m.amount.amount, c))
         out.print(milestones)
 
     if len(contract.versions) > 1:
@@ -173,7 +174,7 @@ def _render(
             table.add_column(column, justify="right" if column == "net" else "left")
         for item in billed:
             table.add_row(
-                item["item"],
+                _item_label(contract, item["item"]),
                 f"v{item['version']}" if item["version"] else "-",
                 str(item["invoice"]),
                 f"{item['period']}" + (" (upfront)" if item["kind"] == "upfront" else ""),
@@ -182,6 +183,18 @@ def _render(
         out.print(table)
     else:
         out.print("Billed: nothing yet")
+
+
+def _item_label(contract: Contract, key: str) -> str:
+    """An item's key as a person reads it: the task or milestone instead of CRM ids."""
+    kind, _, rest = key.partition(":")
+    ident, _, number = rest.partition(":")
+    for version in reversed(contract.versions):
+        if (line := version.line(ident)) is not None:
+            return f"{kind} {number} {line.task}" if number else f"{kind}: {line.task}"
+        if (m := next((m for m in version.milestones if m.id == ident), None)) is not None:
+            return f"{kind}: {m.name}"
+    return key
 
 
 def _schedule(version: ContractVersion, line_id: str) -> str:

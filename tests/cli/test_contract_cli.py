@@ -143,8 +143,9 @@ async def test_show_prints_the_contract_as_provisioned(
     )
     listed = await asyncio.to_thread(show, tmp_path, store_url, "41")
     rows = [line.split() for line in listed.stdout.splitlines()]
-    assert ["time:00kDEV", "-", "INV2026-0007", "2026-11", "1,500.00"] in rows
-    assert ["upfront:00kTRN", "v1", "INV2026-0007", "2026-11", "600.00"] in rows
+    assert ["time:", "Development", "-", "INV2026-0007", "2026-11", "1,500.00"] in rows
+    assert ["upfront:", "Training", "v1", "INV2026-0007", "2026-11", "600.00"] in rows
+    assert "Cut-over" in listed.stdout
 
     as_json = await asyncio.to_thread(show, tmp_path, store_url, "salesforce:006MIXED", "--json")
     assert as_json.exit_code == 0, as_json.output
