@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -89,9 +89,11 @@ from workflows.time_to_invoice import (
     STATUS,
     Decision,
     DecisionAck,
+    InvoiceKind,
     InvoiceRecord,
     InvoiceStatus,
     PaymentEvent,
+    upfront_workflow_id,
     workflow_id,
 )
 
@@ -125,32 +127,49 @@ def invoice_run(
         str, typer.Argument(metavar="PROJECT_ID", help="The PSA's project id, e.g. 42.")
     ],
     period: Annotated[
-        str, typer.Option("--period", metavar="YYYY-MM", help="The billing period, e.g. 2026-11.")
-    ],
+        str | None,
+        typer.Option("--period", metavar="YYYY-MM", help="The billing period, e.g. 2026-11."),
+    ] = None,
+    upfront: Annotated[
+        bool,
+        typer.Option(
+            "--upfront",
+            help="The fixed fees' upfront shares instead of a period (after a rejected one).",
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Start a project's time-to-invoice run for a period, or find the one already running."""
+    """Start a project's time-to-invoice run for a period (or its upfront invoice), or find
+    the one already running."""
     project_id = project_id.strip()
     if not PROJECT_ID.match(project_id):
         raise CliError(f"{project_id}: not a PSA project id (digits, e.g. 42)")
+    if upfront == (period is not None):
+        raise CliError("give --period YYYY-MM, or --upfront (not both)")
+    kind = InvoiceKind.UPFRONT if upfront else InvoiceKind.PERIOD
     try:
-        period = BillingPeriod.parse(period).key
+        key = BillingPeriod.parse(period).key if period else _this_month()
     except ValueError as exc:
         raise CliError(f"--period: {exc}") from None
     config = settings()
-    wid = workflow_id(project_id, period)
+    wid = upfront_workflow_id(project_id) if upfront else workflow_id(project_id, key)
 
     async def start(client: Client) -> StartedRun:
         return await start_invoice_run(
             client,
             config,
             project_id,
-            period,
+            key,
             trigger=f"cli:{user()}",
             rpc_timeout=timedelta(seconds=RPC_TIMEOUT_S),
+            kind=kind,
         )
 
     print_started(run(config, start, wid), config.run_link(wid), as_json=as_json)
+
+
+def _this_month() -> str:
+    return BillingPeriod.of(datetime.now(UTC).date()).key
 
 
 @invoice_app.command("approve")

@@ -315,8 +315,9 @@ class OpportunityToProjectWorkflow(Lifecycle, AwaitsApproval):
         """The fixed fees' upfront shares, invoiced now through a time-to-invoice run of its
         own: the same draft, finance approval, billing and ERP steps as a period invoice.
 
-        Once per project, ever (its id is refused after a first run, whatever its end); the
-        run outlives this one.
+        A later run (the deal provisioned again, or `q2c invoice run --upfront` after finance
+        rejected the first) bills only the shares no issued invoice holds; the run outlives
+        this one.
         """
         fees = [
             ln
@@ -339,7 +340,7 @@ class OpportunityToProjectWorkflow(Lifecycle, AwaitsApproval):
                 ),
                 id=child_id,
                 parent_close_policy=ParentClosePolicy.ABANDON,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             )
         self._ids["upfront_invoice_run"] = child_id
         await self.audit(Step.UPFRONT_INVOICE, "started", detail={"workflow_id": child_id})

@@ -55,9 +55,11 @@ from workflows.sweeps import SweepInput
 from workflows.time_to_invoice import (
     BILLING_METADATA_KEY,
     PAYMENT,
+    InvoiceKind,
     InvoiceStep,
     PaymentEvent,
     TimeToInvoiceInput,
+    upfront_workflow_id,
 )
 from workflows.time_to_invoice import LIFECYCLE as INVOICE_LIFECYCLE
 from workflows.time_to_invoice import workflow_id as invoice_workflow_id
@@ -170,17 +172,20 @@ async def start_invoice_run(
     *,
     trigger: str,
     rpc_timeout: timedelta | None = None,
+    kind: InvoiceKind = InvoiceKind.PERIOD,
 ) -> StartedRun:
     """Start the project's time-to-invoice run for a period, or attach to the one running.
 
     A period whose run was rejected, expired or failed may be run again: the PSA then offers
     only what is still unbilled, so nothing is invoiced twice. The caller checks the project
-    id and the period first: both become part of the workflow id.
+    id and the period first: both become part of the workflow id. An upfront run (`kind`)
+    has one id per project; run again, it bills only the upfront shares not yet issued.
     """
+    upfront = kind is InvoiceKind.UPFRONT
     handle = await client.start_workflow(
         TIME_TO_INVOICE,
-        TimeToInvoiceInput(project_id=project_id, period=period, trigger=trigger),
-        id=invoice_workflow_id(project_id, period),
+        TimeToInvoiceInput(project_id=project_id, period=period, trigger=trigger, kind=kind),
+        id=upfront_workflow_id(project_id) if upfront else invoice_workflow_id(project_id, period),
         task_queue=settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
@@ -190,7 +195,11 @@ async def start_invoice_run(
                 SearchAttributePair(attrs.STEP, InvoiceStep.LOAD_CONTRACT.value),
             ]
         ),
-        static_summary=f"Invoice project {project_id} for {period}",
+        static_summary=(
+            f"Upfront invoice of project {project_id}"
+            if upfront
+            else f"Invoice project {project_id} for {period}"
+        ),
         rpc_timeout=rpc_timeout,
     )
     return StartedRun(workflow_id=handle.id, run_id=handle.result_run_id, started=_started(handle))

@@ -25,10 +25,12 @@ from tests.workflows.invoice_fakes import APPROVER, FakeInvoicing
 from workflows.starters import SWEEPS, schedule_id, sweep_schedule_id
 from workflows.time_to_invoice import (
     STATUS,
+    InvoiceKind,
     InvoiceStatus,
     InvoiceStep,
     TimeToInvoiceInput,
     TimeToInvoiceResult,
+    upfront_workflow_id,
     workflow_id,
 )
 
@@ -110,6 +112,28 @@ async def test_run_prints_the_run_and_its_link_and_a_second_run_attaches(
     attached = json.loads(again.stdout)
     assert attached["workflow_id"] == wid and attached["started"] is False
     assert attached["run_id"] == description.run_id
+
+
+async def test_run_upfront_starts_the_projects_upfront_invoice(
+    q2c: Invoke, temporal_client: Client, started_runs: list[str]
+) -> None:
+    """After finance rejected the upfront invoice, it can be run again from the CLI."""
+    project = new_project_id()
+    wid = upfront_workflow_id(project)
+    started_runs.append(wid)
+
+    result = await q2c("invoice", "run", project, "--upfront")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == f"started: {wid}"
+    history = await temporal_client.get_workflow_handle(wid).fetch_history()
+    started = history.events[0].workflow_execution_started_event_attributes
+    [payload] = started.input.payloads
+    request = TimeToInvoiceInput.model_validate_json(payload.data)
+    assert request.kind is InvoiceKind.UPFRONT and request.project_id == project
+    for both_or_neither in (["--upfront", "--period", PERIOD], []):
+        refused = await q2c("invoice", "run", project, *both_or_neither)
+        assert error_line(refused) == "error: give --period YYYY-MM, or --upfront (not both)"
 
 
 @pytest.mark.parametrize(
