@@ -6,6 +6,13 @@ nothing else. Import from here, not from the submodules.
 
 from canonical._base import CanonicalModel
 from canonical.billing import Invoice, InvoiceLine, InvoiceStatus, Payment, can_transition
+from canonical.change_order import (
+    ChangeAction,
+    ChangeOrder,
+    ChangeOrderStatus,
+    LineChange,
+    MilestoneChange,
+)
 from canonical.commercial import (
     BillingType,
     Milestone,
@@ -40,7 +47,7 @@ from canonical.deals import (
     plan_deal,
     project_id_for,
 )
-from canonical.delivery import ChangeOrder, Expense, Hours, Project, Task, TimeEntry, rate_time
+from canonical.delivery import Expense, Hours, Project, Task, TimeEntry, rate_time
 from canonical.errors import (
     CurrencyMismatch,
     InvalidTransition,
@@ -117,7 +124,9 @@ __all__ = [
     "BillingType",
     "CanonicalModel",
     "CatalogueEntry",
+    "ChangeAction",
     "ChangeOrder",
+    "ChangeOrderStatus",
     "Contact",
     "Contract",
     "ContractLine",
@@ -150,8 +159,10 @@ __all__ = [
     "InvoiceStatus",
     "ItemKind",
     "LegalEntity",
+    "LineChange",
     "LineEffort",
     "Milestone",
+    "MilestoneChange",
     "MilestoneStatus",
     "Money",
     "NoRate",

@@ -1,9 +1,9 @@
-"""Delivering the work: projects, tasks, time, expenses, and the change orders that reshape them."""
+"""Delivering the work: projects, tasks, time and expenses."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date, timedelta
+from datetime import date
 from decimal import Decimal
 from typing import Annotated
 
@@ -20,7 +20,6 @@ from canonical.commercial import (
     BillingType,
     Milestone,
     RateCard,
-    RateCardEntry,
     check_rate_card_currency,
 )
 from canonical.money import (
@@ -36,7 +35,6 @@ from canonical.money import (
 )
 
 __all__ = [
-    "ChangeOrder",
     "Expense",
     "Hours",
     "Project",
@@ -194,116 +192,3 @@ class Expense(CanonicalModel):
     @property
     def billable_amount(self) -> Money:
         return (self.amount * (1 + self.markup_percent / 100)).rounded()
-
-
-class ChangeOrder(CanonicalModel):
-    """An agreed change to a running engagement: budget, rates, milestones, scope."""
-
-    id: NonEmpty
-    project_id: NonEmpty
-    opportunity_id: str | None = None
-    reason: NonEmpty
-    effective_date: date
-    budget_delta: Money  # may be negative: scope can shrink
-    rate_changes: list[RateCardEntry] = Field(default_factory=list)
-    milestone_changes: list[Milestone] = Field(default_factory=list)
-    added_tasks: list[Task] = Field(default_factory=list)
-    requested_by: NonEmpty
-    approved: bool = False
-    approved_by: str | None = None
-    approved_at: AwareDatetime | None = None
-
-    @field_validator("rate_changes")
-    @classmethod
-    def _rates(cls, value: list[RateCardEntry], info: ValidationInfo) -> list[RateCardEntry]:
-        delta = info.data.get("budget_delta")
-        if delta is not None:
-            check_same_currency(
-                delta.currency, ((f"rate_changes[{i}].rate", e.rate) for i, e in enumerate(value))
-            )
-        return value
-
-    @field_validator("milestone_changes")
-    @classmethod
-    def _milestones(cls, value: list[Milestone], info: ValidationInfo) -> list[Milestone]:
-        delta = info.data.get("budget_delta")
-        if delta is not None:
-            check_same_currency(
-                delta.currency,
-                ((f"milestone_changes[{i}].amount", m.amount) for i, m in enumerate(value)),
-            )
-        return value
-
-    @field_validator("added_tasks")
-    @classmethod
-    def _tasks(cls, value: list[Task], info: ValidationInfo) -> list[Task]:
-        delta = info.data.get("budget_delta")
-        if delta is not None:
-            check_same_currency(
-                delta.currency,
-                (
-                    (f"added_tasks[{i}].rate", t.rate)
-                    for i, t in enumerate(value)
-                    if t.rate is not None
-                ),
-            )
-        return value
-
-    @property
-    def currency(self) -> str:
-        return self.budget_delta.currency
-
-    def apply_to(self, project: Project) -> Project:
-        """The project as it stands once this change order is in force.
-
-        A new rate for a role closes that role's open entry the day before it takes effect
-        (and supersedes entries starting on or after it), so the card never overlaps.
-        Milestones are replaced by id or appended; tasks are appended. Applying the same
-        change order twice is a no-op, so a retried step cannot double a budget.
-        """
-        if self.id in project.applied_change_orders:
-            return project
-        if not self.approved:
-            raise ValueError(f"change order {self.id} is not approved")
-        if project.id != self.project_id:
-            raise ValueError(
-                f"change order {self.id} is for project {self.project_id}, not {project.id}"
-            )
-        budget = project.budget + self.budget_delta
-        if budget.amount < 0:
-            raise ValueError(f"change order {self.id} would make the budget negative: {budget}")
-        card = project.rate_card
-        if self.rate_changes:
-            entries = list(card.entries) if card else []
-            for new in self.rate_changes:
-                entries = [_close_before(e, new) for e in entries if not _superseded(e, new)]
-                entries.append(new)
-            card = RateCard(
-                currency=project.currency,
-                entries=entries,
-                id=card.id if card else None,
-                name=card.name if card else None,
-            )
-        milestones = {m.id: m for m in project.milestones}
-        for m in self.milestone_changes:
-            milestones[m.id] = m
-        return Project.model_validate(
-            {
-                **dict(project),
-                "budget": budget,
-                "rate_card": card,
-                "milestones": list(milestones.values()),
-                "tasks": [*project.tasks, *self.added_tasks],
-                "applied_change_orders": [*project.applied_change_orders, self.id],
-            }
-        )
-
-
-def _superseded(entry: RateCardEntry, new: RateCardEntry) -> bool:
-    return entry.role == new.role and entry.effective_from >= new.effective_from
-
-
-def _close_before(entry: RateCardEntry, new: RateCardEntry) -> RateCardEntry:
-    if entry.role != new.role or not entry.overlaps(new):
-        return entry
-    return entry.model_copy(update={"effective_to": new.effective_from - timedelta(days=1)})
