@@ -1,5 +1,5 @@
-"""Salesforce REST connector: the CRM role (accounts, opportunities, write-back) and the
-Closed Won webhook check."""
+"""Salesforce REST connector: the CRM role (accounts, opportunities, change orders,
+write-back) and the webhook checks (Closed Won, change order approved)."""
 
 from connectors.salesforce.client import (
     DEFAULT_API_VERSION,
@@ -10,23 +10,47 @@ from connectors.salesforce.client import (
     soql_datetime,
     soql_literal,
 )
-from connectors.salesforce.mapping import to_account, to_opportunity, write_back_fields
+from connectors.salesforce.mapping import (
+    canonical_id,
+    change_order_write_back_fields,
+    record_key,
+    to_account,
+    to_change_order,
+    to_opportunity,
+    write_back_fields,
+)
 from connectors.salesforce.webhook import (
+    CHANGE_ORDER_APPROVED_EVENT,
+    CLOSED_WON_EVENT,
     SIGNATURE_HEADER,
     InvalidEvent,
     InvalidSignature,
     StaleSignature,
     WebhookError,
+    change_order_approved_event,
     closed_won_event,
+    parse_change_order_approved_event,
     parse_closed_won_event,
     verify_webhook_signature,
 )
-from connectors.salesforce.wire import ChangedOpportunity, ClosedWonEvent, ClosedWonOpportunity
+from connectors.salesforce.wire import (
+    ApprovedChangeOrder,
+    ChangedOpportunity,
+    ChangeOrderApprovedEvent,
+    ChangeOrderSummary,
+    ClosedWonEvent,
+    ClosedWonOpportunity,
+)
 
 __all__ = [
+    "CHANGE_ORDER_APPROVED_EVENT",
+    "CLOSED_WON_EVENT",
     "DEFAULT_API_VERSION",
     "SIGNATURE_HEADER",
     "SYSTEM",
+    "ApprovedChangeOrder",
+    "ChangeOrderApprovedEvent",
+    "ChangeOrderSummary",
     "ChangedOpportunity",
     "ClosedWonEvent",
     "ClosedWonOpportunity",
@@ -36,12 +60,18 @@ __all__ = [
     "StaleSignature",
     "UpsertResult",
     "WebhookError",
+    "canonical_id",
+    "change_order_approved_event",
+    "change_order_write_back_fields",
     "check_id",
     "closed_won_event",
+    "parse_change_order_approved_event",
     "parse_closed_won_event",
+    "record_key",
     "soql_datetime",
     "soql_literal",
     "to_account",
+    "to_change_order",
     "to_opportunity",
     "verify_webhook_signature",
     "write_back_fields",

@@ -26,7 +26,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr, ValidationError
 
-from canonical import Account, Money, Opportunity
+from canonical import Account, ChangeOrder, ChangeOrderStatus, Money, Opportunity
 from connectors import correlation
 from connectors.errors import (
     AuthFailed,
@@ -42,6 +42,10 @@ from connectors.salesforce.wire import (
     AccountRecord,
     ApiError,
     ChangedOpportunity,
+    ChangeOrderLineRecord,
+    ChangeOrderMilestoneRecord,
+    ChangeOrderRecord,
+    ChangeOrderSummary,
     ContactRecord,
     MilestoneRecord,
     OAuthError,
@@ -136,6 +140,54 @@ MILESTONE_FIELDS = (
     "Amount__c",
     "Planned_Date__c",
     "CurrencyIsoCode",
+)
+
+CHANGE_ORDER_FIELDS = (
+    "Id",
+    "Name",
+    "Opportunity__c",
+    "Amount_Delta__c",
+    "Effective_Date__c",
+    "Budget_Delta__c",
+    "New_End_Date__c",
+    "Retroactive__c",
+    "Status__c",
+    "Approved_At__c",
+    "CurrencyIsoCode",
+    "Description__c",
+    "LastModifiedDate",
+)
+CHANGE_ORDER_LINE_FIELDS = (
+    "Id",
+    "Change_Order__c",
+    "Action__c",
+    "Line_Item_Id__c",
+    "Product__c",
+    "Role__c",
+    "Billing_Type__c",
+    "Rate__c",
+    "Amount__c",
+    "Hours__c",
+    "CurrencyIsoCode",
+)
+CHANGE_ORDER_MILESTONE_FIELDS = (
+    "Id",
+    "Change_Order__c",
+    "Action__c",
+    "Milestone__c",
+    "Line_Item_Id__c",
+    "Name",
+    "Amount__c",
+    "Planned_Date__c",
+    "CurrencyIsoCode",
+)
+CHANGE_ORDER_SUMMARY_FIELDS = (
+    "Id",
+    "Name",
+    "Opportunity__c",
+    "Status__c",
+    "Approved_At__c",
+    "LastModifiedDate",
 )
 
 
@@ -498,6 +550,68 @@ class SalesforceClient:
         ]
         return mapping.to_opportunity(
             record, lines, milestones, default_currency=self.default_currency
+        )
+
+    async def fetch_change_order(self, change_order_id: str) -> ChangeOrder:
+        """The change order with its lines and milestones: one read, two paged queries (as
+        `fetch_opportunity`: no subqueries), the details in the order they were entered."""
+        record = ChangeOrderRecord.model_validate(
+            await self.get("Change_Order__c", change_order_id, fields=CHANGE_ORDER_FIELDS)
+        )
+        where = f"WHERE Change_Order__c = {soql_literal(record.id)} ORDER BY CreatedDate, Id"
+        lines = [
+            ChangeOrderLineRecord.model_validate(line)
+            async for line in self.query(
+                f"SELECT {', '.join(CHANGE_ORDER_LINE_FIELDS)} FROM Change_Order_Line__c {where}"
+            )
+        ]
+        milestones = [
+            ChangeOrderMilestoneRecord.model_validate(milestone)
+            async for milestone in self.query(
+                f"SELECT {', '.join(CHANGE_ORDER_MILESTONE_FIELDS)} "
+                f"FROM Change_Order_Milestone__c {where}"
+            )
+        ]
+        return mapping.to_change_order(
+            record, lines, milestones, default_currency=self.default_currency
+        )
+
+    async def list_change_orders(
+        self,
+        opportunity_id: str,
+        *,
+        status: ChangeOrderStatus | Sequence[ChangeOrderStatus] | None = None,
+    ) -> list[ChangeOrderSummary]:
+        """The deal's change orders (those in `status`, when given) in the CRM's approval
+        order: by `Approved_At__c`, those never approved last, then as they were entered."""
+        soql = (
+            f"SELECT {', '.join(CHANGE_ORDER_SUMMARY_FIELDS)} FROM Change_Order__c "
+            f"WHERE Opportunity__c = {soql_literal(check_id(opportunity_id))}"
+        )
+        if status is not None:
+            wanted = [status] if isinstance(status, ChangeOrderStatus) else list(status)
+            labels = ", ".join(soql_literal(s.value.title()) for s in wanted)
+            soql += f" AND Status__c IN ({labels})"
+        soql += " ORDER BY Approved_At__c ASC NULLS LAST, CreatedDate, Id"
+        found = []
+        async for record in self.query(soql):
+            listed = mapping.change_order_status(record.get("Status__c"), record_id=record["Id"])
+            found.append(ChangeOrderSummary.model_validate({**record, "Status__c": listed}))
+        return found
+
+    async def write_back_change_order(
+        self,
+        change_order_id: str,
+        status: ChangeOrderStatus,
+        message: str | None = None,
+        run_url: str | None = None,
+    ) -> None:
+        """What became of the change order (Applied, Rejected or Failed), why, and the run's
+        link; the same call twice changes nothing. Never Approved: that is the CRM's."""
+        await self.update(
+            "Change_Order__c",
+            change_order_id,
+            mapping.change_order_write_back_fields(status=status, message=message, run_url=run_url),
         )
 
     async def closed_won_changed_since(

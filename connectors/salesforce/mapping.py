@@ -19,10 +19,15 @@ from canonical import (
     Account,
     Address,
     BillingType,
+    ChangeAction,
+    ChangeOrder,
+    ChangeOrderStatus,
     Contact,
     ExpensePolicy,
     FeeRemainder,
+    LineChange,
     Milestone,
+    MilestoneChange,
     Money,
     Opportunity,
     OpportunityLine,
@@ -33,6 +38,10 @@ from canonical import (
 from connectors.errors import ValidationFailed
 from connectors.salesforce.wire import (
     AccountRecord,
+    ChangeOrderLineRecord,
+    ChangeOrderMilestoneRecord,
+    ChangeOrderRecord,
+    ChangeOrderWriteBack,
     ContactRecord,
     MilestoneRecord,
     OpportunityLineItemRecord,
@@ -460,8 +469,7 @@ def write_back_fields(
     """The PATCH body. Status and message are always written, so a stale failure message
     never outlives a later success; ids and the run link only when known, so a later
     status-only update cannot erase them."""
-    if message is not None and len(message) > MESSAGE_MAX_CHARS:
-        message = message[: MESSAGE_MAX_CHARS - 1] + "…"
+    message = _truncated(message)
     fields = WriteBack(
         status=status,
         project_id=project_id,
@@ -471,4 +479,335 @@ def write_back_fields(
     )
     body = fields.model_dump(by_alias=True, exclude_none=True)
     body["Q2C_Message__c"] = message
+    return body
+
+
+# ---------------------------------------------------------------- change orders
+
+_CHANGE_ORDER_STATUSES = {
+    "draft": ChangeOrderStatus.DRAFT,
+    "approved": ChangeOrderStatus.APPROVED,
+    "applied": ChangeOrderStatus.APPLIED,
+    "rejected": ChangeOrderStatus.REJECTED,
+    "failed": ChangeOrderStatus.FAILED,
+}
+#: The outcomes q2c writes back, as `Status__c` labels.
+WRITE_BACK_STATUSES = {
+    ChangeOrderStatus.APPLIED: "Applied",
+    ChangeOrderStatus.REJECTED: "Rejected",
+    ChangeOrderStatus.FAILED: "Failed",
+}
+_CHANGE_ACTIONS = {
+    "add": ChangeAction.ADD,
+    "remove": ChangeAction.REMOVE,
+    "change": ChangeAction.CHANGE,
+}
+_CHANGE_ORDER_FIELDS = {
+    "id": "Id",
+    "opportunity_id": "Opportunity__c",
+    "name": "Name",
+    "status": "Status__c",
+    "currency": "CurrencyIsoCode",
+    "effective_date": "Effective_Date__c",
+    "amount_delta": "Amount_Delta__c",
+    "budget_delta": "Budget_Delta__c",
+    "new_end_date": "New_End_Date__c",
+    "retroactive": "Retroactive__c",
+    "approved_at": "Approved_At__c",
+    "updated_at": "LastModifiedDate",
+    "description": "Description__c",
+}
+_LINE_CHANGE_FIELDS = {
+    "action": "Action__c",
+    "line_id": "Line_Item_Id__c",
+    "task": "Product__c",
+    "role": "Role__c",
+    "billing_type": "Billing_Type__c",
+    "rate": "Rate__c",
+    "amount": "Amount__c",
+    "hours": "Hours__c",
+}
+_MILESTONE_CHANGE_FIELDS = {
+    "action": "Action__c",
+    "milestone_id": "Milestone__c",
+    "line_id": "Line_Item_Id__c",
+    "name": "Name",
+    "amount": "Amount__c",
+    "planned_date": "Planned_Date__c",
+}
+
+
+def canonical_id(record_id: str) -> str | None:
+    """The record's 18-character id exactly as Salesforce returns it, from its 15-character
+    id or from its 18-character one in any letter case (the last three characters say which
+    of the first fifteen are capitals); None when the text is not a record id at all."""
+    text = record_id.strip()
+    if not _ID_RE.match(text):
+        return None
+    if len(text) == 15:
+        return text + record_key(text)[15:].upper()  # type: ignore[index]
+    suffix = text[15:].upper()
+    if any(c not in _CHECKSUM_ALPHABET for c in suffix):
+        return None
+    chars = list(text[:15])
+    for chunk, flag in enumerate(suffix):
+        bits = _CHECKSUM_ALPHABET.index(flag)
+        for pos in range(5):
+            i = chunk * 5 + pos
+            chars[i] = chars[i].upper() if bits & (1 << pos) else chars[i].lower()
+    return "".join(chars) + suffix
+
+
+def change_order_status(value: str | None, *, record_id: str) -> ChangeOrderStatus:
+    found = _CHANGE_ORDER_STATUSES.get((value or "").strip().lower())
+    if found is None:
+        raise ValidationFailed(
+            f"Change_Order__c {record_id}: unknown status {value!r}; expected one of "
+            "Draft, Approved, Applied, Rejected, Failed",
+            system=CRM,
+            field="Change_Order__c.Status__c",
+            code="UNKNOWN_STATUS",
+        )
+    return found
+
+
+def change_action(value: str | None, *, sobject: str, record_id: str) -> ChangeAction:
+    found = _CHANGE_ACTIONS.get((value or "").strip().lower())
+    if found is None:
+        raise ValidationFailed(
+            f"{sobject} {record_id}: unknown action {value!r}; expected Add, Remove or Change",
+            system=CRM,
+            field=f"{sobject}.Action__c",
+            code="UNKNOWN_ACTION",
+        )
+    return found
+
+
+def _required(value: object, *, sobject: str, record_id: str, name: str, why: str) -> None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ValidationFailed(
+            f"{sobject} {record_id}: {name} is empty; {why}",
+            system=CRM,
+            field=f"{sobject}.{name}",
+            code="REQUIRED_FIELD_MISSING",
+        )
+
+
+def _id_field(value: str | None, *, sobject: str, record_id: str, name: str) -> str | None:
+    """An id kept as text (15 or 18 characters), as the record it names has it; None if blank."""
+    if value is None or not value.strip():
+        return None
+    found = canonical_id(value)
+    if found is None:
+        raise ValidationFailed(
+            f"{sobject} {record_id}: {name} {value!r} is not a Salesforce record id "
+            "(15 or 18 letters and digits)",
+            system=CRM,
+            field=f"{sobject}.{name}",
+            code="MALFORMED_ID",
+        )
+    return found
+
+
+def _same_currency(own: str | None, currency: str, *, sobject: str, record_id: str) -> None:
+    """A detail carries its change order's currency; anything else is refused, not converted."""
+    if own is not None and own.upper() != currency:
+        raise ValidationFailed(
+            f"{sobject} {record_id}: amounts in {own.upper()}, but the change order is in "
+            f"{currency}",
+            system=CRM,
+            field=f"{sobject}.CurrencyIsoCode",
+            code="CURRENCY_MISMATCH",
+        )
+
+
+def to_line_change(record: ChangeOrderLineRecord, *, currency: str) -> LineChange:
+    """A `Change_Order_Line__c`. Removing or re-pricing names the contract line in
+    `Line_Item_Id__c` (15 or 18 characters; it comes out as the 18 the line has). An added
+    line is its own record: it takes this record's id, leaves `Line_Item_Id__c` empty, and
+    names its product or task, its billing type, and a rate or an amount."""
+    sobject = "Change_Order_Line__c"
+    action = change_action(record.action, sobject=sobject, record_id=record.id)
+    line_id = _id_field(
+        record.line_item_id, sobject=sobject, record_id=record.id, name="Line_Item_Id__c"
+    )
+    if action is ChangeAction.ADD:
+        if line_id is not None:
+            raise ValidationFailed(
+                f"{sobject} {record.id}: an added line names no existing line, but "
+                f"Line_Item_Id__c is {record.line_item_id!r}; use Action Change to re-price it",
+                system=CRM,
+                field=f"{sobject}.Line_Item_Id__c",
+                code="FIELD_INTEGRITY_EXCEPTION",
+            )
+        line_id = canonical_id(record.id) or record.id
+        why = "an added line needs it"
+        _required(record.product, sobject=sobject, record_id=record.id, name="Product__c", why=why)
+        _required(
+            record.billing_type,
+            sobject=sobject,
+            record_id=record.id,
+            name="Billing_Type__c",
+            why=why,
+        )
+        if record.rate is None and record.amount is None:
+            _required(
+                None,
+                sobject=sobject,
+                record_id=record.id,
+                name="Rate__c",
+                why=why + " (or Amount__c)",
+            )
+    else:
+        _required(
+            line_id,
+            sobject=sobject,
+            record_id=record.id,
+            name="Line_Item_Id__c",
+            why=f"say which line to {action.value}",
+        )
+    _same_currency(record.currency_iso_code, currency, sobject=sobject, record_id=record.id)
+    kind = billing_type(record.billing_type, sobject=sobject, record_id=record.id)
+    with _refused_as(sobject, record.id, _LINE_CHANGE_FIELDS):
+        return LineChange.model_validate(
+            {
+                "action": action,
+                "line_id": line_id,
+                "task": (record.product or "").strip() or None,
+                "role": (record.role or "").strip() or None,
+                "billing_type": kind,
+                "rate": _money(record.rate, currency),
+                "amount": _money(record.amount, currency),
+                "hours": record.hours,
+            }
+        )
+
+
+def to_milestone_change(record: ChangeOrderMilestoneRecord, *, currency: str) -> MilestoneChange:
+    """A `Change_Order_Milestone__c`. Changing or removing names the milestone in
+    `Milestone__c` (an id as text); an added one takes this record's id and needs its
+    milestone line (`Line_Item_Id__c`) and amount. `Name` is the milestone's name: a change
+    that keeps the name repeats it."""
+    sobject = "Change_Order_Milestone__c"
+    action = change_action(record.action, sobject=sobject, record_id=record.id)
+    milestone_id = _id_field(
+        record.milestone_id, sobject=sobject, record_id=record.id, name="Milestone__c"
+    )
+    line_id = _id_field(
+        record.line_item_id, sobject=sobject, record_id=record.id, name="Line_Item_Id__c"
+    )
+    if action is ChangeAction.ADD:
+        if milestone_id is not None:
+            raise ValidationFailed(
+                f"{sobject} {record.id}: an added milestone names no existing one, but "
+                f"Milestone__c is {record.milestone_id!r}; use Action Change to change it",
+                system=CRM,
+                field=f"{sobject}.Milestone__c",
+                code="FIELD_INTEGRITY_EXCEPTION",
+            )
+        milestone_id = canonical_id(record.id) or record.id
+        why = "an added milestone needs it"
+        _required(line_id, sobject=sobject, record_id=record.id, name="Line_Item_Id__c", why=why)
+        _required(record.amount, sobject=sobject, record_id=record.id, name="Amount__c", why=why)
+    else:
+        _required(
+            milestone_id,
+            sobject=sobject,
+            record_id=record.id,
+            name="Milestone__c",
+            why=f"say which milestone to {action.value}",
+        )
+    _same_currency(record.currency_iso_code, currency, sobject=sobject, record_id=record.id)
+    with _refused_as(sobject, record.id, _MILESTONE_CHANGE_FIELDS):
+        return MilestoneChange.model_validate(
+            {
+                "action": action,
+                "milestone_id": milestone_id,
+                "line_id": line_id,
+                "name": (record.name or "").strip() or None,
+                "amount": _money(record.amount, currency),
+                "planned_date": record.planned_date,
+            }
+        )
+
+
+def to_change_order(
+    record: ChangeOrderRecord,
+    lines: Sequence[ChangeOrderLineRecord] = (),
+    milestones: Sequence[ChangeOrderMilestoneRecord] = (),
+    *,
+    default_currency: str,
+) -> ChangeOrder:
+    """A `Change_Order__c` with its lines and milestones, in its own currency (a lookup
+    child of its deal keeps its own; whether it matches the contract's is the change order's
+    validation, not the mapping's). A blank `Amount_Delta__c` is refused: "the contract
+    value does not change" is stated as 0."""
+    sobject = "Change_Order__c"
+    currency = (record.currency_iso_code or default_currency).upper()
+    status = change_order_status(record.status, record_id=record.id)
+    _required(
+        record.opportunity_id,
+        sobject=sobject,
+        record_id=record.id,
+        name="Opportunity__c",
+        why="a change order amends one opportunity",
+    )
+    _required(
+        record.effective_date,
+        sobject=sobject,
+        record_id=record.id,
+        name="Effective_Date__c",
+        why="a change order takes effect on a day",
+    )
+    _required(
+        record.amount_delta,
+        sobject=sobject,
+        record_id=record.id,
+        name="Amount_Delta__c",
+        why="enter 0 when the contract value does not change",
+    )
+    line_changes = [to_line_change(line, currency=currency) for line in lines]
+    milestone_changes = [to_milestone_change(m, currency=currency) for m in milestones]
+    with _refused_as(sobject, record.id, _CHANGE_ORDER_FIELDS):
+        return ChangeOrder.model_validate(
+            {
+                "id": record.id,
+                "crm": CRM,
+                "opportunity_id": record.opportunity_id,
+                "name": record.name or "",
+                "status": status,
+                "currency": currency,
+                "effective_date": record.effective_date,
+                "amount_delta": _money(record.amount_delta, currency),
+                "lines": line_changes,
+                "milestones": milestone_changes,
+                "budget_delta": _money(record.budget_delta, currency),
+                "new_end_date": record.new_end_date,
+                "retroactive": bool(record.retroactive),
+                "approved_at": record.approved_at,
+                "updated_at": record.last_modified_date,
+                "description": (record.description or "").strip() or None,
+            }
+        )
+
+
+def _truncated(message: str | None) -> str | None:
+    if message is not None and len(message) > MESSAGE_MAX_CHARS:
+        return message[: MESSAGE_MAX_CHARS - 1] + "…"
+    return message
+
+
+def change_order_write_back_fields(
+    *, status: ChangeOrderStatus, message: str | None, run_url: str | None
+) -> dict[str, Any]:
+    """The PATCH body: the outcome and its message always (a stale failure message never
+    outlives a later success), the run link only when known."""
+    label = WRITE_BACK_STATUSES.get(status)
+    if label is None:
+        raise ValueError(f"q2c writes back Applied, Rejected or Failed, not {status.value!r}")
+    fields = ChangeOrderWriteBack.model_validate(
+        {"Status__c": label, "Q2C_Message__c": _truncated(message), "Q2C_Run_Url__c": run_url}
+    )
+    body = fields.model_dump(by_alias=True, exclude_none=True)
+    body["Q2C_Message__c"] = fields.message
     return body

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from canonical import ChangeOrderStatus
 from connectors.webhook_json import IsoDate, IsoDatetime
 
 
@@ -178,3 +179,96 @@ class ChangedOpportunity(WireModel):
 
     id: str = Field(alias="Id", min_length=15, max_length=18)
     last_modified_date: AwareDatetime = Field(alias="LastModifiedDate")
+
+
+class ChangeOrderRecord(WireModel):
+    """A `Change_Order__c`. Everything but the id is optional here, so that a missing value is
+    refused by the mapping naming its field, not by the wire model."""
+
+    id: str = Field(alias="Id")
+    name: str | None = Field(None, alias="Name")
+    opportunity_id: str | None = Field(None, alias="Opportunity__c")
+    amount_delta: Decimal | None = Field(None, alias="Amount_Delta__c")
+    effective_date: date | None = Field(None, alias="Effective_Date__c")
+    budget_delta: Decimal | None = Field(None, alias="Budget_Delta__c")
+    new_end_date: date | None = Field(None, alias="New_End_Date__c")
+    retroactive: bool | None = Field(None, alias="Retroactive__c")
+    status: str | None = Field(None, alias="Status__c")
+    approved_at: AwareDatetime | None = Field(None, alias="Approved_At__c")
+    currency_iso_code: str | None = Field(None, alias="CurrencyIsoCode")
+    description: str | None = Field(None, alias="Description__c")
+    last_modified_date: AwareDatetime | None = Field(None, alias="LastModifiedDate")
+
+
+class ChangeOrderLineRecord(WireModel):
+    """A `Change_Order_Line__c`: a line added, removed (`Line_Item_Id__c`) or re-priced."""
+
+    id: str = Field(alias="Id")
+    change_order_id: str | None = Field(None, alias="Change_Order__c")
+    action: str | None = Field(None, alias="Action__c")
+    line_item_id: str | None = Field(None, alias="Line_Item_Id__c")
+    product: str | None = Field(None, alias="Product__c")
+    role: str | None = Field(None, alias="Role__c")
+    billing_type: str | None = Field(None, alias="Billing_Type__c")
+    rate: Decimal | None = Field(None, alias="Rate__c")
+    amount: Decimal | None = Field(None, alias="Amount__c")
+    hours: Decimal | None = Field(None, alias="Hours__c")
+    currency_iso_code: str | None = Field(None, alias="CurrencyIsoCode")
+
+
+class ChangeOrderMilestoneRecord(WireModel):
+    """A `Change_Order_Milestone__c`: a milestone added, removed or changed (`Milestone__c`)."""
+
+    id: str = Field(alias="Id")
+    change_order_id: str | None = Field(None, alias="Change_Order__c")
+    action: str | None = Field(None, alias="Action__c")
+    milestone_id: str | None = Field(None, alias="Milestone__c")
+    line_item_id: str | None = Field(None, alias="Line_Item_Id__c")
+    name: str | None = Field(None, alias="Name")
+    amount: Decimal | None = Field(None, alias="Amount__c")
+    planned_date: date | None = Field(None, alias="Planned_Date__c")
+    currency_iso_code: str | None = Field(None, alias="CurrencyIsoCode")
+
+
+class ChangeOrderWriteBack(WireModel):
+    """What q2c writes on a change order: its outcome, why, and the run that applied it."""
+
+    status: Literal["Applied", "Rejected", "Failed"] = Field(alias="Status__c")
+    message: str | None = Field(None, alias="Q2C_Message__c")
+    run_url: str | None = Field(None, alias="Q2C_Run_Url__c")
+
+
+class ApprovedChangeOrder(WireModel):
+    """The change order as the approval webhook carries it."""
+
+    id: str = Field(alias="Id", min_length=15, max_length=18)
+    name: str = Field(alias="Name", min_length=1, max_length=80)
+    opportunity_id: str | None = Field(None, alias="Opportunity__c", min_length=15, max_length=18)
+    status: str = Field(alias="Status__c", min_length=1, max_length=40)
+    amount_delta: Decimal | None = Field(None, alias="Amount_Delta__c")
+    currency_iso_code: str | None = Field(None, alias="CurrencyIsoCode", min_length=1)
+    effective_date: IsoDate | None = Field(None, alias="Effective_Date__c")
+    approved_at: IsoDatetime | None = Field(None, alias="Approved_At__c")
+    last_modified_date: IsoDatetime | None = Field(None, alias="LastModifiedDate")
+
+
+class ChangeOrderApprovedEvent(WireModel):
+    """What the org posts when a change order is approved; `event_id` deduplicates."""
+
+    event_id: str = Field(alias="eventId", min_length=1)
+    event_type: Literal["change_order.approved"] = Field(alias="eventType")
+    occurred_at: IsoDatetime = Field(alias="occurredAt")
+    organization_id: str = Field(alias="organizationId", min_length=1)
+    sobject: ApprovedChangeOrder
+
+
+class ChangeOrderSummary(WireModel):
+    """A change order of a deal as `list_change_orders` lists it: enough to apply a deal's
+    change orders in the CRM's approval order (`approved_at`), then fetch each."""
+
+    id: str = Field(alias="Id")
+    name: str | None = Field(None, alias="Name")
+    opportunity_id: str | None = Field(None, alias="Opportunity__c")
+    status: ChangeOrderStatus = Field(alias="Status__c")
+    approved_at: AwareDatetime | None = Field(None, alias="Approved_At__c")
+    last_modified_date: AwareDatetime | None = Field(None, alias="LastModifiedDate")

@@ -29,6 +29,20 @@ seconds, each attempt freshly signed. Retries and `POST /_standin/replay-webhook
 (which re-sends the opportunity's last event) carry the same `eventId`: receivers must
 treat deliveries as at-least-once and deduplicate on it.
 
+Change-order webhook
+--------------------
+Each time a `Change_Order__c` is created in, or moves to, `Status__c` "Approved" (once its
+lines and milestones are in: approve after writing them), the org posts, to the same
+receiver with the same signature, retries and replay (by the change order's id):
+
+    {"eventId": "<uuid4>", "eventType": "change_order.approved", "occurredAt": ...,
+     "organizationId": "00D...",
+     "sobject": {"Id", "Name", "Opportunity__c", "Status__c", "Amount_Delta__c",
+                 "CurrencyIsoCode", "Effective_Date__c", "Approved_At__c", "LastModifiedDate"}}
+
+`Approved_At__c` is stamped (whole seconds, UTC) on entering Approved unless the same write
+sets it. A change order approved again later (after going back to Draft) is a new event.
+
 Other control endpoints: `/_standin/health`, `/_standin/faults` (see `standins.faults`),
 `POST /_standin/expire-sessions` (ends every access token, as a session timeout would).
 """

@@ -25,7 +25,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from standins.faults import FaultInjector
 from standins.salesforce import soql
 from standins.salesforce.org import CASCADE_DELETE, Org, not_found
-from standins.salesforce.schema import SOBJECTS, SalesforceError, SObject, make_id, sobject
+from standins.salesforce.schema import (
+    SOBJECTS,
+    SalesforceError,
+    SObject,
+    make_id,
+    normalize_id,
+    sobject,
+)
 from standins.salesforce.store import Store
 from standins.salesforce.webhooks import WebhookSender
 
@@ -81,7 +88,7 @@ class SalesforceStandin:
         self.org_id = self.store.meta("org_id", make_id("00D", secrets.randbelow(62**8)))
         self.user_id = self.store.meta("user_id", make_id("005", secrets.randbelow(62**8)))
         self.webhooks = WebhookSender(self.store, webhook_url, webhook_secret, self.org_id)
-        self.org = Org(self.store, self.webhooks.closed_won)
+        self.org = Org(self.store, self.webhooks.closed_won, self.webhooks.change_order_approved)
         self.api_calls = 0
 
     # -- plumbing
@@ -251,9 +258,15 @@ class SalesforceStandin:
                         "relationshipName": f.relationship,
                         "restrictedPicklist": f.restricted,
                         "picklistValues": [
-                            {"active": True, "defaultValue": False, "label": v, "value": v}
+                            {
+                                "active": True,
+                                "defaultValue": v == f.default,
+                                "label": v,
+                                "value": v,
+                            }
                             for v in f.picklist
                         ],
+                        "defaultValue": f.default if f.type == "boolean" else None,
                     }
                     for f in obj.fields
                 ],
@@ -359,9 +372,9 @@ class SalesforceStandin:
     # -- control (test and demo helpers, not Salesforce)
 
     async def replay_webhook(self, request: Request) -> Response:
-        event = self.webhooks.replay(request.path_params["id"])
+        event = self.webhooks.replay(normalize_id(request.path_params["id"]) or "")
         if event is None:
-            return JSONResponse({"error": "no Closed Won event for this opportunity"}, 404)
+            return JSONResponse({"error": "no event for this record"}, 404)
         return JSONResponse({"eventId": event["eventId"], "queued": bool(self.webhooks.url)}, 202)
 
     async def expire_sessions(self, request: Request) -> Response:

@@ -11,6 +11,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from standins.salesforce.schema import (
+    CHANGE_ORDER_APPROVED,
     CLOSED_STAGES,
     CLOSED_WON,
     CORPORATE_CURRENCY,
@@ -28,6 +29,15 @@ from standins.salesforce.store import Store
 
 #: Called with the opportunity record each time it enters Closed Won.
 ClosedWonHook = Callable[[dict[str, Any]], None]
+#: Called with the change order record each time its Status__c enters Approved.
+ApprovedHook = Callable[[dict[str, Any]], None]
+#: Detail objects whose currency is their master's: (object, master-detail field).
+_DETAILS = {
+    "Change_Order_Line__c": "Change_Order__c",
+    "Change_Order_Milestone__c": "Change_Order__c",
+}
+#: Auto-number names (`COL-000001`), as a custom object's "Auto Number" name field.
+_AUTO_NAMES = {"Change_Order_Line__c": "COL-{:06d}"}
 
 _CENT = Decimal("0.01")
 
@@ -38,6 +48,9 @@ CASCADE_DELETE = frozenset(
         ("Contact", "AccountId"),
         ("Opportunity", "AccountId"),
         ("OpportunityLineItem", "OpportunityId"),
+        # Master-detail: the details go with their master.
+        ("Change_Order_Line__c", "Change_Order__c"),
+        ("Change_Order_Milestone__c", "Change_Order__c"),
     }
 )
 
@@ -57,9 +70,15 @@ def not_found() -> SalesforceError:
 
 
 class Org:
-    def __init__(self, store: Store, on_closed_won: ClosedWonHook) -> None:
+    def __init__(
+        self,
+        store: Store,
+        on_closed_won: ClosedWonHook,
+        on_change_order_approved: ApprovedHook | None = None,
+    ) -> None:
         self.store = store
         self.on_closed_won = on_closed_won
+        self.on_change_order_approved = on_change_order_approved
 
     # -- reads
 
@@ -114,7 +133,7 @@ class Org:
                 missing,
             )
         now = format_datetime(datetime.now(UTC))
-        record: dict[str, Any] = {f.name: None for f in obj.fields}
+        record: dict[str, Any] = {f.name: f.default for f in obj.fields}
         record.update(values)
         record.update(
             Id=self.store.new_id(obj.key_prefix),
@@ -285,6 +304,33 @@ class Org:
             self._derive_opportunity(record, values, previous)
         elif obj.name == "OpportunityLineItem":
             self._derive_line(record)
+        elif obj.name == "Change_Order__c":
+            self._derive_change_order(record, values, previous)
+        if obj.name in _DETAILS:
+            master = self.store.get(record[_DETAILS[obj.name]])
+            assert master is not None  # checked as a reference
+            record["CurrencyIsoCode"] = master[1].get("CurrencyIsoCode") or CORPORATE_CURRENCY
+        if previous is None and obj.name in _AUTO_NAMES:
+            serial = self.store.next_serial(f"name:{obj.name}")
+            record["Name"] = _AUTO_NAMES[obj.name].format(serial)
+
+    def _derive_change_order(
+        self, record: dict[str, Any], values: dict[str, Any], previous: dict[str, Any] | None
+    ) -> None:
+        """Entering Approved stamps the approval time (whole seconds, UTC) unless the write
+        gives one; the details follow their master's currency."""
+        if self._entered_approved(record, previous) and "Approved_At__c" not in values:
+            record["Approved_At__c"] = format_datetime(datetime.now(UTC).replace(microsecond=0))
+        if previous is not None and record["CurrencyIsoCode"] != previous["CurrencyIsoCode"]:
+            for child_obj, master_field in _DETAILS.items():
+                for child in self.store.where(child_obj, master_field, record["Id"]):
+                    self.store.replace({**child, "CurrencyIsoCode": record["CurrencyIsoCode"]})
+
+    @staticmethod
+    def _entered_approved(record: dict[str, Any], previous: dict[str, Any] | None) -> bool:
+        return record["Status__c"] == CHANGE_ORDER_APPROVED and (
+            previous is None or previous["Status__c"] != CHANGE_ORDER_APPROVED
+        )
 
     def _derive_opportunity(
         self, record: dict[str, Any], values: dict[str, Any], previous: dict[str, Any] | None
@@ -335,6 +381,9 @@ class Org:
             )
             if entered:
                 self.on_closed_won(record)
+        approved = obj.name == "Change_Order__c" and self._entered_approved(record, previous)
+        if approved and self.on_change_order_approved is not None:
+            self.on_change_order_approved(record)
 
     def _roll_up(self, opportunity_id: str) -> None:
         """Salesforce keeps Opportunity.Amount equal to the sum of its products."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -40,6 +40,9 @@ SYSTEM_FIELDS = ("Id", "IsDeleted", "CreatedDate", "LastModifiedDate", "SystemMo
 _ID_RE = re.compile(r"^[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?$")
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATETIME_RE = re.compile(
+    r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:?\d{2})?$"
+)
 _CHECKSUM_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
 
 
@@ -81,6 +84,9 @@ class Field:
     child_relationship: str | None = None
     precision: int = 18
     scale: int = 2
+    #: What a create that leaves the field out stores (a picklist's default, a checkbox's
+    #: unchecked state); shown as the picklist's `defaultValue` in describe.
+    default: Any = None
 
     @property
     def writable(self) -> bool:
@@ -144,11 +150,28 @@ def _currency_iso() -> Field:
     )
 
 
+def _read_only_currency() -> Field:
+    """A detail record's currency: its master's, as Salesforce keeps it."""
+    return Field(
+        "CurrencyIsoCode",
+        "picklist",
+        "Currency ISO Code",
+        length=3,
+        picklist=ORG_CURRENCIES,
+        createable=False,
+        updateable=False,
+    )
+
+
 BILLING_TYPES = ("Time and Materials", "Fixed Fee", "Milestone")
 PAYMENT_TERMS = ("Due on Receipt", "Net 15", "Net 30", "Net 45", "Net 60", "Net 90")
 FEE_SCHEDULES = ("On Completion", "Monthly Instalments")
 #: The values an admin set up; the picklist is not restricted, so others are kept as sent.
 EXPENSE_CATEGORIES = ("Travel", "Lodging", "Meals", "Mileage", "Software", "Equipment", "Other")
+#: `Change_Order__c.Status__c`; moving a change order to Approved notifies q2c.
+CHANGE_ORDER_STATUSES = ("Draft", "Approved", "Applied", "Rejected", "Failed")
+CHANGE_ORDER_APPROVED = "Approved"
+CHANGE_ACTIONS = ("Add", "Remove", "Change")
 #: Salesforce's limit on a multi-select picklist's stored text ("A;B;C").
 MULTIPICKLIST_LENGTH = 4099
 
@@ -421,6 +444,143 @@ SOBJECTS: dict[str, SObject] = {
                 _ext_id(),
             ),
         ),
+        SObject(
+            # A change order signed with the customer: a lookup to its deal, like Milestone__c,
+            # so it keeps its own currency. Moving Status__c to Approved notifies q2c (the
+            # change-order webhook), which writes Applied, Rejected or Failed back with its
+            # message and run link.
+            "Change_Order__c",
+            "a06",
+            "Change Order",
+            (
+                *_system_fields(),
+                Field("Name", "string", "Change Order Name", length=80, required=True),
+                Field(
+                    "Opportunity__c",
+                    "reference",
+                    "Opportunity",
+                    length=18,
+                    reference_to="Opportunity",
+                    relationship="Opportunity__r",
+                    child_relationship="Change_Orders__r",
+                ),
+                Field("Amount_Delta__c", "currency", "Amount Change"),
+                Field("Effective_Date__c", "date", "Effective Date"),
+                Field("Budget_Delta__c", "currency", "Budget Change"),
+                Field("New_End_Date__c", "date", "New End Date"),
+                Field("Retroactive__c", "boolean", "Retroactive", default=False),
+                Field(
+                    "Status__c",
+                    "picklist",
+                    "Status",
+                    length=40,
+                    picklist=CHANGE_ORDER_STATUSES,
+                    restricted=True,
+                    default="Draft",
+                ),
+                Field("Approved_At__c", "datetime", "Approved At"),
+                Field("Q2C_Message__c", "textarea", "q2c Message", length=32768),
+                Field("Q2C_Run_Url__c", "url", "q2c Run URL"),
+                _currency_iso(),
+                Field("Description__c", "textarea", "Description", length=32768),
+                _ext_id(),
+            ),
+        ),
+        SObject(
+            # A line the change order adds, removes or re-prices: master-detail to the change
+            # order, so it is deleted with it and carries its currency (read-only). The line it
+            # removes or re-prices is named by id as text: an OpportunityLineItem cannot be
+            # looked up, and a line added by an earlier change order is one of these records.
+            "Change_Order_Line__c",
+            "a07",
+            "Change Order Line",
+            (
+                *_system_fields(),
+                Field(
+                    "Name",
+                    "string",
+                    "Change Order Line Number",
+                    length=80,
+                    createable=False,
+                    updateable=False,
+                ),
+                Field(
+                    "Change_Order__c",
+                    "reference",
+                    "Change Order",
+                    length=18,
+                    required=True,
+                    updateable=False,
+                    reference_to="Change_Order__c",
+                    relationship="Change_Order__r",
+                    child_relationship="Change_Order_Lines__r",
+                ),
+                Field(
+                    "Action__c",
+                    "picklist",
+                    "Action",
+                    length=40,
+                    required=True,
+                    picklist=CHANGE_ACTIONS,
+                    restricted=True,
+                ),
+                Field("Line_Item_Id__c", "string", "Line Item ID", length=18),
+                Field("Product__c", "string", "Product or Task", length=255),
+                Field("Role__c", "string", "Role", length=80),
+                Field(
+                    "Billing_Type__c",
+                    "picklist",
+                    "Billing Type",
+                    length=40,
+                    picklist=BILLING_TYPES,
+                    restricted=True,
+                ),
+                Field("Rate__c", "currency", "Rate"),
+                Field("Amount__c", "currency", "Amount"),
+                Field("Hours__c", "double", "Hours", precision=12, scale=2),
+                _read_only_currency(),
+                _ext_id(),
+            ),
+        ),
+        SObject(
+            # A milestone the change order adds, removes or changes; master-detail like the
+            # lines. The milestone changed or removed is named by id as text (`Milestone__c`):
+            # one added by an earlier change order is a Change_Order_Milestone__c, which a
+            # lookup to Milestone__c could not hold.
+            "Change_Order_Milestone__c",
+            "a08",
+            "Change Order Milestone",
+            (
+                *_system_fields(),
+                Field("Name", "string", "Milestone Name", length=80, required=True),
+                Field(
+                    "Change_Order__c",
+                    "reference",
+                    "Change Order",
+                    length=18,
+                    required=True,
+                    updateable=False,
+                    reference_to="Change_Order__c",
+                    relationship="Change_Order__r",
+                    child_relationship="Change_Order_Milestones__r",
+                ),
+                Field(
+                    "Action__c",
+                    "picklist",
+                    "Action",
+                    length=40,
+                    required=True,
+                    picklist=CHANGE_ACTIONS,
+                    restricted=True,
+                ),
+                Field("Milestone__c", "string", "Milestone ID", length=18),
+                Field("Line_Item_Id__c", "string", "Line Item ID", length=18),
+                Field("Amount__c", "currency", "Amount"),
+                Field("Planned_Date__c", "date", "Planned Date"),
+                _read_only_currency(),
+                _ext_id(),
+            ),
+        ),
     )
 }
 
@@ -554,6 +714,11 @@ def coerce(obj: SObject, f: Field, value: Any) -> Any:
         except ValueError:
             raise _deserialize_error(f, value, "date") from None
         return value
+    if kind == "datetime":
+        moment = _datetime(value) if isinstance(value, str) else None
+        if moment is None:
+            raise _deserialize_error(f, value, "datetime")
+        return format_datetime(moment)
     if kind == "reference":
         if not isinstance(value, str):
             raise _deserialize_error(f, value, "string")
@@ -574,6 +739,19 @@ def coerce(obj: SObject, f: Field, value: Any) -> Any:
         f"Unable to create/update fields: {f.name}.",
         [f.name],
     )
+
+
+def _datetime(text: str) -> datetime | None:
+    """`2026-12-01T10:00:00Z`, `...000+0000`, `...+01:00`; without an offset, UTC."""
+    if not _DATETIME_RE.match(text):
+        return None
+    try:
+        moment = datetime.fromisoformat(re.sub(r"([+-]\d{2})(\d{2})$", r"\1:\2", text))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 def _multipicklist(f: Field, value: Any) -> str | None:

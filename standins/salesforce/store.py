@@ -1,5 +1,6 @@
 """The org's state in one SQLite file, so a restarted stand-in still knows its records,
-sessions, open query cursors and the last Closed Won event of each opportunity."""
+sessions, open query cursors and the last webhook event of each record (an opportunity's
+Closed Won, a change order's approval)."""
 
 from __future__ import annotations
 
@@ -63,12 +64,16 @@ class Store:
         each org numbers from its own random base (two stand-ins in one test session must not
         hand out the same opportunity id)."""
         base = int(self.meta("id_base", str(secrets.randbelow(62**8))))
+        return make_id(prefix, base + self.next_serial(prefix))
+
+    def next_serial(self, key: str) -> int:
+        """1, 2, 3... per key: id serials by key prefix, auto-number names by object."""
         row = self.db.execute(
             "INSERT INTO serials (prefix, n) VALUES (?, 1) "
             "ON CONFLICT (prefix) DO UPDATE SET n = n + 1 RETURNING n",
-            (prefix,),
+            (key,),
         ).fetchone()
-        return make_id(prefix, base + int(row[0]))
+        return int(row[0])
 
     def get(self, record_id: str) -> tuple[str, dict[str, Any]] | None:
         row = self.db.execute(
@@ -147,6 +152,9 @@ class Store:
         return json.loads(row[0]), int(row[1])
 
     # -- webhook events
+
+    # The column says opportunity_id for the files older stand-ins wrote; it holds any
+    # record's id (an opportunity's, a change order's).
 
     def save_event(self, opportunity_id: str, body: str) -> None:
         self.db.execute(

@@ -1,4 +1,5 @@
-"""Signed Closed Won deliveries, sent in the background and retried with backoff.
+"""Signed deliveries (a deal won, a change order approved), sent in the background and
+retried with backoff.
 
 The scheme is described in the package docstring (`standins.salesforce`).
 """
@@ -21,6 +22,7 @@ from standins.salesforce.store import Store
 
 SIGNATURE_HEADER = "X-Salesforce-Signature"
 EVENT_TYPE = "opportunity.closed_won"
+CHANGE_ORDER_APPROVED_EVENT = "change_order.approved"
 #: Pauses between attempts: the first delivery, then a retry after each pause.
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)
 DELIVERY_TIMEOUT_S = 10.0
@@ -34,6 +36,18 @@ _EVENT_FIELDS = (
     "Amount",
     "CurrencyIsoCode",
     "CloseDate",
+    "LastModifiedDate",
+)
+
+_CHANGE_ORDER_FIELDS = (
+    "Id",
+    "Name",
+    "Opportunity__c",
+    "Status__c",
+    "Amount_Delta__c",
+    "CurrencyIsoCode",
+    "Effective_Date__c",
+    "Approved_At__c",
     "LastModifiedDate",
 )
 
@@ -55,20 +69,28 @@ class WebhookSender:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def closed_won(self, opportunity: dict[str, Any]) -> None:
+        self._emit(EVENT_TYPE, opportunity, _EVENT_FIELDS)
+
+    def change_order_approved(self, change_order: dict[str, Any]) -> None:
+        """The change order (with its opportunity, `Opportunity__c`) as it was approved."""
+        self._emit(CHANGE_ORDER_APPROVED_EVENT, change_order, _CHANGE_ORDER_FIELDS)
+
+    def _emit(self, event_type: str, record: dict[str, Any], fields: tuple[str, ...]) -> None:
+        """A new event (a new `eventId`), kept as the record's last one for replays."""
         event = {
             "eventId": str(uuid.uuid4()),
-            "eventType": EVENT_TYPE,
+            "eventType": event_type,
             "occurredAt": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
             "organizationId": self.org_id,
-            "sobject": {name: opportunity.get(name) for name in _EVENT_FIELDS},
+            "sobject": {name: record.get(name) for name in fields},
         }
         body = json.dumps(event, separators=(",", ":"))
-        self.store.save_event(opportunity["Id"], body)
+        self.store.save_event(record["Id"], body)
         self._schedule(body)
 
-    def replay(self, opportunity_id: str) -> dict[str, Any] | None:
-        """Send the opportunity's last event again, unchanged: a duplicate delivery."""
-        body = self.store.last_event(opportunity_id)
+    def replay(self, record_id: str) -> dict[str, Any] | None:
+        """Send the record's last event again, unchanged: a duplicate delivery."""
+        body = self.store.last_event(record_id)
         if body is None:
             return None
         self._schedule(body)
