@@ -1,4 +1,5 @@
-"""Deals in the CRM, made through the Salesforce REST API: for the demo and the tests.
+"""Deals and their change orders in the CRM, made through the Salesforce REST API: for the
+demo and the tests.
 
 Every record is upserted on `Q2C_External_Id__c`, so seeding the same deal twice changes
 nothing: the demo can run again on a stack that already has its deals.
@@ -8,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
 from connectors.errors import NotFound
-from connectors.salesforce import SalesforceClient
+from connectors.salesforce import SalesforceClient, soql_datetime, soql_literal
 
 EXTERNAL_ID = "Q2C_External_Id__c"
 OPEN_STAGE = "Negotiation/Review"
@@ -23,6 +24,9 @@ WON_STAGE = "Closed Won"
 BillingTypeValue = Literal["Time and Materials", "Fixed Fee", "Milestone"]
 #: `OpportunityLineItem.Fee_Schedule__c`: how a fixed fee's part not invoiced up front is.
 FeeScheduleValue = Literal["On Completion", "Monthly Instalments"]
+#: `Change_Order_Line__c.Action__c` and `Change_Order_Milestone__c.Action__c`.
+ChangeActionValue = Literal["Add", "Remove", "Change"]
+APPROVED_STATUS = "Approved"
 
 
 @dataclass(frozen=True)
@@ -195,3 +199,175 @@ async def _exists(sf: SalesforceClient, sobject: str, key: str) -> bool:
 async def close_won(sf: SalesforceClient, opportunity_id: str) -> None:
     """What a salesperson does; the CRM then notifies q2c (the Closed Won webhook)."""
     await sf.update("Opportunity", opportunity_id, {"StageName": WON_STAGE})
+
+
+# ---------------------------------------------------------------- change orders
+
+
+@dataclass(frozen=True)
+class ChangeOrderLine:
+    """A `Change_Order_Line__c`, in Salesforce's values. `line` names the deal's line removed
+    or re-priced: an index into `SeededDeal.line_ids`, or an id (a line an earlier change
+    order added); None for an added line."""
+
+    action: ChangeActionValue
+    line: int | str | None = None
+    product: str | None = None  # the product or task of an added line
+    role: str | None = None
+    billing_type: BillingTypeValue | None = None
+    rate: Decimal | None = None
+    amount: Decimal | None = None
+    hours: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class ChangeOrderMilestone:
+    """A `Change_Order_Milestone__c`. `milestone` names the one changed or removed (an index
+    into `SeededDeal.milestone_ids`, or an id); `line` the milestone line of an added one (an
+    index into `SeededDeal.line_ids`, or an id). `name` is required by Salesforce: a change
+    that keeps the name repeats it."""
+
+    action: ChangeActionValue
+    name: str
+    milestone: int | str | None = None
+    line: int | str | None = None
+    amount: Decimal | None = None
+    planned_date: date | None = None
+
+
+@dataclass(frozen=True)
+class ChangeOrderSpec:
+    """One `Change_Order__c` of a seeded deal with its lines and milestones. `key` makes it
+    idempotent; `currency` None takes the deal's. Seeded in Draft; `approve` then moves it
+    to Approved (the CRM's webhook) once its details are in."""
+
+    key: str
+    name: str
+    effective_date: date
+    amount_delta: Decimal
+    lines: Sequence[ChangeOrderLine] = ()
+    milestones: Sequence[ChangeOrderMilestone] = ()
+    budget_delta: Decimal | None = None
+    new_end_date: date | None = None
+    retroactive: bool = False
+    description: str | None = None
+    currency: str | None = None
+    approve: bool = False
+    approved_at: datetime | None = None  # None: the CRM stamps the moment of approval
+
+
+@dataclass(frozen=True)
+class SeededChangeOrder:
+    change_order_id: str
+    opportunity_id: str
+    line_ids: tuple[str, ...] = ()  # in the order of `ChangeOrderSpec.lines`
+    milestone_ids: tuple[str, ...] = ()  # in the order of `ChangeOrderSpec.milestones`
+
+
+def _pick(ref: int | str | None, ids: Sequence[str], what: str) -> str | None:
+    if ref is None or isinstance(ref, str):
+        return ref
+    if not 0 <= ref < len(ids):
+        raise ValueError(f"no {what} {ref} in the deal (it has {len(ids)})")
+    return ids[ref]
+
+
+async def seed_change_order(
+    sf: SalesforceClient, deal: SeededDeal, spec: ChangeOrderSpec
+) -> SeededChangeOrder:
+    """The change order on `deal`, its lines and milestones, each upserted on its key: seeding
+    again leaves it as the spec says (details the spec no longer has are deleted) and keeps
+    its status. With `spec.approve`, a Draft one is then approved."""
+    key = f"change-order:{spec.key}"
+    currency = spec.currency
+    if currency is None:
+        opportunity = await sf.get("Opportunity", deal.opportunity_id, fields=["CurrencyIsoCode"])
+        currency = str(opportunity["CurrencyIsoCode"])
+    fields: dict[str, Any] = {
+        "Name": spec.name,
+        "Opportunity__c": deal.opportunity_id,
+        "CurrencyIsoCode": currency,
+        "Effective_Date__c": spec.effective_date.isoformat(),
+        "Amount_Delta__c": spec.amount_delta,
+        "Budget_Delta__c": spec.budget_delta,
+        "New_End_Date__c": spec.new_end_date.isoformat() if spec.new_end_date else None,
+        "Retroactive__c": spec.retroactive,
+        "Description__c": spec.description,
+    }
+    change_order_id = (await sf.upsert("Change_Order__c", EXTERNAL_ID, key, fields)).id
+    line_ids: list[str] = []
+    for n, line in enumerate(spec.lines):
+        line_fields: dict[str, Any] = {
+            "Action__c": line.action,
+            "Line_Item_Id__c": _pick(line.line, deal.line_ids, "line"),
+            "Product__c": line.product,
+            "Role__c": line.role,
+            "Billing_Type__c": line.billing_type,
+            "Rate__c": line.rate,
+            "Amount__c": line.amount,
+            "Hours__c": line.hours,
+        }
+        line_ids.append(
+            await _upsert_detail(
+                sf, "Change_Order_Line__c", f"{key}:line:{n}", change_order_id, line_fields
+            )
+        )
+    milestone_ids: list[str] = []
+    for n, milestone in enumerate(spec.milestones):
+        planned = milestone.planned_date
+        milestone_fields: dict[str, Any] = {
+            "Action__c": milestone.action,
+            "Name": milestone.name,
+            "Milestone__c": _pick(milestone.milestone, deal.milestone_ids, "milestone"),
+            "Line_Item_Id__c": _pick(milestone.line, deal.line_ids, "line"),
+            "Amount__c": milestone.amount,
+            "Planned_Date__c": planned.isoformat() if planned else None,
+        }
+        milestone_ids.append(
+            await _upsert_detail(
+                sf,
+                "Change_Order_Milestone__c",
+                f"{key}:milestone:{n}",
+                change_order_id,
+                milestone_fields,
+            )
+        )
+    for sobject, kept in (
+        ("Change_Order_Line__c", line_ids),
+        ("Change_Order_Milestone__c", milestone_ids),
+    ):
+        async for stale in sf.query(
+            f"SELECT Id FROM {sobject} WHERE Change_Order__c = {soql_literal(change_order_id)}"
+        ):
+            if stale["Id"] not in kept:
+                await sf.delete(sobject, stale["Id"])
+    if spec.approve:
+        current = await sf.get("Change_Order__c", change_order_id, fields=["Status__c"])
+        if current["Status__c"] == "Draft":
+            await approve_change_order(sf, change_order_id, approved_at=spec.approved_at)
+    return SeededChangeOrder(
+        change_order_id=change_order_id,
+        opportunity_id=deal.opportunity_id,
+        line_ids=tuple(line_ids),
+        milestone_ids=tuple(milestone_ids),
+    )
+
+
+async def _upsert_detail(
+    sf: SalesforceClient, sobject: str, key: str, change_order_id: str, fields: dict[str, Any]
+) -> str:
+    if not await _exists(sf, sobject, key):
+        # The master of a master-detail is set on create only, as in Salesforce.
+        fields = {**fields, "Change_Order__c": change_order_id}
+    return (await sf.upsert(sobject, EXTERNAL_ID, key, fields)).id
+
+
+async def approve_change_order(
+    sf: SalesforceClient, change_order_id: str, *, approved_at: datetime | None = None
+) -> None:
+    """What the account manager does once the customer signed; the CRM then notifies q2c
+    (the change-order webhook) and stamps `Approved_At__c` unless it is given."""
+    fields: dict[str, Any] = {"Status__c": APPROVED_STATUS}
+    if approved_at is not None:
+        fields["Approved_At__c"] = soql_datetime(approved_at)
+    await sf.update("Change_Order__c", change_order_id, fields)
