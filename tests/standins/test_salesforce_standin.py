@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -640,3 +640,311 @@ async def test_milestone_query_pages_and_obeys_faults(org: Org, deal: dict[str, 
     assert rest["done"] is True
     names = [r["Name"] for r in first["records"] + rest["records"]]
     assert names == [f"M{n:03d}" for n in range(250)]
+
+
+# ---------------------------------------------------------------- change orders (issue 9)
+
+
+async def _change_order(org: Org, deal: dict[str, str], **fields: Any) -> str:
+    fields = {
+        "Name": "CO-001",
+        "Opportunity__c": deal["opportunity"],
+        "CurrencyIsoCode": "EUR",
+        "Amount_Delta__c": 1200,
+        "Effective_Date__c": "2026-03-01",
+        **fields,
+    }
+    return await org.create("Change_Order__c", **fields)
+
+
+async def test_describe_shows_the_change_order_objects(org: Org) -> None:
+    def fields(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {f["name"]: f for f in body["fields"]}
+
+    bodies = {
+        name: (await org.get(f"/sobjects/{name}/describe")).json()
+        for name in ("Change_Order__c", "Change_Order_Line__c", "Change_Order_Milestone__c")
+    }
+    opportunity = (await org.get("/sobjects/Opportunity/describe")).json()
+    change_order = fields(bodies["Change_Order__c"])
+    line = fields(bodies["Change_Order_Line__c"])
+    milestone = fields(bodies["Change_Order_Milestone__c"])
+
+    assert [(b["keyPrefix"], b["custom"]) for b in bodies.values()] == [
+        ("a06", True),
+        ("a07", True),
+        ("a08", True),
+    ]
+    assert {n: f["type"] for n, f in change_order.items()}.items() >= {
+        "Name": "string",
+        "Opportunity__c": "reference",
+        "Amount_Delta__c": "currency",
+        "Effective_Date__c": "date",
+        "Budget_Delta__c": "currency",
+        "New_End_Date__c": "date",
+        "Retroactive__c": "boolean",
+        "Status__c": "picklist",
+        "Approved_At__c": "datetime",
+        "Q2C_Message__c": "textarea",
+        "Q2C_Run_Url__c": "url",
+        "CurrencyIsoCode": "picklist",
+        "Description__c": "textarea",
+    }.items()
+    statuses = change_order["Status__c"]["picklistValues"]
+    assert [v["value"] for v in statuses] == ["Draft", "Approved", "Applied", "Rejected", "Failed"]
+    assert [v["value"] for v in statuses if v["defaultValue"]] == ["Draft"]
+    assert change_order["Status__c"]["restrictedPicklist"] is True
+    assert change_order["Q2C_Message__c"]["length"] == 32768
+    assert {n: f["type"] for n, f in line.items()}.items() >= {
+        "Change_Order__c": "reference",
+        "Action__c": "picklist",
+        "Line_Item_Id__c": "string",
+        "Product__c": "string",
+        "Role__c": "string",
+        "Billing_Type__c": "picklist",
+        "Rate__c": "currency",
+        "Amount__c": "currency",
+        "Hours__c": "double",
+    }.items()
+    assert line["Line_Item_Id__c"]["length"] == 18
+    assert [v["value"] for v in line["Action__c"]["picklistValues"]] == ["Add", "Remove", "Change"]
+    assert [v["value"] for v in line["Billing_Type__c"]["picklistValues"]] == [
+        "Time and Materials",
+        "Fixed Fee",
+        "Milestone",
+    ]
+    assert (line["CurrencyIsoCode"]["createable"], line["Change_Order__c"]["updateable"]) == (
+        False,
+        False,
+    )
+    assert {n: f["type"] for n, f in milestone.items()}.items() >= {
+        "Name": "string",
+        "Change_Order__c": "reference",
+        "Action__c": "picklist",
+        "Milestone__c": "string",
+        "Line_Item_Id__c": "string",
+        "Amount__c": "currency",
+        "Planned_Date__c": "date",
+    }.items()
+    assert {
+        "childSObject": "Change_Order_Line__c",
+        "field": "Change_Order__c",
+        "relationshipName": "Change_Order_Lines__r",
+        "cascadeDelete": True,
+    } in bodies["Change_Order__c"]["childRelationships"]
+    assert {
+        "childSObject": "Change_Order__c",
+        "field": "Opportunity__c",
+        "relationshipName": "Change_Orders__r",
+        "cascadeDelete": False,
+    } in opportunity["childRelationships"]
+
+
+async def test_change_orders_are_created_read_and_upserted(org: Org, deal: dict[str, str]) -> None:
+    change_order = await _change_order(org, deal, Budget_Delta__c=-250.5, Retroactive__c=True)
+    line = await org.create(
+        "Change_Order_Line__c",
+        Change_Order__c=change_order[:15],
+        Action__c="Add",
+        Product__c="QA Testing",
+        Billing_Type__c="Time and Materials",
+        Rate__c=120,
+        Hours__c=40.5,
+    )
+    milestone = await org.create(
+        "Change_Order_Milestone__c",
+        Change_Order__c=change_order,
+        Action__c="Change",
+        Name="Go-live",
+        Milestone__c="a055g0000000001",
+        Planned_Date__c="2026-06-30",
+    )
+    read = (await org.get(f"/sobjects/Change_Order__c/{change_order}")).json()
+    read_line = (await org.get(f"/sobjects/Change_Order_Line__c/{line}")).json()
+    read_milestone = (await org.get(f"/sobjects/Change_Order_Milestone__c/{milestone}")).json()
+    path = "/sobjects/Change_Order__c/Q2C_External_Id__c/change-order:co-7"
+    made = await org.patch(path, {"Name": "CO-7", "Opportunity__c": deal["opportunity"]})
+    again = await org.patch(path, {"Description__c": "Second thoughts", "Amount_Delta__c": 0})
+
+    assert change_order.startswith("a06") and len(change_order) == 18
+    assert (read["Status__c"], read["Approved_At__c"]) == ("Draft", None)  # the default
+    assert (read["Retroactive__c"], read["Budget_Delta__c"]) == (True, -250.5)
+    assert (read["Amount_Delta__c"], read["Effective_Date__c"]) == (1200, "2026-03-01")
+    assert read_line["Change_Order__c"] == change_order  # stored as 18 characters
+    assert read_line["Name"].startswith("COL-")  # an auto-number name
+    assert (read_line["Hours__c"], read_line["CurrencyIsoCode"]) == (40.5, "EUR")
+    assert read_milestone["Milestone__c"] == "a055g0000000001"  # text keeps what was written
+    assert read_milestone["CurrencyIsoCode"] == "EUR"  # the master's
+    assert (made.status_code, again.status_code) == (201, 200)
+    assert made.json()["id"] == again.json()["id"]
+    fresh = (await org.get(path)).json()
+    assert (fresh["Retroactive__c"], fresh["Status__c"]) == (False, "Draft")  # checkbox default
+
+
+@pytest.mark.parametrize(
+    ("obj", "body", "code", "field"),
+    [
+        (
+            "Change_Order__c",
+            {"Status__c": "Signed"},
+            "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+            None,
+        ),
+        ("Change_Order__c", {"Approved_At__c": "yesterday"}, "JSON_PARSER_ERROR", None),
+        ("Change_Order__c", {"Approved_At__c": "2026-02-30T10:00:00Z"}, "JSON_PARSER_ERROR", None),
+        ("Change_Order__c", {"Retroactive__c": "yes"}, "JSON_PARSER_ERROR", None),
+        ("Change_Order__c", {"Effective_Date__c": "1 March"}, "JSON_PARSER_ERROR", None),
+        ("Change_Order__c", {"Amount_Delta__c": "lots"}, "JSON_PARSER_ERROR", None),
+        (
+            "Change_Order__c",
+            {"Opportunity__c": "001000000000000AAA"},
+            "FIELD_INTEGRITY_EXCEPTION",
+            None,
+        ),
+        (
+            "Change_Order_Line__c",
+            {"Action__c": "Swap"},
+            "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+            None,
+        ),
+        ("Change_Order_Line__c", {"Action__c": None}, "REQUIRED_FIELD_MISSING", None),
+        (
+            "Change_Order_Line__c",
+            {"Billing_Type__c": "Retainer"},
+            "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+            None,
+        ),
+        (
+            "Change_Order_Line__c",
+            {"Line_Item_Id__c": "00k5g0000000001AAAX"},
+            "STRING_TOO_LONG",
+            None,
+        ),
+        (
+            "Change_Order_Line__c",
+            {"CurrencyIsoCode": "USD"},
+            "INVALID_FIELD_FOR_INSERT_UPDATE",
+            None,
+        ),
+        ("Change_Order_Milestone__c", {"Planned_Date__c": "soon"}, "JSON_PARSER_ERROR", None),
+        ("Change_Order_Milestone__c", {"Name": ""}, "REQUIRED_FIELD_MISSING", None),
+    ],
+)
+async def test_change_order_fields_are_checked_by_type(
+    org: Org, deal: dict[str, str], obj: str, body: dict[str, Any], code: str, field: str | None
+) -> None:
+    change_order = await _change_order(org, deal)
+    records = {
+        "Change_Order__c": change_order,
+        "Change_Order_Line__c": await org.create(
+            "Change_Order_Line__c", Change_Order__c=change_order, Action__c="Remove"
+        ),
+        "Change_Order_Milestone__c": await org.create(
+            "Change_Order_Milestone__c", Change_Order__c=change_order, Action__c="Add", Name="M"
+        ),
+    }
+    r = await org.patch(f"/sobjects/{obj}/{records[obj]}", body)
+    assert r.status_code == 400, r.text
+    [error] = r.json()
+    assert error["errorCode"] == code
+    assert error["fields"] == [field or next(iter(body))]
+
+
+async def test_change_order_details_follow_their_master(org: Org, deal: dict[str, str]) -> None:
+    change_order = await _change_order(org, deal)
+    line = await org.create("Change_Order_Line__c", Change_Order__c=change_order, Action__c="Add")
+    orphan = await org.post("Change_Order_Line__c", {"Action__c": "Add"})
+    other = await _change_order(org, deal, Name="CO-002")
+    reparent = await org.patch(f"/sobjects/Change_Order_Line__c/{line}", {"Change_Order__c": other})
+    await org.patch(f"/sobjects/Change_Order__c/{change_order}", {"CurrencyIsoCode": "GBP"})
+    moved = (await org.get(f"/sobjects/Change_Order_Line__c/{line}")).json()
+
+    await org.http.delete(f"{API}/sobjects/Opportunity/{deal['opportunity']}", headers=org.headers)
+    kept = (await org.get(f"/sobjects/Change_Order__c/{change_order}")).json()
+    await org.http.delete(f"{API}/sobjects/Change_Order__c/{change_order}", headers=org.headers)
+    gone = await org.get(f"/sobjects/Change_Order_Line__c/{line}")
+
+    assert orphan.json()[0]["errorCode"] == "REQUIRED_FIELD_MISSING"
+    assert reparent.json()[0]["errorCode"] == "INVALID_FIELD_FOR_INSERT_UPDATE"
+    assert moved["CurrencyIsoCode"] == "GBP"
+    assert kept["Opportunity__c"] is None  # a lookup: cleared, the change order stays
+    assert gone.status_code == 404  # master-detail: deleted with its change order
+
+
+async def test_approval_is_stamped_in_whole_seconds_unless_given(
+    org: Org, deal: dict[str, str]
+) -> None:
+    stamped = await _change_order(org, deal)
+    given = await _change_order(org, deal, Name="CO-002")
+    before = datetime.now(UTC).replace(microsecond=0)
+    await org.patch(f"/sobjects/Change_Order__c/{stamped}", {"Status__c": "Approved"})
+    await org.patch(
+        f"/sobjects/Change_Order__c/{given}",
+        {"Status__c": "Approved", "Approved_At__c": "2026-12-01T10:00:00+01:00"},
+    )
+    first = (await org.get(f"/sobjects/Change_Order__c/{stamped}")).json()["Approved_At__c"]
+    await org.patch(f"/sobjects/Change_Order__c/{stamped}", {"Description__c": "edited"})
+    edited = (await org.get(f"/sobjects/Change_Order__c/{stamped}")).json()["Approved_At__c"]
+    read_given = (await org.get(f"/sobjects/Change_Order__c/{given}")).json()
+
+    assert first.endswith(".000+0000")
+    moment = datetime.fromisoformat(first.replace("+0000", "+00:00"))
+    assert before <= moment <= datetime.now(UTC)
+    assert edited == first  # only entering Approved stamps it
+    assert read_given["Approved_At__c"] == "2026-12-01T09:00:00.000+0000"  # in UTC
+
+
+async def test_soql_on_change_orders_filters_orders_and_pages(
+    org: Org, deal: dict[str, str]
+) -> None:
+    late = await _change_order(
+        org, deal, Name="late", Status__c="Approved", Approved_At__c="2026-02-02T00:00:00Z"
+    )
+    early = await _change_order(
+        org, deal, Name="early", Status__c="Approved", Approved_At__c="2026-02-01T00:00:00Z"
+    )
+    draft = await _change_order(org, deal, Name="draft")
+    for n in range(250):
+        await org.create(
+            "Change_Order_Line__c",
+            Change_Order__c=early,
+            Action__c="Change",
+            Line_Item_Id__c=f"00k5g{n:010d}",
+            Rate__c=n,
+        )
+    ordered = await org.query(
+        "SELECT Id, Name, Status__c, Approved_At__c, Opportunity__r.Name FROM Change_Order__c "
+        f"WHERE Opportunity__c = '{deal['opportunity'][:15]}' "
+        "ORDER BY Approved_At__c ASC NULLS LAST, CreatedDate, Id"
+    )
+    approved = await org.query(
+        "SELECT Id FROM Change_Order__c WHERE Status__c IN ('Approved', 'Applied') "
+        "AND Approved_At__c >= 2026-02-02T00:00:00Z AND Retroactive__c = false"
+    )
+    soql = (
+        "SELECT Id, Rate__c, Change_Order__r.Name FROM Change_Order_Line__c "
+        f"WHERE Change_Order__c = '{early}' ORDER BY Rate__c"
+    )
+    await org.http.post(
+        "/_standin/faults",
+        json={"kind": "503", "path": f"{API}/query", "count": 1},
+    )
+    refused = await org.query(soql)
+    first = (await org.query(soql, **{"Sforce-Query-Options": "batchSize=200"})).json()
+    rest = (await org.http.get(first["nextRecordsUrl"], headers=org.headers)).json()
+
+    records = ordered.json()["records"]
+    assert [r["Id"] for r in records] == [early, late, draft]
+    assert records[0]["Opportunity__r"]["Name"] == "Globex rollout"
+    assert [r["Id"] for r in approved.json()["records"]] == [late]
+    assert (refused.status_code, refused.json()[0]["errorCode"]) == (503, "SERVER_UNAVAILABLE")
+    assert (first["totalSize"], first["done"], len(first["records"])) == (250, False, 200)
+    rates = [r["Rate__c"] for r in first["records"] + rest["records"]]
+    assert rates == list(range(250))
+    assert first["records"][0]["Change_Order__r"]["Name"] == "early"
+
+
+async def test_change_orders_need_a_session(tmp_path: Path) -> None:
+    async with _client(tmp_path / "sf.sqlite3") as http:
+        r = await http.get(f"{API}/sobjects/Change_Order__c/a065g0000000001AAA")
+    assert (r.status_code, r.json()[0]["errorCode"]) == (401, "INVALID_SESSION_ID")
