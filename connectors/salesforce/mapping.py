@@ -804,7 +804,13 @@ def change_order_write_back_fields(
     outlives a later success), the run link only when known."""
     label = WRITE_BACK_STATUSES.get(status)
     if label is None:
-        raise ValueError(f"q2c writes back Applied, Rejected or Failed, not {status.value!r}")
+        # A caller's mistake, refused for good (not retried): approving is the CRM's.
+        raise ValidationFailed(
+            f"q2c writes back Applied, Rejected or Failed, not {status.value!r}",
+            system=CRM,
+            field="Change_Order__c.Status__c",
+            code="NOT_A_WRITE_BACK_STATUS",
+        )
     fields = ChangeOrderWriteBack.model_validate(
         {"Status__c": label, "Q2C_Message__c": _truncated(message), "Q2C_Run_Url__c": run_url}
     )
