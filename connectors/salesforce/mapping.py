@@ -766,6 +766,8 @@ def to_change_order(
         name="Amount_Delta__c",
         why="enter 0 when the contract value does not change",
     )
+    with _refused_as(sobject, record.id, _CHANGE_ORDER_FIELDS):
+        Money(amount=Decimal(0), currency=currency)  # its own code first, then its details
     line_changes = [to_line_change(line, currency=currency) for line in lines]
     milestone_changes = [to_milestone_change(m, currency=currency) for m in milestones]
     with _refused_as(sobject, record.id, _CHANGE_ORDER_FIELDS):
