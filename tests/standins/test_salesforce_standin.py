@@ -944,7 +944,22 @@ async def test_soql_on_change_orders_filters_orders_and_pages(
     assert first["records"][0]["Change_Order__r"]["Name"] == "early"
 
 
-async def test_change_orders_need_a_session(tmp_path: Path) -> None:
+async def test_change_orders_need_a_session_and_count_against_the_limit(
+    tmp_path: Path,
+) -> None:
     async with _client(tmp_path / "sf.sqlite3") as http:
-        r = await http.get(f"{API}/sobjects/Change_Order__c/a065g0000000001AAA")
-    assert (r.status_code, r.json()[0]["errorCode"]) == (401, "INVALID_SESSION_ID")
+        anonymous = await http.get(f"{API}/sobjects/Change_Order__c/a065g0000000001AAA")
+        org = Org(http, await _token(http))
+        missing = await org.get("/sobjects/Change_Order__c/a065g0000000001AAA")
+        described = await org.get("/sobjects/Change_Order_Milestone__c/describe")
+        await http.post("/_standin/faults", json={"kind": "429", "retry_after": 3})
+        limited = await org.get("/sobjects/Change_Order_Line__c/a075g0000000001AAA")
+
+    assert (anonymous.status_code, anonymous.json()[0]["errorCode"]) == (
+        401,
+        "INVALID_SESSION_ID",
+    )
+    assert (missing.status_code, missing.json()[0]["errorCode"]) == (404, "NOT_FOUND")
+    assert described.headers["Sforce-Limit-Info"].startswith("api-usage=")
+    assert (limited.status_code, limited.headers["retry-after"]) == (429, "3")
+    assert limited.json()[0]["errorCode"] == "REQUEST_LIMIT_EXCEEDED"
