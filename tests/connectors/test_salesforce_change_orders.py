@@ -24,7 +24,7 @@ from connectors.salesforce.client import (
 )
 from devstack.salesforce_seed import ChangeOrderLine, ChangeOrderMilestone
 from tests.fixtures.deals import change_order, mixed_deal
-from tests.fixtures.salesforce import SalesforceStandin, for_change_order, for_opportunity
+from tests.fixtures.salesforce import SalesforceStandin, for_change_order
 
 
 async def test_approving_a_change_order_sends_a_signed_webhook(
@@ -52,7 +52,6 @@ async def test_approving_a_change_order_sends_a_signed_webhook(
     assert event.sobject.approved_at is not None
     assert event.sobject.approved_at.microsecond == 0
     assert event.organization_id.startswith("00D")
-    assert salesforce.wait_for_webhooks(for_opportunity(co_id), timeout=0) == [delivery]
     assert len(extra) == 1
     with pytest.raises(InvalidSignature):
         verify_webhook_signature(
