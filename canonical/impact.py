@@ -978,10 +978,17 @@ def _unbilled_expenses(expenses: Iterable[Expense]) -> list[Expense]:
 
 
 def _correction(
-    billing: BillingContract, issued: IssuedInvoice, earlier: list[RatedPeriod]
+    billing: BillingContract,
+    issued: IssuedInvoice,
+    earlier: list[RatedPeriod],
+    others: list[RatedPeriod],
 ) -> Correction | None:
+    """``earlier``: the invoices before it (the caps count from them); ``others``: every
+    other invoice (what they billed, it cannot bill)."""
     original = issued.rated
-    base = billing.model_copy(update={"billed": billed_so_far(earlier)})
+    before = billed_so_far(earlier)
+    items = billed_so_far(others).items
+    base = billing.model_copy(update={"billed": before.model_copy(update={"items": items})})
     ids = set(original.billed_time_entry_ids)
     entries = _unbilled(e for e in issued.entries if e.id in ids)
     expenses = _unbilled_expenses(
@@ -1096,7 +1103,8 @@ def preview_change(
             if invoice.rated.kind != "period" or invoice.rated.period.end < change.effective_date:
                 continue
             try:
-                found = _correction(new_billing, invoice, rated_issued[:i])
+                others = rated_issued[:i] + rated_issued[i + 1 :]
+                found = _correction(new_billing, invoice, rated_issued[:i], others)
             except InvalidChange as exc:
                 raise InvalidChange(change.key, exc.problems) from exc
             if found is not None:
