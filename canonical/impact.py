@@ -1053,12 +1053,12 @@ def preview_change(
     """Every downstream change ``change`` makes, before and after. Pure: the same inputs, in
     any order, give an equal preview and digest.
 
-    ``billing``: the contract (all versions), the PSA's task progress and the customer's tax
-    rate, as a period run sees them. ``psa``: the project's budget and tasks as the PSA holds
-    them. ``drafts``: drafts awaiting approval. ``issued``: invoices issued for the project;
-    for a retroactive change, with the entries they billed. Raises `InvalidChange`.
+    ``billing``: the contract (all versions), the PSA's task progress, the customer's tax
+    rate and what issued invoices billed, as a period run sees them. ``psa``: the project's
+    budget and tasks as the PSA holds them (None leaves the PSA out). ``drafts``: drafts
+    awaiting approval, with their period's entries. ``issued``: invoices issued for the
+    project; for a retroactive change, with the entries they billed. Raises `InvalidChange`.
     """
-    psa = psa or PsaProject()
     contract = billing.contract
     before = contract.current
     ordered = sorted(issued, key=_issued_order)
@@ -1114,7 +1114,7 @@ def preview_change(
             notes.append(f"upfront invoices {', '.join(upfront)} are not corrected")
 
     psa_budget = None
-    if psa.budget is None or psa.budget != after.project_budget:
+    if psa is not None and psa.budget != after.project_budget:
         psa_budget = BudgetChange(before=psa.budget, after=after.project_budget)
     contract_changes = _contract_changes(before, after)
     if change.tax_rate is not None:
@@ -1140,7 +1140,7 @@ def preview_change(
         budget_after=after.project_budget,
         tax_rate=change.tax_rate,
         psa_budget=psa_budget,
-        tasks=_task_changes(before, after, psa),
+        tasks=_task_changes(before, after, psa) if psa is not None else [],
         billing_plan=plan,
         drafts=draft_changes,
         corrections=corrections,
@@ -1162,10 +1162,10 @@ def change_risks(preview: ImpactPreview, policy: ChangePolicy) -> list[str]:
         )
     if preview.retroactive:
         count = len(preview.corrections)
+        invoices = f"{count} issued invoice{'s' if count != 1 else ''}"
         risks.append(
             f"retroactive: effective {preview.effective_from.isoformat()}, reaching back "
-            f"before today's terms ({count} issued invoice{'s' if count != 1 else ''} "
-            "corrected by credit note and re-bill)"
+            f"into invoiced periods ({invoices} corrected by credit note and re-bill)"
         )
     for ident in preview.removed_invoiced_milestones:
         risks.append(f"milestones: {ident} is removed but was already invoiced")

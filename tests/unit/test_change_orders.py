@@ -561,7 +561,7 @@ def test_a_retroactive_rate_change_credits_and_rebills_so_net_is_hours_at_the_ne
     assert dec.rated == issued("INV-2", DEC, *dec_entries, earlier=(nov,)).rated  # not edited
     risks = change_risks(preview, POLICY)
     assert risks == [
-        "retroactive: effective 2026-12-16, reaching back before today's terms (1 issued "
+        "retroactive: effective 2026-12-16, reaching back into invoiced periods (1 issued "
         "invoice corrected by credit note and re-bill)"
     ]
 
@@ -580,6 +580,12 @@ def test_a_retroactive_change_needs_the_entries_the_invoice_billed() -> None:
     co = change(effective_date=DEC.start, retroactive=True, lines=[repriced(rate=usd("180"))])
     with pytest.raises(InvalidChange, match=r"issued\[INV-2\]\.entries"):
         preview_change(co, billing(), issued=[without])
+
+
+def test_without_the_psa_the_preview_leaves_its_tasks_and_budget_out() -> None:
+    preview = preview_change(change(lines=[repriced(rate=usd("180"))]), billing())
+    assert preview.tasks == [] and preview.psa_budget is None
+    assert term(preview, "Development", "rate") == ("165.00", "180.00")
 
 
 def test_a_tax_override_needs_finance_and_is_shown() -> None:
