@@ -5,7 +5,7 @@ removes or changes, a budget change and an optional new end date, and the day it
 effect. It makes the contract's next version (`canonical.contract`); nothing else does.
 Issued invoices are never edited: a change that reaches back before periods already invoiced
 (`retroactive`) corrects them with a credit note and a re-bill, and is always approved by
-finance first.
+finance first. Validating, applying, previewing and undoing one: `canonical.impact`.
 """
 
 from __future__ import annotations

@@ -183,7 +183,7 @@ class ContractVersion(CanonicalModel):
     contract_id: NonEmpty  # the canonical project id, "salesforce:006..."
     version: int = Field(ge=1)
     effective_from: date
-    source: NonEmpty  # what made it: "opportunity:<id>" or "change-order:<id>"
+    source: NonEmpty  # what made it: "opportunity:<id>" or "change-order:<crm>:<id>"
     currency: CurrencyCode
     start_date: date
     end_date: date | None = None

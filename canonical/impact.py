@@ -149,7 +149,8 @@ class TermChange(CanonicalModel):
 class TaskChange(CanonicalModel):
     """A PSA task added, closed or changed (rate, planned hours, name, billing type)."""
 
-    action: Literal["add", "close", "change"]
+    #: "reopen": a line sold again whose task the PSA still has (closed when it was removed).
+    action: Literal["add", "close", "reopen", "change"]
     line_id: NonEmpty
     task_id: str | None = None  # None for a task still to create
     name: NonEmpty
@@ -254,6 +255,8 @@ class ImpactPreview(CanonicalModel):
                 out.append(f"{name}: created")
             elif task.action == "close":
                 out.append(f"{name}: closed from {eff.isoformat()}")
+            elif task.action == "reopen":
+                out.append(f"{name}: reopened from {eff.isoformat()}")
             out += [c.render(eff) for c in task.changes]
         out += [f"Billing plan: {c.render()}" for c in self.billing_plan]
         for d in self.drafts:
@@ -870,10 +873,11 @@ def _task_changes(
             ("planned hours", _num(task.planned_hours), "h"),
         ]
         changes = _diff_terms(f"PSA task {task.name}", has, wanted)
-        if changes:
+        sold_again = before.line(line.id) is None
+        if changes or sold_again:
             out.append(
                 TaskChange(
-                    action="change",
+                    action="reopen" if sold_again else "change",
                     line_id=line.id,
                     task_id=task.id,
                     name=task.name,

@@ -438,6 +438,24 @@ def test_a_line_removed_closes_its_psa_task() -> None:
     assert preview.after.line("L2") is None
 
 
+def test_undoing_a_removal_reopens_the_psa_task() -> None:
+    v1 = version1()
+    remove = change(lines=[LineChange(action=ChangeAction.REMOVE, line_id="L2")])
+    v2 = apply_change(Contract(versions=[v1]), remove)
+    undo = invert_change(v1, remove)
+    [back] = undo.lines
+    assert (back.action, back.line_id, back.task_id, back.rate) == (
+        ChangeAction.ADD,
+        "L2",
+        "T2",
+        usd("150"),
+    )
+    preview = preview_change(undo, billing(v1, v2), psa=psa())
+    [task] = preview.tasks
+    assert (task.action, task.task_id, task.changes) == ("reopen", "T2", [])
+    assert "PSA task Project Management: reopened from 2027-01-01" in preview.render()
+
+
 def test_milestones_added_removed_and_changed_reach_the_billing_plan() -> None:
     co = change(
         lines=[repriced("L5", amount=usd("4500"))],
