@@ -902,3 +902,19 @@ def test_the_digest_is_a_function_of_the_previews_content(
     assert (first.digest == second.digest) == same_content
     rebuilt = ImpactPreview.model_validate(first.model_dump(exclude={"digest"}))
     assert rebuilt.digest == first.digest
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(changes(), st.randoms(use_true_random=False))
+def test_the_order_a_change_lists_its_parts_in_does_not_move_the_digest(
+    co: ChangeOrder, rnd: random.Random
+) -> None:
+    lines, milestones = list(co.lines), list(co.milestones)
+    rnd.shuffle(lines)
+    rnd.shuffle(milestones)
+    shuffled = co.model_copy(update={"lines": lines, "milestones": milestones})
+    first, second = (
+        preview_change(co, billing(), psa=psa()),
+        preview_change(shuffled, billing(), psa=psa()),
+    )
+    assert first == second and first.digest == second.digest
