@@ -5,7 +5,7 @@ removes or changes, a budget change and an optional new end date, and the day it
 effect. It makes the contract's next version (`canonical.contract`); nothing else does.
 Issued invoices are never edited: a change that reaches back before periods already invoiced
 (`retroactive`) corrects them with a credit note and a re-bill, and is always approved by
-finance first.
+finance first. Validating, applying, previewing and undoing one: `canonical.impact`.
 """
 
 from __future__ import annotations
@@ -13,18 +13,20 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 from enum import StrEnum
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import AwareDatetime, Field, model_validator
 
 from canonical._base import CanonicalModel, NonEmpty
 from canonical.commercial import BillingType
+from canonical.contract import FeeSchedule
 from canonical.money import (
     CurrencyCode,
     Money,
     NonNegativeMoney,
     PositiveDecimal,
     PositiveMoney,
+    TaxRate,
     check_same_currency,
 )
 
@@ -33,8 +35,15 @@ __all__ = [
     "ChangeOrder",
     "ChangeOrderStatus",
     "LineChange",
+    "LineField",
     "MilestoneChange",
+    "TermField",
 ]
+
+#: A line's terms a change may clear (set to None): "left None keeps" cannot say that.
+LineField = Literal["role", "hours", "schedule", "not_to_exceed"]
+#: The contract's terms a change may clear.
+TermField = Literal["end_date", "not_to_exceed"]
 
 
 class ChangeOrderStatus(StrEnum):
@@ -58,17 +67,24 @@ class LineChange(CanonicalModel):
 
     ``line_id``: the contract line removed or re-priced; for an added line, its new id (the
     CRM record's). Fields left None keep what the line had (an added line needs its task,
-    billing type and a rate or amount).
+    billing type and a rate or amount); ``unset`` names the ones cleared. A re-priced
+    time-and-materials line with sold hours and no new ``amount`` is worth hours x rate.
+    A line that changes billing type drops what the new type cannot have (a fee's schedule,
+    an hourly line's rate and cap).
     """
 
     action: ChangeAction
     line_id: NonEmpty
     task: str | None = None
+    task_id: str | None = None  # the PSA task of a line added back (an undone removal)
     role: str | None = None
     billing_type: BillingType | None = None
     rate: NonNegativeMoney | None = None
     amount: NonNegativeMoney | None = None
     hours: PositiveDecimal | None = None
+    schedule: FeeSchedule | None = None  # a fixed fee's schedule
+    not_to_exceed: NonNegativeMoney | None = None  # the line's cap
+    unset: list[LineField] = Field(default_factory=list)
 
 
 class MilestoneChange(CanonicalModel):
@@ -80,6 +96,7 @@ class MilestoneChange(CanonicalModel):
     name: str | None = None
     amount: PositiveMoney | None = None
     planned_date: date | None = None
+    unset: list[Literal["planned_date"]] = Field(default_factory=list)
 
 
 class ChangeOrder(CanonicalModel):
@@ -97,6 +114,11 @@ class ChangeOrder(CanonicalModel):
     milestones: list[MilestoneChange] = Field(default_factory=list)
     budget_delta: Money | None = None  # the project's budget; None: unchanged
     new_end_date: date | None = None
+    not_to_exceed: NonNegativeMoney | None = None  # the contract's cap; None: unchanged
+    #: Contract terms the change clears (an end date or cap removed).
+    unset: list[TermField] = Field(default_factory=list)
+    #: A tax rate the CRM overrides for this contract (a fraction): always needs finance.
+    tax_rate: TaxRate | None = None
     #: Reaches back before periods already invoiced: allowed only with this flag, and
     #: always approved by finance (credit notes and re-bills follow).
     retroactive: bool = False
@@ -112,10 +134,15 @@ class ChangeOrder(CanonicalModel):
             [
                 ("amount_delta", self.amount_delta),
                 *([("budget_delta", self.budget_delta)] if self.budget_delta else []),
+                *([("not_to_exceed", self.not_to_exceed)] if self.not_to_exceed else []),
                 *(
                     (f"lines[{i}].{name}", money)
                     for i, ln in enumerate(self.lines)
-                    for name, money in (("rate", ln.rate), ("amount", ln.amount))
+                    for name, money in (
+                        ("rate", ln.rate),
+                        ("amount", ln.amount),
+                        ("not_to_exceed", ln.not_to_exceed),
+                    )
                     if money is not None
                 ),
                 *(

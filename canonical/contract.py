@@ -183,7 +183,7 @@ class ContractVersion(CanonicalModel):
     contract_id: NonEmpty  # the canonical project id, "salesforce:006..."
     version: int = Field(ge=1)
     effective_from: date
-    source: NonEmpty  # what made it: "opportunity:<id>" or "change-order:<id>"
+    source: NonEmpty  # what made it: "opportunity:<id>" or "change-order:<crm>:<id>"
     currency: CurrencyCode
     start_date: date
     end_date: date | None = None
@@ -194,6 +194,9 @@ class ContractVersion(CanonicalModel):
     payment_terms: PaymentTerms
     value: NonNegativeMoney  # the contract value, as the ERP keeps it
     po_number: str | None = None
+    #: The project's budget where it differs from the value; None: the value is the budget
+    #: (as at provisioning). A change order's budget change sets it.
+    budget: NonNegativeMoney | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -204,6 +207,7 @@ class ContractVersion(CanonicalModel):
                 *((f"lines[{i}].amount", ln.amount) for i, ln in enumerate(self.lines)),
                 *((f"milestones[{i}].amount", m.amount) for i, m in enumerate(self.milestones)),
                 *([("not_to_exceed", self.not_to_exceed)] if self.not_to_exceed else []),
+                *([("budget", self.budget)] if self.budget else []),
             ],
         )
         for problem in self.problems():
@@ -315,6 +319,11 @@ class ContractVersion(CanonicalModel):
 
     def total(self) -> Money:
         return sum_money((ln.amount for ln in self.lines), self.currency)
+
+    @property
+    def project_budget(self) -> Money:
+        """The budget the PSA project carries: ``budget``, or the contract value."""
+        return self.budget if self.budget is not None else self.value
 
 
 class Contract(CanonicalModel):
