@@ -50,6 +50,8 @@ class Customer(Wire):
     address: Address | None = None
     currency: str | None = None
     invoice_prefix: str | None = None
+    #: Minor units; negative is credit (a credit note's `credit_amount` lands here).
+    balance: int = 0
     metadata: dict[str, str] = Field(default_factory=dict)
     created: int
 
