@@ -12,7 +12,7 @@ import pytest
 
 from canonical import Address, BillingType, Customer, Money, PaymentTerms, Project, Task
 from connectors.errors import ValidationFailed
-from connectors.tryton import ProjectInfo, TrytonErp, TrytonPsa
+from connectors.tryton import ProjectInfo, ProjectTermsChange, TrytonErp, TrytonPsa
 from devstack import tryton as devtryton
 from tests.fixtures.tryton import TrytonServer
 
@@ -85,7 +85,7 @@ async def test_terms_change_once_per_key_and_restore_exactly(running: Running) -
     assert original.budget == gbp("90000.00")
     key = f"co:{uuid.uuid4().hex[:8]}:psa"
 
-    async def apply() -> object:
+    async def apply() -> ProjectTermsChange:
         return await psa.update_project_terms(
             project_id,
             task_rates={discovery: gbp("170.00")},
