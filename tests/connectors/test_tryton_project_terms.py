@@ -7,10 +7,20 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import date
+from decimal import Decimal
 
 import pytest
 
-from canonical import Address, BillingType, Customer, Money, PaymentTerms, Project, Task
+from canonical import (
+    Address,
+    BillingType,
+    Customer,
+    Money,
+    PaymentTerms,
+    Project,
+    Task,
+    TimeEntry,
+)
 from connectors.errors import ValidationFailed
 from connectors.tryton import ProjectInfo, ProjectTermsChange, TrytonErp, TrytonPsa
 from devstack import tryton as devtryton
@@ -168,3 +178,33 @@ async def test_a_change_that_does_not_fit_the_project_is_refused_untouched(
         )
     assert clash.value.field == "add_tasks[0].name"
     assert await psa.get_project(project_id) == original
+
+
+async def test_restoring_keeps_an_added_task_that_time_was_booked_on(running: Running) -> None:
+    psa, project_id = running.psa, running.project_id
+    original = await psa.get_project(project_id)
+    change = await psa.update_project_terms(
+        project_id,
+        add_tasks=[Task(name="Hypercare", role="Developer", rate=gbp("150"))],
+        idempotency_key=f"co:{uuid.uuid4().hex[:8]}:psa",
+    )
+    task_id = change.added_task_ids["Hypercare"]
+    entry = TimeEntry(
+        id="hypercare-1",
+        project_id=str(project_id),
+        task_id=str(task_id),
+        employee="Alan Turing",
+        role="-",
+        work_date=date.today(),
+        hours=Decimal("2"),
+        description="Hypercare work",
+    )
+    await psa.create_timesheet_lines([entry], idempotency_key=f"{change.idempotency_key}:time")
+
+    await psa.restore_project_terms(project_id, change)
+    restored = {t.name: t for t in (await psa.get_project(project_id)).tasks}
+    # The time stays booked; the task is closed, not deleted.
+    assert restored["Hypercare"].state == "done"
+    assert {n: t for n, t in restored.items() if n != "Hypercare"} == {
+        t.name: t for t in original.tasks
+    }
