@@ -403,6 +403,14 @@ class StripeBilling:
         normal new invoice (`create_invoice`).
         """
         if existing := await self._credit_note_by_key(invoice_id, idempotency_key):
+            nets = [line.net for line in lines]
+            asked = sum(nets[1:], nets[0]) if nets else None
+            if asked != existing.subtotal or len(lines) != len(existing.lines):
+                raise IdempotencyConflict(
+                    f"credit note {existing.id} was made under key {idempotency_key!r} for"
+                    f" {existing.subtotal}, not for these lines",
+                    system=SYSTEM,
+                )
             return existing
         invoice = await self.get_stripe_invoice(invoice_id)
         currency = invoice.currency.upper()

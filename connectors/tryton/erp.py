@@ -808,6 +808,18 @@ class TrytonErp:
                 group = (int(tax), rebilled.net.amount >= 0)
                 rebill_taxes[group] = rebill_taxes.get(group, Decimal(0)) + new_tax.rounded().amount
         documents = []
+
+        def net(values: dict[str, Any]) -> Decimal:
+            # `invoice_line_values` made each line one whose half up and half even agree.
+            product = Decimal(str(values["quantity"])) * Decimal(values["unit_price"])
+            return Money(amount=product, currency=currency).rounded().amount
+
+        untaxed = {
+            # Tryton's own amounts of the lines, negated (Tryton rounds half even: the
+            # original may not be q2c's half up).
+            "credit": -sum((Decimal(line["amount"]) for line in lines), Decimal(0)),
+            "rebill": sum((net(v) for v in rebill_lines), Decimal(0)),
+        }
         for part, part_lines, taxes in (
             ("credit", credit_lines, credit_taxes),
             ("rebill", rebill_lines, rebill_taxes),
@@ -842,7 +854,17 @@ class TrytonErp:
             }
             document = await self._create_once(company, key, values)
             await self._post_correction(company, document, taxes)
-            documents.append(await self.get_invoice_info(document))
+            info = await self.get_invoice_info(document)
+            if (
+                info.untaxed.amount
+                != Money(amount=untaxed[part], currency=currency).rounded().amount
+            ):
+                raise IdempotencyConflict(
+                    f"invoice {info.number} was made under key {key!r} for {info.untaxed},"
+                    " not for these prices",
+                    system=SYSTEM,
+                )
+            documents.append(info)
         credit_note, rebill = documents
         return InvoiceCorrection(invoice_id=invoice_id, credit_note=credit_note, rebill=rebill)
 

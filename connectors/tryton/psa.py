@@ -15,7 +15,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from canonical import Expense, Money, NoRate, Project, Task, TimeEntry
-from connectors.errors import ConnectorError, NotFound, PermanentError, ValidationFailed
+from connectors.errors import (
+    ConnectorError,
+    IdempotencyConflict,
+    NotFound,
+    PermanentError,
+    ValidationFailed,
+)
 from connectors.tryton import mapping
 from connectors.tryton.catalog import Catalog, Company
 from connectors.tryton.client import SYSTEM, TrytonClient
@@ -419,6 +425,16 @@ class TrytonPsa:
         recorded = mapping.label_value(project.comment, label)
         if recorded is not None:
             change = ProjectTermsChange.model_validate_json(recorded)
+            asked = (dict(task_rates or {}), set(close_tasks), budget, contract_value)
+            after = change.after
+            done = (after.task_rates, set(after.task_states), after.budget, after.contract_value)
+            names = [t.name for t in add_tasks]
+            if asked != done or (change.added_task_ids and names != list(change.added_task_ids)):
+                raise IdempotencyConflict(
+                    f"project {project_id}'s terms were changed under key {idempotency_key!r}"
+                    " with other values",
+                    system=SYSTEM,
+                )
         else:
             change = self._terms_change(
                 works,

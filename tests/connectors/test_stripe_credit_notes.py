@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from canonical import InvoiceLine, Money
-from connectors.errors import ValidationFailed
+from connectors.errors import IdempotencyConflict, ValidationFailed
 from connectors.stripe import StripeBilling
 from tests.connectors.test_stripe_connector import a_customer, an_invoice, new_open_invoice
 
@@ -72,6 +72,10 @@ async def test_a_retried_credit_note_is_one_credit_note(stripe_billing: StripeBi
         invoice_id, [hours("2", "100")], memo="retry", idempotency_key=same
     )
     assert second == first
+    with pytest.raises(IdempotencyConflict):
+        await stripe_billing.create_credit_note(
+            invoice_id, [hours("3", "100")], memo="retry", idempotency_key=same
+        )
     notes = await stripe_billing.list_credit_notes(invoice_id)
     assert [n.id for n in notes] == [first.id]
     assert notes[0].idempotency_key == same

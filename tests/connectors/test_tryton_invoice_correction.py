@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 
 from canonical import Address, Customer, Invoice, InvoiceLine, InvoiceStatus, Money, PaymentTerms
-from connectors.errors import ValidationFailed
+from connectors.errors import IdempotencyConflict, ValidationFailed
 from connectors.tryton import ErpInvoiceInfo, TrytonErp, mapping
 from devstack import tryton as devtryton
 from tests.fixtures.tryton import TrytonServer
@@ -147,6 +147,10 @@ async def test_a_retried_correction_makes_one_credit_note_and_one_rebill(erp: Tr
         original.id, {line: gbp("150.00")}, reason="CO-8", idempotency_key=key
     )
     assert again == first
+    with pytest.raises(IdempotencyConflict):
+        await erp.correct_invoice(
+            original.id, {line: gbp("160.00")}, reason="CO-8", idempotency_key=key
+        )
     assert await corrections_of(erp, original.id) == sorted([first.credit_note.id, first.rebill.id])
     # 7.5 h x 157.50 = 1181.25 (+236.25 tax) credited; 7.5 h x 150 = 1125 (+225) re-billed.
     # Every line credited: the credit note gives back the invoice's total exactly.

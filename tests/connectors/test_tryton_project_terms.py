@@ -21,7 +21,7 @@ from canonical import (
     Task,
     TimeEntry,
 )
-from connectors.errors import ValidationFailed
+from connectors.errors import IdempotencyConflict, ValidationFailed
 from connectors.tryton import ProjectInfo, ProjectTermsChange, TrytonErp, TrytonPsa
 from devstack import tryton as devtryton
 from tests.fixtures.tryton import TrytonServer
@@ -127,6 +127,8 @@ async def test_terms_change_once_per_key_and_restore_exactly(running: Running) -
     # first attempt, not the ones it set).
     assert await apply() == change
     assert await psa.get_project(project_id) == changed
+    with pytest.raises(IdempotencyConflict):
+        await psa.update_project_terms(project_id, budget=gbp("130000"), idempotency_key=key)
 
     await psa.restore_project_terms(project_id, change)
     restored = await psa.get_project(project_id)
