@@ -807,13 +807,25 @@ class TrytonErp:
                 credit_taxes[group] = credit_taxes.get(group, Decimal(0)) - old_tax
                 group = (int(tax), rebilled.net.amount >= 0)
                 rebill_taxes[group] = rebill_taxes.get(group, Decimal(0)) + new_tax.rounded().amount
-        documents = []
+        if set(new_prices) == set(await self._invoice_line_ids(invoice_id)):
+            # Every line credited: the credit note's taxes are the invoice's own, negated,
+            # however they were rounded (Tryton rounds its own invoices half even).
+            (row,) = await self.client.read("account.invoice", [invoice_id], ["taxes"])
+            own = await self.client.read(
+                "account.invoice.tax", row["taxes"], ["tax", "base", "amount"]
+            )
+            credit_taxes = {}
+            for tax in own:
+                if tax["tax"] is not None:
+                    group = (int(tax["tax"]), -tax["base"] >= 0)
+                    credit_taxes[group] = credit_taxes.get(group, Decimal(0)) - tax["amount"]
 
         def net(values: dict[str, Any]) -> Decimal:
             # `invoice_line_values` made each line one whose half up and half even agree.
             product = Decimal(str(values["quantity"])) * Decimal(values["unit_price"])
             return Money(amount=product, currency=currency).rounded().amount
 
+        documents = []
         untaxed = {
             # Tryton's own amounts of the lines, negated (Tryton rounds half even: the
             # original may not be q2c's half up).
@@ -855,10 +867,7 @@ class TrytonErp:
             document = await self._create_once(company, key, values)
             await self._post_correction(company, document, taxes)
             info = await self.get_invoice_info(document)
-            if (
-                info.untaxed.amount
-                != Money(amount=untaxed[part], currency=currency).rounded().amount
-            ):
+            if info.untaxed.amount != untaxed[part]:
                 raise IdempotencyConflict(
                     f"invoice {info.number} was made under key {key!r} for {info.untaxed},"
                     " not for these prices",
