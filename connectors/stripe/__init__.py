@@ -1,4 +1,4 @@
-"""Stripe connector (billing): customers, invoices and their lifecycle, webhooks."""
+"""Stripe connector (billing): customers, invoices and their lifecycle, credit notes, webhooks."""
 
 from connectors.stripe.client import (
     SIGNATURE_HEADER,
@@ -14,6 +14,8 @@ from connectors.stripe.mapping import (
     EXTERNAL_INVOICE,
     INVOICE_EVENT_KINDS,
     SYSTEM,
+    CreditNote,
+    CreditNoteLine,
     customer_params,
     invoice_from_stripe,
     payment_from_stripe,
@@ -27,6 +29,8 @@ __all__ = [
     "SIGNATURE_HEADER",
     "SYSTEM",
     "WEBHOOK_TOLERANCE_S",
+    "CreditNote",
+    "CreditNoteLine",
     "PaymentDeclined",
     "StripeBilling",
     "WebhookRejected",

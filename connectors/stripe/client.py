@@ -27,7 +27,7 @@ import httpx
 import stripe
 from pydantic import BaseModel
 
-from canonical import Customer, Invoice, Payment
+from canonical import Customer, Invoice, InvoiceLine, Payment
 from connectors import correlation, webhook_json
 from connectors.errors import (
     AuthFailed,
@@ -381,6 +381,106 @@ class StripeBilling:
     async def get_payment(self, invoice_id: str) -> Payment | None:
         """The payment that settled the invoice, or None while it is unpaid."""
         return mapping.payment_from_stripe(await self.get_stripe_invoice(invoice_id))
+
+    # -------------------------------------------------------------- credit notes
+
+    async def create_credit_note(
+        self,
+        invoice_id: str,
+        lines: Sequence[InvoiceLine],
+        *,
+        memo: str | None,
+        idempotency_key: str,
+        reason: str = "order_change",
+    ) -> mapping.CreditNote:
+        """Credit these lines on a finalized (open or paid) invoice; the invoice is untouched.
+
+        On an open invoice the credit lowers `amount_remaining`; on a paid one it goes to the
+        customer's balance. Crediting more than remains creditable is refused by Stripe
+        (`ValidationFailed` naming `lines`). Idempotent by `idempotency_key`: Stripe replays
+        the answer for 24 hours, and the key also rides in the note's metadata, so a retry
+        after that finds the note instead of crediting twice. Re-billing at new terms is a
+        normal new invoice (`create_invoice`).
+        """
+        if existing := await self._credit_note_by_key(invoice_id, idempotency_key):
+            nets = [line.net for line in lines]
+            asked = sum(nets[1:], nets[0]) if nets else None
+            if asked != existing.subtotal or len(lines) != len(existing.lines):
+                raise IdempotencyConflict(
+                    f"credit note {existing.id} was made under key {idempotency_key!r} for"
+                    f" {existing.subtotal}, not for these lines",
+                    system=SYSTEM,
+                )
+            return existing
+        invoice = await self.get_stripe_invoice(invoice_id)
+        currency = invoice.currency.upper()
+        rate_ids: dict[Decimal, str] = {}
+        for rate in sorted({line.tax_rate for line in lines if line.tax_rate}):
+            rate_ids[rate] = await self._tax_rate_id(
+                mapping.tax_percentage(rate), idempotency_key=f"{idempotency_key}:tax_rate"
+            )
+        try:
+            params = mapping.credit_note_params(
+                invoice_id,
+                lines,
+                currency=currency,
+                tax_rate_ids=rate_ids,
+                memo=memo,
+                reason=reason,
+                idempotency_key=idempotency_key,
+            )
+        except ValueError as exc:
+            raise ValidationFailed(str(exc), system=SYSTEM, field="lines") from None
+        note = await self._request(
+            "post",
+            "/v1/credit_notes",
+            wire.CreditNote,
+            params,
+            idempotency_key=f"{idempotency_key}:credit_note",
+        )
+        return mapping.credit_note_from_stripe(note)
+
+    async def list_credit_notes(self, invoice_id: str) -> list[mapping.CreditNote]:
+        """Every credit note of an invoice, void ones included, oldest first."""
+        notes: list[mapping.CreditNote] = []
+        starting_after: str | None = None
+        while True:
+            params: dict[str, Any] = {"invoice": invoice_id, "limit": PAGE_LIMIT}
+            if starting_after:
+                params["starting_after"] = starting_after
+            page = await self._request(
+                "get", "/v1/credit_notes", wire.ListObject[wire.CreditNote], params
+            )
+            notes.extend(mapping.credit_note_from_stripe(n) for n in page.data)
+            if not page.has_more or not page.data:
+                break
+            starting_after = page.data[-1].id
+        return list(reversed(notes))
+
+    async def void_credit_note(
+        self, credit_note_id: str, *, idempotency_key: str
+    ) -> mapping.CreditNote:
+        """Give back what the credit note took (a compensation); a void one stays void."""
+        try:
+            note = await self._request(
+                "post",
+                f"/v1/credit_notes/{credit_note_id}/void",
+                wire.CreditNote,
+                idempotency_key=idempotency_key,
+            )
+        except ValidationFailed:
+            note = await self._request("get", f"/v1/credit_notes/{credit_note_id}", wire.CreditNote)
+            if note.status != "void":
+                raise
+        return mapping.credit_note_from_stripe(note)
+
+    async def _credit_note_by_key(
+        self, invoice_id: str, idempotency_key: str
+    ) -> mapping.CreditNote | None:
+        for note in await self.list_credit_notes(invoice_id):
+            if note.idempotency_key == idempotency_key and note.status == "issued":
+                return note
+        return None
 
     async def _transition(
         self,

@@ -9,10 +9,12 @@ totals on both sides agree to the cent.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from canonical import Customer, Invoice, InvoiceLine, InvoiceStatus, Money, Payment, minor_unit
 from connectors.stripe import wire
@@ -30,6 +32,8 @@ META_PO_NUMBER = "q2c_po_number"
 #: "active" or "inactive": Stripe has no way to close a customer that keeps its invoices.
 META_STATUS = "q2c_status"
 META_LINE_ID = "q2c_line_id"
+#: The caller's idempotency key on a credit note: found again past Stripe's 24-hour window.
+META_CREDIT_KEY = "q2c_credit_key"
 
 #: Stripe's external-id keys in canonical `external_ids`.
 EXTERNAL_INVOICE = "stripe"
@@ -160,6 +164,50 @@ def tax_rate_params(percentage: Decimal) -> dict[str, Any]:
     }
 
 
+def credit_note_params(
+    invoice_id: str,
+    lines: Sequence[InvoiceLine],
+    *,
+    currency: str,
+    tax_rate_ids: Mapping[Decimal, str],
+    memo: str | None,
+    reason: str,
+    idempotency_key: str,
+) -> dict[str, Any]:
+    """`POST /v1/credit_notes` with one `custom_line_item` per canonical line.
+
+    Stripe's credit note lines take a whole `quantity`: a line of 7.5 hours goes as
+    quantity 1 at the line's exact net in minor units (`unit_amount_decimal`), which Stripe
+    rounds half up as it rounded the invoice item, so credit and invoice agree to the cent.
+    """
+    wire_lines = []
+    for line in lines:
+        if line.unit_price.currency != currency:
+            raise ValueError(f"line {line.description!r} is not in {currency}")
+        whole = line.quantity == line.quantity.to_integral_value()
+        unit = line.unit_price if whole else line.unit_price * line.quantity
+        wire_lines.append(
+            _drop_none(
+                {
+                    "type": "custom_line_item",
+                    "description": line.description,
+                    "quantity": int(line.quantity) if whole else 1,
+                    "unit_amount_decimal": unit_amount_decimal(unit),
+                    "tax_rates": [tax_rate_ids[line.tax_rate]] if line.tax_rate else None,
+                }
+            )
+        )
+    return _drop_none(
+        {
+            "invoice": invoice_id,
+            "lines": wire_lines,
+            "memo": memo,
+            "reason": reason,
+            "metadata": {META_CREDIT_KEY: idempotency_key},
+        }
+    )
+
+
 def _drop_none(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
@@ -241,3 +289,67 @@ def payment_kind(event_type: object) -> str | None:
     """The `PaymentEvent.kind` of a Stripe event type; None for events q2c does not act on
     (`invoice.finalized`, `invoice.payment_succeeded`, which `invoice.paid` follows, ...)."""
     return INVOICE_EVENT_KINDS.get(event_type) if isinstance(event_type, str) else None
+
+
+# -------------------------------------------------------------- credit notes
+
+
+class CreditNoteLine(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    description: str
+    quantity: Decimal
+    #: Net of tax, as Stripe credits it (the line's `amount`).
+    net: Money
+    tax: Money
+
+
+class CreditNote(BaseModel):
+    """A Stripe credit note in q2c's terms: money as `Money`, not minor units."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    number: str
+    invoice_id: str
+    status: Literal["issued", "void"]
+    #: `pre_payment` lowered what the invoice asks for; `post_payment` credited the customer
+    #: (`credit_amount` to the balance, `out_of_band_amount` settled elsewhere).
+    type: Literal["pre_payment", "post_payment"]
+    subtotal: Money
+    total: Money
+    credit_amount: Money
+    out_of_band_amount: Money
+    memo: str | None = None
+    reason: str | None = None
+    lines: list[CreditNoteLine] = Field(default_factory=list)
+    idempotency_key: str | None = None
+
+
+def credit_note_from_stripe(note: wire.CreditNote) -> CreditNote:
+    currency = note.currency
+    out_of_band = note.out_of_band_amount or 0
+    credited = note.post_payment_amount - out_of_band if note.type == "post_payment" else 0
+    return CreditNote(
+        id=note.id,
+        number=note.number,
+        invoice_id=note.invoice,
+        status=note.status,
+        type=note.type,
+        subtotal=from_minor(note.subtotal, currency),
+        total=from_minor(note.total, currency),
+        credit_amount=from_minor(credited, currency),
+        out_of_band_amount=from_minor(out_of_band, currency),
+        memo=note.memo,
+        reason=note.reason,
+        lines=[
+            CreditNoteLine(
+                description=line.description or "",
+                quantity=Decimal(line.quantity or 1),
+                net=from_minor(line.amount, currency),
+                tax=from_minor(sum(t.amount for t in line.taxes), currency),
+            )
+            for line in note.lines.data
+        ],
+        idempotency_key=note.metadata.get(META_CREDIT_KEY),
+    )

@@ -50,6 +50,8 @@ class Customer(Wire):
     address: Address | None = None
     currency: str | None = None
     invoice_prefix: str | None = None
+    #: Minor units; negative is credit (a credit note's `credit_amount` lands here).
+    balance: int = 0
     metadata: dict[str, str] = Field(default_factory=dict)
     created: int
 
@@ -144,3 +146,42 @@ class Event(Wire):
     livemode: bool
     api_version: str | None = None
     data: EventData
+
+
+CreditNoteStatusWire = Literal["issued", "void"]
+
+
+class CreditNoteLine(Wire):
+    id: str
+    object: Literal["credit_note_line_item"] = "credit_note_line_item"
+    amount: int
+    description: str | None = None
+    quantity: int | None = None
+    type: str
+    unit_amount_decimal: Decimal | None = None
+    taxes: list[LineTax] = Field(default_factory=list)
+
+
+class CreditNote(Wire):
+    id: str = Field(min_length=1)
+    object: Literal["credit_note"] = "credit_note"
+    number: str
+    invoice: str
+    customer: str
+    currency: str = Field(min_length=3, max_length=3)
+    status: CreditNoteStatusWire
+    #: `pre_payment` lowers what the invoice asks for; `post_payment` credits after payment.
+    type: Literal["pre_payment", "post_payment"]
+    amount: int
+    subtotal: int
+    total: int
+    out_of_band_amount: int | None = None
+    pre_payment_amount: int = 0
+    post_payment_amount: int = 0
+    customer_balance_transaction: str | None = None
+    memo: str | None = None
+    reason: str | None = None
+    created: int
+    voided_at: int | None = None
+    lines: ListObject[CreditNoteLine]
+    metadata: Metadata = Field(default_factory=dict)

@@ -9,11 +9,12 @@ there.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from canonical import Customer, Invoice, InvoiceStatus, LegalEntity, Money
+from canonical import Customer, Invoice, InvoiceLine, InvoiceStatus, LegalEntity, Money
 from connectors.errors import ConnectorError, IdempotencyConflict, NotFound, ValidationFailed
 from connectors.tryton import mapping
 from connectors.tryton.catalog import Catalog, Company
@@ -21,6 +22,7 @@ from connectors.tryton.client import SYSTEM, TrytonClient
 from connectors.tryton.wire import (
     ErpInvoice,
     ErpInvoiceInfo,
+    InvoiceCorrection,
     InvoiceLineRecord,
     InvoiceRecord,
     ProjectRevenue,
@@ -672,15 +674,7 @@ class TrytonErp:
         if row["state"] != "draft":
             return
         expected = mapping.expected_taxes(invoice.lines, tax_ids)
-        taxes = await client.read(
-            "account.invoice.tax", row["taxes"], ["tax", "base", "amount", "manual"]
-        )
-        for tax in taxes:
-            if tax["manual"] or tax["tax"] is None:
-                continue
-            wanted = expected.get((int(tax["tax"]), tax["base"] >= 0))
-            if wanted is not None and tax["amount"] != wanted:
-                await client.write("account.invoice.tax", [tax["id"]], {"amount": wanted})
+        await self._set_taxes(client, row["taxes"], expected)
         (totals,) = await client.read("account.invoice", [invoice_id], ["total_amount"])
         if totals["total_amount"] != invoice.total.amount:
             raise ValidationFailed(
@@ -690,6 +684,286 @@ class TrytonErp:
                 field="total",
                 code="total_mismatch",
             )
+
+    async def _set_taxes(
+        self,
+        client: TrytonClient,
+        invoice_tax_ids: list[int],
+        expected: Mapping[tuple[int, bool], Decimal],
+    ) -> None:
+        """Give a draft's computed taxes q2c's amounts, per (Tryton tax, base not negative)."""
+        taxes = await client.read(
+            "account.invoice.tax", invoice_tax_ids, ["tax", "base", "amount", "manual"]
+        )
+        for tax in taxes:
+            if tax["manual"] or tax["tax"] is None:
+                continue
+            wanted = expected.get((int(tax["tax"]), tax["base"] >= 0))
+            if wanted is not None and tax["amount"] != wanted:
+                await client.write("account.invoice.tax", [tax["id"]], {"amount": wanted})
+
+    # -- corrections ---------------------------------------------------------------------------
+
+    async def correct_invoice(
+        self,
+        invoice_id: int,
+        new_prices: Mapping[int, Money],
+        *,
+        reason: str,
+        idempotency_key: str,
+    ) -> InvoiceCorrection:
+        """Credit these lines of a posted invoice and re-bill them at their new unit prices.
+
+        `new_prices` maps the invoice's line ids to the unit price each should have had.
+        Two posted documents come out: a credit note holding each line negated (as Tryton's
+        own credit makes it: same price, taxes and account, quantity negated, the line as
+        its origin) and a re-bill holding each line at its new price. The invoice itself is
+        untouched (no refund, no cancellation, nothing reconciled against it): what the
+        customer owes moves to the two new documents.
+
+        Why not account_invoice_correction's `correct` wizard: it makes one draft invoice
+        in which each chosen line appears twice (negated, then again at the same price, for
+        a person to edit), so the credit and the re-bill are one document with one number,
+        and the new prices are typed in by hand afterwards. A change order needs a credit
+        note and a re-bill (as Stripe has them) with their own numbers and totals. Tryton's
+        credit wizard (`account.invoice.credit`) credits every line of the invoice and
+        cannot carry a key, so a retry after a crash could not find its credit note: both
+        documents are made here each in one `create` (one transaction) that carries its key
+        (`{idempotency_key}:credit`, `{idempotency_key}:rebill`), with the fields Tryton's
+        `Invoice._credit` copies. A retry finds each by its key and only finishes what is
+        left (taxes set, posted).
+
+        Taxes are q2c's (half up, per line): the credit note's are the original lines' own
+        amounts negated, so crediting every line gives back the invoice's total exactly.
+        """
+        header = await self._correctable(invoice_id, new_prices)
+        lines = await self.client.read(
+            "account.invoice.line",
+            sorted(new_prices),
+            [
+                "invoice",
+                "type",
+                "sequence",
+                "description",
+                "quantity",
+                "unit",
+                "unit_price",
+                "amount",
+                "product",
+                "account",
+                "taxes",
+            ],
+        )
+        company = self.client.for_company(int(header["company"]))
+        rates = await self._tax_rates([t for line in lines for t in line["taxes"]])
+        currency = str(header["currency."]["code"])
+        credit_lines: list[dict[str, Any]] = []
+        rebill_lines: list[dict[str, Any]] = []
+        credit_taxes: dict[tuple[int, bool], Decimal] = {}
+        rebill_taxes: dict[tuple[int, bool], Decimal] = {}
+        for line in sorted(lines, key=lambda ln: (ln["sequence"] or 0, ln["id"])):
+            common = {
+                "type": "line",
+                "sequence": line["sequence"],
+                "company": header["company"],
+                "currency": header["currency"],
+                "unit": line["unit"],
+                "product": line["product"],
+                "account": line["account"],
+                "taxes": [["add", line["taxes"]]],
+                "origin": f"account.invoice.line,{line['id']}",
+            }
+            old_net = Decimal(line["amount"])
+            credit_lines.append(
+                {
+                    **common,
+                    "description": line["description"],
+                    "quantity": -line["quantity"],
+                    "unit_price": line["unit_price"],
+                }
+            )
+            price = new_prices[int(line["id"])]
+            rebilled = InvoiceLine(
+                description=line["description"] or "-",
+                quantity=Decimal(str(line["quantity"])),
+                unit_price=price,
+                tax_rate=sum((rates[t] for t in line["taxes"] if t in rates), Decimal(0)),
+            )
+            quantity, unit_price, description = mapping.invoice_line_values(rebilled)
+            rebill_lines.append(
+                {
+                    **common,
+                    "description": description,
+                    "quantity": quantity,
+                    "unit_price": unit_price,
+                }
+            )
+            for tax in line["taxes"]:
+                if tax not in rates:
+                    continue
+                old_tax = Money(amount=old_net * rates[tax], currency=currency).rounded().amount
+                new_tax = Money(amount=rebilled.net.amount * rates[tax], currency=currency)
+                group = (int(tax), -old_net >= 0)
+                credit_taxes[group] = credit_taxes.get(group, Decimal(0)) - old_tax
+                group = (int(tax), rebilled.net.amount >= 0)
+                rebill_taxes[group] = rebill_taxes.get(group, Decimal(0)) + new_tax.rounded().amount
+        if set(new_prices) == set(await self._invoice_line_ids(invoice_id)):
+            # Every line credited: the credit note's taxes are the invoice's own, negated,
+            # however they were rounded (Tryton rounds its own invoices half even).
+            (row,) = await self.client.read("account.invoice", [invoice_id], ["taxes"])
+            own = await self.client.read(
+                "account.invoice.tax", row["taxes"], ["tax", "base", "amount"]
+            )
+            credit_taxes = {}
+            for tax in own:
+                if tax["tax"] is not None:
+                    group = (int(tax["tax"]), -tax["base"] >= 0)
+                    credit_taxes[group] = credit_taxes.get(group, Decimal(0)) - tax["amount"]
+
+        def net(values: dict[str, Any]) -> Decimal:
+            # `invoice_line_values` made each line one whose half up and half even agree.
+            product = Decimal(str(values["quantity"])) * Decimal(values["unit_price"])
+            return Money(amount=product, currency=currency).rounded().amount
+
+        documents = []
+        untaxed = {
+            # Tryton's own amounts of the lines, negated (Tryton rounds half even: the
+            # original may not be q2c's half up).
+            "credit": -sum((Decimal(line["amount"]) for line in lines), Decimal(0)),
+            "rebill": sum((net(v) for v in rebill_lines), Decimal(0)),
+        }
+        for part, part_lines, taxes in (
+            ("credit", credit_lines, credit_taxes),
+            ("rebill", rebill_lines, rebill_taxes),
+        ):
+            key = f"{idempotency_key}:{part}"
+            comment = mapping.with_label(None, mapping.KEY_LABEL, key)
+            comment = mapping.with_label(comment, mapping.CORRECTS_LABEL, str(invoice_id))
+            project = mapping.label_value(header["comment"], mapping.PROJECT_LABEL)
+            if project:
+                comment = mapping.with_label(comment, mapping.PROJECT_LABEL, project)
+            what = "Credit note" if part == "credit" else "Re-bill"
+            values = {
+                **{
+                    f: header[f]
+                    for f in (
+                        "type",
+                        "company",
+                        "tax_identifier",
+                        "party",
+                        "party_tax_identifier",
+                        "invoice_address",
+                        "currency",
+                        "journal",
+                        "account",
+                        "payment_term",
+                    )
+                },
+                "description": f"{what} of {header['number']}: {reason}"[:250],
+                "reference": header["reference"],
+                "comment": comment,
+                "lines": [["create", part_lines]],
+            }
+            document = await self._create_once(company, key, values)
+            await self._post_correction(company, document, taxes)
+            info = await self.get_invoice_info(document)
+            if info.untaxed.amount != untaxed[part]:
+                raise IdempotencyConflict(
+                    f"invoice {info.number} was made under key {key!r} for {info.untaxed},"
+                    " not for these prices",
+                    system=SYSTEM,
+                )
+            documents.append(info)
+        credit_note, rebill = documents
+        return InvoiceCorrection(invoice_id=invoice_id, credit_note=credit_note, rebill=rebill)
+
+    async def _correctable(
+        self, invoice_id: int, new_prices: Mapping[int, Money]
+    ) -> dict[str, Any]:
+        rows = await self._invoice_row(
+            invoice_id,
+            [
+                "type",
+                "state",
+                "number",
+                "reference",
+                "comment",
+                "company",
+                "currency",
+                "currency.code",
+                "tax_identifier",
+                "party",
+                "party_tax_identifier",
+                "invoice_address",
+                "journal",
+                "account",
+                "payment_term",
+                "lines",
+            ],
+        )
+        if not rows:
+            raise NotFound(f"no invoice {invoice_id} in Tryton", system=SYSTEM)
+        header = rows[0]
+        if header["type"] != "out" or header["state"] not in ("posted", "paid"):
+            raise ValidationFailed(
+                f"invoice {header['number'] or invoice_id} is {header['state']}: only a posted"
+                " customer invoice is corrected by a credit note and a re-bill",
+                system=SYSTEM,
+                field="state",
+                code="invoice_not_posted",
+            )
+        if not new_prices:
+            raise ValidationFailed(
+                f"nothing to correct on invoice {header['number']}",
+                system=SYSTEM,
+                field="new_prices",
+            )
+        currency = str(header["currency."]["code"])
+        own = set(await self._invoice_line_ids(invoice_id))
+        for line_id, price in new_prices.items():
+            if line_id not in own:
+                raise ValidationFailed(
+                    f"line {line_id} is not an invoice line of {header['number']}",
+                    system=SYSTEM,
+                    field=f"new_prices[{line_id}]",
+                )
+            if price.currency != currency:
+                raise ValidationFailed(
+                    f"invoice {header['number']} is in {currency}; the new price of line"
+                    f" {line_id} is in {price.currency}",
+                    system=SYSTEM,
+                    field=f"new_prices[{line_id}]",
+                )
+        return header
+
+    async def _tax_rates(self, tax_ids: list[int]) -> dict[int, Decimal]:
+        taxes = await self.client.read("account.tax", sorted(set(tax_ids)), ["type", "rate"])
+        return {int(t["id"]): Decimal(t["rate"] or 0) for t in taxes if t["type"] == "percentage"}
+
+    async def _create_once(self, client: TrytonClient, key: str, values: dict[str, Any]) -> int:
+        """The invoice made under `key`, created now if there is none (as `create_invoice`)."""
+        existing = await self.find_invoice(key)
+        if existing is not None:
+            return existing
+        created = await client.create_one("account.invoice", values)
+        winner = await self.find_invoice(key) or created
+        if winner != created:
+            await client.delete("account.invoice", [created])
+        return winner
+
+    async def _post_correction(
+        self, client: TrytonClient, invoice_id: int, taxes: Mapping[tuple[int, bool], Decimal]
+    ) -> None:
+        (row,) = await client.read("account.invoice", [invoice_id], ["state", "taxes"])
+        if row["state"] in ("posted", "paid"):
+            return
+        if row["state"] == "draft":
+            await self._set_taxes(client, row["taxes"], taxes)
+        # The lines keep the corrected invoice's taxes, which q2c rated: skip the warning
+        # about taxes that differ from the products' defaults (q2c's Tryton module).
+        await client.model(
+            "account.invoice", "post", [invoice_id], context={_TAXES_RATED_CONTEXT: True}
+        )
 
     async def delete_draft_invoice(self, invoice_id: int) -> None:
         """Delete a customer invoice that was never posted (a compensation).

@@ -64,6 +64,10 @@ OPPORTUNITY_LABEL = "q2c-opportunity:"
 INVOICE_LABEL = "q2c-invoice:"
 CONTRACT_VALUE_LABEL = "q2c-contract-value:"
 BILLING_LABEL = "q2c-billing:"
+#: On a project: what one change of its terms (by key) found before it, as JSON.
+TERMS_LABEL = "q2c-terms:"
+#: On a credit note or re-bill q2c made to correct an invoice: the corrected invoice's id.
+CORRECTS_LABEL = "q2c-corrects:"
 LEGAL_ENTITY_PREFIX = "q2c-legal-entity:"
 _LINE_TAG = re.compile(r"\s*\[q2c:([0-9a-f.]+)\]\s*$")
 _PAYMENT_TAG = re.compile(r"\[q2c-key: (.+)\]$")
@@ -222,6 +226,24 @@ def with_label(comment: str | None, label: str, value: str) -> str:
     lines = [ln for ln in (comment or "").splitlines() if not ln.startswith(label)]
     lines.append(f"{label} {value}")
     return "\n".join(lines)
+
+
+def without_label(comment: str | None, label: str) -> str:
+    """`comment` without its `label value` line."""
+    return "\n".join(ln for ln in (comment or "").splitlines() if not ln.startswith(label))
+
+
+def terms_label(idempotency_key: str) -> str:
+    """The label of the record of one change of a project's terms (`=` ends the key, so one
+    key that is a prefix of another never reads the other's record)."""
+    return f"{TERMS_LABEL} {idempotency_key} ="
+
+
+def added_task_number(project_number: str, idempotency_key: str, position: int) -> str:
+    """Tasks a change of terms adds are numbered from its key: a retry finds them, and
+    Tryton's unique number refuses a concurrent second create."""
+    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:12]
+    return f"{project_number}/{digest}.{position}"
 
 
 def label_value(comment: str | None, label: str) -> str | None:

@@ -15,7 +15,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from canonical import Expense, Money, NoRate, Project, Task, TimeEntry
-from connectors.errors import ConnectorError, NotFound, PermanentError, ValidationFailed
+from connectors.errors import (
+    ConnectorError,
+    IdempotencyConflict,
+    NotFound,
+    PermanentError,
+    ValidationFailed,
+)
 from connectors.tryton import mapping
 from connectors.tryton.catalog import Catalog, Company
 from connectors.tryton.client import SYSTEM, TrytonClient
@@ -25,7 +31,10 @@ from connectors.tryton.wire import (
     ExpensePage,
     ProjectInfo,
     ProjectRef,
+    ProjectTerms,
+    ProjectTermsChange,
     TaskInfo,
+    TaskState,
     TimePage,
     TimesheetLineRecord,
     WorkRecord,
@@ -373,6 +382,310 @@ class TrytonPsa:
             (row,) = await self.client.read("project.work", [task_id], ["q2c_done_on"])
         done_on: date = row["q2c_done_on"]
         return done_on
+
+    # -- change orders -------------------------------------------------------------------------
+
+    async def update_project_terms(
+        self,
+        project_id: int,
+        *,
+        task_rates: Mapping[int, Money] | None = None,
+        add_tasks: Sequence[Task] = (),
+        close_tasks: Sequence[int] = (),
+        budget: Money | None = None,
+        contract_value: Money | None = None,
+        idempotency_key: str,
+    ) -> ProjectTermsChange:
+        """Apply a change order's terms to a running project; returns what changed, with the
+        values before, for `restore_project_terms`.
+
+        Task rates are the tasks' `list_price`; closed tasks are set Done; added tasks are
+        created under the project (numbered from the key); the budget and the contract value
+        are labels on the project's comment. Only what is passed is touched.
+
+        Idempotent: before changing anything, the values found are recorded on the project
+        (its comment, under the key), in the same write as the new labels. A retry reads
+        that record instead of the project's values, which the first attempt may already have
+        changed, and finishes what is left; so it changes nothing more, and returns the same
+        record, whose `before` holds the values from before the first attempt.
+        """
+        works = await self.works(project_id)
+        project = works[0]
+        if project.type != "project":
+            raise NotFound(f"Tryton work {project_id} is not a project", system=SYSTEM)
+        cat = await self.catalog()
+        company = cat.company_by_id(project.company)
+        client = self.client.for_company(company.company_id)
+        label = mapping.terms_label(idempotency_key)
+        (numbered,) = await self.client.read("project.work", [project_id], ["number"])
+        numbers = [
+            mapping.added_task_number(numbered["number"], idempotency_key, i)
+            for i in range(1, len(add_tasks) + 1)
+        ]
+        recorded = mapping.label_value(project.comment, label)
+        if recorded is not None:
+            change = ProjectTermsChange.model_validate_json(recorded)
+            asked = (dict(task_rates or {}), set(close_tasks), budget, contract_value)
+            after = change.after
+            done = (after.task_rates, set(after.task_states), after.budget, after.contract_value)
+            names = [t.name for t in add_tasks]
+            if asked != done or (change.added_task_ids and names != list(change.added_task_ids)):
+                raise IdempotencyConflict(
+                    f"project {project_id}'s terms were changed under key {idempotency_key!r}"
+                    " with other values",
+                    system=SYSTEM,
+                )
+        else:
+            change = self._terms_change(
+                works,
+                company,
+                await cat.done_status(self.client),
+                idempotency_key,
+                task_rates=task_rates or {},
+                add_tasks=add_tasks,
+                close_tasks=close_tasks,
+                budget=budget,
+                contract_value=contract_value,
+            )
+            comment = mapping.with_label(project.comment, label, change.model_dump_json())
+            comment = self._terms_labels(comment, change.after)
+            await client.write("project.work", [project_id], {"comment": comment})
+        by_id = {w.id: w for w in works}
+        for task_id, rate in change.after.task_rates.items():
+            if by_id[task_id].list_price != rate.amount:
+                await client.write("project.work", [task_id], {"list_price": rate.amount})
+        for task_id, state in change.after.task_states.items():
+            work = by_id[task_id]
+            if (work.status, work.progress) != (state.status, state.progress):
+                await client.write(
+                    "project.work",
+                    [task_id],
+                    {"status": state.status, "progress": state.progress},
+                )
+        added = await self._add_tasks(client, cat, company, project_id, add_tasks, numbers)
+        if added != change.added_task_ids:
+            change = change.model_copy(update={"added_task_ids": added})
+            (row,) = await self.client.read("project.work", [project_id], ["comment"])
+            comment = mapping.with_label(row["comment"], label, change.model_dump_json())
+            await client.write("project.work", [project_id], {"comment": comment})
+        return change
+
+    async def restore_project_terms(self, project_id: int, before: ProjectTermsChange) -> None:
+        """Put back what `update_project_terms` changed (a saga's compensation).
+
+        Rates, task states, budget and contract value return to their values before; the
+        tasks it added are deleted, or set Done when time was booked on them meanwhile (time
+        is never thrown away). Idempotent: restoring twice changes nothing more.
+        """
+        if before.project_id != project_id:
+            raise ValidationFailed(
+                f"the change recorded is of project {before.project_id}, not {project_id}",
+                system=SYSTEM,
+                field="project_id",
+            )
+        try:
+            works = await self.works(project_id)
+        except NotFound:
+            return
+        by_id = {w.id: w for w in works}
+        client = self.client.for_company(works[0].company)
+        for task_id, rate in before.before.task_rates.items():
+            if task_id in by_id and by_id[task_id].list_price != rate.amount:
+                await client.write("project.work", [task_id], {"list_price": rate.amount})
+        for task_id, state in before.before.task_states.items():
+            work = by_id.get(task_id)
+            if work is not None and (work.status, work.progress) != (state.status, state.progress):
+                await client.write(
+                    "project.work",
+                    [task_id],
+                    {"status": state.status, "progress": state.progress},
+                )
+        for task_id in before.added_task_ids.values():
+            work = by_id.get(task_id)
+            if work is None:
+                continue
+            booked = await self.client.search(
+                "timesheet.line", [("work", "in", work.timesheet_works)], limit=1
+            )
+            if booked:
+                done = await (await self.catalog()).done_status(self.client)
+                await client.write("project.work", [task_id], {"status": done, "progress": 1.0})
+            else:
+                await client.delete("project.work", [task_id])
+        comment = works[0].comment
+        restored = mapping.without_label(comment, mapping.terms_label(before.idempotency_key))
+        for touched, old, label in (
+            (before.after.budget, before.before.budget, mapping.BUDGET_LABEL),
+            (
+                before.after.contract_value,
+                before.before.contract_value,
+                mapping.CONTRACT_VALUE_LABEL,
+            ),
+        ):
+            if touched is None:
+                continue
+            if old is None:
+                restored = mapping.without_label(restored, label)
+            else:
+                restored = mapping.with_label(restored, label, mapping.format_money(old))
+        if restored != (comment or ""):
+            await client.write("project.work", [project_id], {"comment": restored})
+
+    def _terms_change(
+        self,
+        works: list[WorkRecord],
+        company: Company,
+        done: int,
+        idempotency_key: str,
+        *,
+        task_rates: Mapping[int, Money],
+        add_tasks: Sequence[Task],
+        close_tasks: Sequence[int],
+        budget: Money | None,
+        contract_value: Money | None,
+    ) -> ProjectTermsChange:
+        """Check the change against the project, and pair each value with the one it replaces."""
+        project = works[0]
+        tasks = {w.id: w for w in works if w.parent == project.id}
+
+        def same_currency(money: Money, field: str) -> None:
+            if money.currency != company.currency:
+                raise ValidationFailed(
+                    f"project {project.id} is priced in {company.currency}, not {money.currency}",
+                    system=SYSTEM,
+                    field=field,
+                )
+
+        for task_id, rate in task_rates.items():
+            if task_id not in tasks:
+                raise ValidationFailed(
+                    f"work {task_id} is not a task of project {project.id}",
+                    system=SYSTEM,
+                    field=f"task_rates[{task_id}]",
+                )
+            same_currency(rate, f"task_rates[{task_id}]")
+        for i, task_id in enumerate(close_tasks):
+            if task_id not in tasks:
+                raise ValidationFailed(
+                    f"work {task_id} is not a task of project {project.id}",
+                    system=SYSTEM,
+                    field=f"close_tasks[{i}]",
+                )
+        names = {w.name for w in tasks.values()}
+        for i, task in enumerate(add_tasks):
+            if task.name in names or [t.name for t in add_tasks].count(task.name) > 1:
+                raise ValidationFailed(
+                    f"project {project.id} already has a task {task.name!r}",
+                    system=SYSTEM,
+                    field=f"add_tasks[{i}].name",
+                )
+            if task.rate is not None:
+                same_currency(task.rate, f"add_tasks[{i}].rate")
+        if budget is not None:
+            same_currency(budget, "budget")
+        if contract_value is not None:
+            same_currency(contract_value, "contract_value")
+
+        def rate_of(task_id: int) -> Money:
+            return Money(amount=tasks[task_id].list_price or Decimal(0), currency=company.currency)
+
+        def label(name: str) -> Money | None:
+            value = mapping.label_value(project.comment, name)
+            return mapping.parse_money(value) if value else None
+
+        before = ProjectTerms(
+            task_rates={t: rate_of(t) for t in task_rates},
+            task_states={
+                t: TaskState(status=tasks[t].status, progress=tasks[t].progress)
+                for t in close_tasks
+            },
+            budget=label(mapping.BUDGET_LABEL) if budget is not None else None,
+            contract_value=(
+                label(mapping.CONTRACT_VALUE_LABEL) if contract_value is not None else None
+            ),
+        )
+        after = ProjectTerms(
+            task_rates=dict(task_rates),
+            task_states={t: TaskState(status=done, progress=1.0) for t in close_tasks},
+            budget=budget,
+            contract_value=contract_value,
+        )
+        return ProjectTermsChange(
+            project_id=project.id, idempotency_key=idempotency_key, before=before, after=after
+        )
+
+    @staticmethod
+    def _terms_labels(comment: str | None, after: ProjectTerms) -> str:
+        result = comment or ""
+        if after.budget is not None:
+            result = mapping.with_label(
+                result, mapping.BUDGET_LABEL, mapping.format_money(after.budget)
+            )
+        if after.contract_value is not None:
+            result = mapping.with_label(
+                result, mapping.CONTRACT_VALUE_LABEL, mapping.format_money(after.contract_value)
+            )
+        return result
+
+    async def _add_tasks(
+        self,
+        client: TrytonClient,
+        cat: Catalog,
+        company: Company,
+        project_id: int,
+        tasks: Sequence[Task],
+        numbers: list[str],
+    ) -> dict[str, int]:
+        """The added tasks by name, created where a retry does not find them by number."""
+        if not tasks:
+            return {}
+        found = await self.client.search_read(
+            "project.work", [("number", "in", numbers)], ["number"]
+        )
+        by_number = {r["number"]: int(r["id"]) for r in found}
+        missing = [(t, n) for t, n in zip(tasks, numbers, strict=True) if n not in by_number]
+        if missing:
+            prices = await cat.product_prices(self.client, company)
+            values = []
+            for task, number in missing:
+                product = mapping.product_for_role(task.role, set(cat.product_ids))
+                price = task.rate.amount if task.rate is not None else prices.get(product)
+                if price is None:
+                    raise ValidationFailed(
+                        f"task {task.name!r} has no rate, and {product!r} has no list price"
+                        f" in {company.code}",
+                        system=SYSTEM,
+                        field="add_tasks.rate",
+                    )
+                task_values: dict[str, Any] = {
+                    "name": task.name,
+                    "number": number,
+                    "type": "task",
+                    "parent": project_id,
+                    "company": company.company_id,
+                    "product": self._product_id(cat, product),
+                    "list_price": price if task.billable else Decimal(0),
+                    "timesheet_available": True,
+                    "comment": mapping.task_comment(task.role or product, task.billing_type),
+                }
+                if task.planned_hours is not None:
+                    task_values["effort_duration"] = timedelta(hours=float(task.planned_hours))
+                values.append(task_values)
+            try:
+                await client.create("project.work", values)
+            except ConnectorError:
+                # A concurrent attempt under the same key may have taken the numbers first:
+                # its tasks are these tasks.
+                found = await self.client.search_read(
+                    "project.work", [("number", "in", numbers)], ["number"]
+                )
+                if len(found) != len(numbers):
+                    raise
+            found = await self.client.search_read(
+                "project.work", [("number", "in", numbers)], ["number"]
+            )
+            by_number = {r["number"]: int(r["id"]) for r in found}
+        return {t.name: by_number[n] for t, n in zip(tasks, numbers, strict=True)}
 
     # -- time ----------------------------------------------------------------------------------
 

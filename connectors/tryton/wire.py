@@ -135,6 +135,52 @@ class ErpInvoiceInfo(BaseModel):
     line_ids: list[int]
 
 
+class TaskState(BaseModel):
+    """A task's Tryton status (a `project.work.status` id) and progress."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: int | None = None
+    progress: float | None = None
+
+
+class ProjectTerms(BaseModel):
+    """The commercial terms of a running project that a change order touches: only the
+    tasks it touches are listed; None is a label the project does not carry."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task_rates: dict[int, Money] = Field(default_factory=dict)
+    task_states: dict[int, TaskState] = Field(default_factory=dict)
+    budget: Money | None = None
+    contract_value: Money | None = None
+
+
+class ProjectTermsChange(BaseModel):
+    """What `update_project_terms` changed, with the values before, so that
+    `restore_project_terms` can put them back; the same on every retry of one key."""
+
+    model_config = ConfigDict(frozen=True)
+
+    project_id: int
+    idempotency_key: str
+    before: ProjectTerms
+    after: ProjectTerms
+    #: Tasks it added, by name.
+    added_task_ids: dict[str, int] = Field(default_factory=dict)
+
+
+class InvoiceCorrection(BaseModel):
+    """A posted invoice corrected: a posted credit note for the re-priced lines and a posted
+    re-bill of them at the new prices. The corrected invoice itself is never changed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    invoice_id: int
+    credit_note: ErpInvoiceInfo
+    rebill: ErpInvoiceInfo
+
+
 class WorkRecord(BaseModel):
     """A `project.work` row (a project or a task)."""
 

@@ -41,6 +41,8 @@ MODULES = (
     "project_disbursement",
     "timesheet_cost",
     "account_invoice_defer",
+    # Credit notes and re-bills when a change order re-prices issued invoices.
+    "account_invoice_correction",
     Q2C_MODULE,
 )
 #: The Tryton tools q2c runs, and their entry functions.

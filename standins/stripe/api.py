@@ -724,7 +724,10 @@ class StripeApi:
         self, invoice: dict[str, Any], ctx: RequestContext, *, payment_succeeded: bool
     ) -> dict[str, Any]:
         invoice["status"] = "paid"
-        invoice["amount_paid"] = self._totals(invoice)["total"]
+        # What was due: the total less what pre-payment credit notes took off it.
+        invoice["amount_paid"] = self._totals(invoice)["total"] - invoice.get(
+            "pre_payment_credit_notes_amount", 0
+        )
         invoice["status_transitions"]["paid_at"] = self.now()
         self.store.save(invoice)
         rendered = self._render_invoice(invoice)
@@ -817,7 +820,9 @@ class StripeApi:
         snapshot = invoice["customer_snapshot"] or _customer_snapshot(
             self._customer(invoice["customer"])
         )
-        amount_due = totals["total"]
+        pre_credit = invoice.get("pre_payment_credit_notes_amount", 0)
+        post_credit = invoice.get("post_payment_credit_notes_amount", 0)
+        amount_due = totals["total"] - pre_credit
         remaining = amount_due - invoice["amount_paid"] if status in ("draft", "open") else 0
         if status == "uncollectible":
             remaining = amount_due - invoice["amount_paid"]
@@ -859,8 +864,8 @@ class StripeApi:
                 "payment_method_options": None,
                 "payment_method_types": None,
             },
-            "post_payment_credit_notes_amount": 0,
-            "pre_payment_credit_notes_amount": 0,
+            "post_payment_credit_notes_amount": post_credit,
+            "pre_payment_credit_notes_amount": pre_credit,
             "receipt_number": None,
             "rendering": None,
             "shipping_cost": None,

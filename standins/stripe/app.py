@@ -26,6 +26,7 @@ from starlette.types import ASGIApp
 
 from standins.faults import FaultInjector
 from standins.stripe.api import API_VERSION, RequestContext, StripeApi
+from standins.stripe.credit_notes import CreditNotes
 from standins.stripe.errors import ApiError, injected_error_body
 from standins.stripe.forms import parse_form
 from standins.stripe.store import Store
@@ -52,6 +53,7 @@ class Endpoint:
 
 def _endpoints(api: StripeApi) -> list[Endpoint]:
     oid = r"(?P<object_id>[A-Za-z0-9_]+)"
+    notes = CreditNotes(api)
     table: list[tuple[str, str, Handler, bool]] = [
         ("POST", "/v1/customers", api.create_customer, True),
         ("GET", "/v1/customers", api.list_customers, False),
@@ -74,6 +76,11 @@ def _endpoints(api: StripeApi) -> list[Endpoint]:
         ("POST", f"/v1/invoices/{oid}/pay", api.pay_invoice, True),
         ("POST", f"/v1/invoices/{oid}/void", api.void_invoice, True),
         ("POST", f"/v1/invoices/{oid}/mark_uncollectible", api.mark_uncollectible, True),
+        ("POST", "/v1/credit_notes", notes.create_credit_note, True),
+        ("GET", "/v1/credit_notes", notes.list_credit_notes, False),
+        ("GET", f"/v1/credit_notes/{oid}", _no_params(notes.retrieve_credit_note), False),
+        ("GET", f"/v1/credit_notes/{oid}/lines", notes.list_credit_note_lines, False),
+        ("POST", f"/v1/credit_notes/{oid}/void", notes.void_credit_note, True),
         ("GET", "/v1/events", api.list_events, False),
         ("GET", f"/v1/events/{oid}", _no_params(api.retrieve_event), False),
     ]
