@@ -18,7 +18,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from store.repository import Store, StoreNotMigrated
+from store.repository import SQLITE_BUSY_TIMEOUT_MS, Store, StoreNotMigrated
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -27,6 +27,9 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK_KEY = 0x713263
 
 MIGRATE_HINT = "run `q2c store migrate`"
+
+#: How long a SQLite migration waits for one already running elsewhere.
+MIGRATION_WAIT_MS = 600_000
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -48,15 +51,23 @@ async def migrate_store(url: str) -> None:
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     """Two processes that migrate at once take turns; the second finds nothing to do."""
-    async with engine.begin() as conn:
-        await _take_migration_lock(conn)
-        await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), revision))
+    async with engine.connect() as conn:
+        try:
+            async with conn.begin():
+                await _take_migration_lock(conn)
+                await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), revision))
+        finally:
+            await _release_migration_wait(conn)
 
 
 async def downgrade(engine: AsyncEngine, revision: str) -> None:
-    async with engine.begin() as conn:
-        await _take_migration_lock(conn)
-        await conn.run_sync(lambda sync: command.downgrade(alembic_config(sync), revision))
+    async with engine.connect() as conn:
+        try:
+            async with conn.begin():
+                await _take_migration_lock(conn)
+                await conn.run_sync(lambda sync: command.downgrade(alembic_config(sync), revision))
+        finally:
+            await _release_migration_wait(conn)
 
 
 async def _take_migration_lock(conn: AsyncConnection) -> None:
@@ -68,7 +79,16 @@ async def _take_migration_lock(conn: AsyncConnection) -> None:
     elif conn.dialect.name == "sqlite":
         # The write lock before alembic reads its version table: without it two processes
         # both see "no schema" and both create it. pysqlite would begin only at the first DML.
+        # Like PostgreSQL's advisory lock, it waits for the migration ahead of it however long
+        # that takes; the connection's usual wait is restored when the transaction ends.
+        await conn.exec_driver_sql(f"PRAGMA busy_timeout={MIGRATION_WAIT_MS}")
         await conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+async def _release_migration_wait(conn: AsyncConnection) -> None:
+    if conn.dialect.name == "sqlite":
+        await conn.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        await conn.commit()
 
 
 async def require_current(engine: AsyncEngine) -> None:

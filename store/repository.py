@@ -44,6 +44,11 @@ class CrossReferenceConflict(ValueError):
     """A canonical record is already linked to another id in that system (or vice versa)."""
 
 
+#: How long a SQLite write waits for another process's write before "database is locked".
+#: Writes are short, but a loaded machine stretches them well past SQLite's 5 s default.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
 def create_engine(url: str) -> AsyncEngine:
     """An async engine for `sqlite+aiosqlite://...` or `postgresql+asyncpg://...`."""
     if url.startswith("postgresql://"):
@@ -56,8 +61,9 @@ def create_engine(url: str) -> AsyncEngine:
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
+            # The wait comes first: switching a new file to WAL takes a lock of its own.
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=5000")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
