@@ -25,6 +25,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.billing import BillingActivities
+from activities.change_orders import ChangeOrderActivities, ChangeOrderRunActivities
 from activities.contracts import ContractActivities
 from activities.correlation import CorrelationInterceptor, CorrelationLogFilter
 from activities.crm import CrmActivities
@@ -38,9 +39,11 @@ from activities.sweeps import SweepActivities
 from connectors.salesforce import SalesforceClient
 from connectors.stripe import StripeBilling
 from connectors.tryton import TrytonClient, TrytonErp, TrytonPsa
+from connectors.tryton.wire import ProjectTermsChange
 from settings import Settings, load_settings
 from settings.rules import load_deal_rules, load_tax_rates
 from store import Store, StoreNotMigrated
+from workflows.change_order import ChangeOrderQueueWorkflow, ChangeOrderWorkflow
 from workflows.client import connect
 from workflows.invoice_cycle import InvoiceCycleWorkflow
 from workflows.opportunity_to_project import OpportunityToProjectWorkflow
@@ -58,6 +61,8 @@ WORKFLOWS: Sequence[type] = (
     InvoiceCycleWorkflow,
     CrmSweepWorkflow,
     BillingSweepWorkflow,
+    ChangeOrderWorkflow,
+    ChangeOrderQueueWorkflow,
 )
 
 
@@ -116,10 +121,20 @@ class Activities:
     contracts: ContractActivities
     invoicing: InvoicingActivities
     sweeps: SweepActivities
+    change_orders: ChangeOrderActivities
+    change_order_runs: ChangeOrderRunActivities
 
 
 def activities_for(settings: Settings, adapters: Adapters, store: Store) -> Activities:
     rules = load_deal_rules(settings)
+    invoicing = InvoicingActivities(
+        psa=adapters.psa,
+        erp=adapters.erp,
+        crms=adapters.crms,
+        rules=rules,
+        tax_rates=load_tax_rates(settings),
+        store=store,
+    )
     return Activities(
         crm=CrmActivities(adapters.crms, run_link=settings.run_link("{workflow_id}")),
         deal=DealActivities(rules),
@@ -128,15 +143,18 @@ def activities_for(settings: Settings, adapters: Adapters, store: Store) -> Acti
         billing=BillingActivities(adapters.billing, store),
         ledger=LedgerActivities(store),
         contracts=ContractActivities(store),
-        invoicing=InvoicingActivities(
-            psa=adapters.psa,
-            erp=adapters.erp,
-            crms=adapters.crms,
-            rules=rules,
-            tax_rates=load_tax_rates(settings),
-            store=store,
-        ),
+        invoicing=invoicing,
         sweeps=SweepActivities(settings, adapters.crms, adapters.billing, store),
+        change_orders=ChangeOrderActivities(
+            psa=adapters.psa,
+            billing=adapters.billing,
+            invoicing=invoicing,
+            rules=rules,
+            budget_threshold=settings.change_order_budget_threshold,
+            store=store,
+            terms_change_type=ProjectTermsChange,
+        ),
+        change_order_runs=ChangeOrderRunActivities(settings.task_queue),
     )
 
 
@@ -161,6 +179,10 @@ def activities_by_queue(task_queue: str, a: Activities) -> dict[str, list[Callab
             *defined_activities(a.deal),
             invoicing.adjust_draft,
             invoicing.set_draft_status,
+            a.change_orders.change_rules,
+            a.change_orders.remove_contract_version,
+            # Change-order runs join their deal's queue with the worker's Temporal client.
+            *defined_activities(a.change_order_runs),
             # Sweeps start and signal runs with the worker's Temporal client.
             *defined_activities(a.sweeps),
         ],
@@ -170,8 +192,15 @@ def activities_by_queue(task_queue: str, a: Activities) -> dict[str, list[Callab
             invoicing.load_billing_contract,
             invoicing.list_invoiceable_projects,
             invoicing.draft_invoice,
+            a.change_orders.preview_change_order,
+            a.change_orders.apply_psa_terms,
+            a.change_orders.restore_psa_terms,
         ],
-        activity_queue(task_queue, SystemQueue.STRIPE): defined_activities(a.billing),
+        activity_queue(task_queue, SystemQueue.STRIPE): [
+            *defined_activities(a.billing),
+            a.change_orders.update_billing_plan,
+            a.change_orders.restore_billing_plan,
+        ],
         activity_queue(task_queue, SystemQueue.SALESFORCE): defined_activities(a.crm),
     }
 

@@ -11,7 +11,7 @@ from temporalio.exceptions import ApplicationError
 from activities._base import ActivityModel
 from activities.errors import translate_connector_errors
 from activities.ports import CrmPort
-from canonical import Account, Money, Opportunity
+from canonical import Account, ChangeOrder, ChangeOrderStatus, Money, Opportunity
 from connectors.errors import ValidationFailed
 
 
@@ -46,6 +46,31 @@ class CrmInvoiceInput(ActivityModel):
     amount: Decimal
     currency: str
     status: str
+
+
+class FetchChangeOrderInput(ActivityModel):
+    crm: str
+    change_order_id: str
+
+
+class ChangeOrderSnapshot(ActivityModel):
+    """The change order as the CRM holds it now, or why it cannot be read as one."""
+
+    change_order: ChangeOrder | None = None
+    problems: list[str] = []
+
+
+class ApprovedChangeOrdersInput(ActivityModel):
+    crm: str
+    opportunity_id: str
+
+
+class ChangeOrderWriteBackInput(ActivityModel):
+    crm: str
+    change_order_id: str
+    workflow_id: str
+    status: ChangeOrderStatus
+    message: str | None = None
 
 
 class CrmActivities:
@@ -87,6 +112,35 @@ class CrmActivities:
             billing_customer_id=request.billing_customer_id,
             run_url=self.run_link.format(workflow_id=request.workflow_id),
             message=request.message,
+        )
+
+    @activity.defn
+    @translate_connector_errors
+    async def fetch_change_order(self, request: FetchChangeOrderInput) -> ChangeOrderSnapshot:
+        try:
+            change = await self._crm(request.crm).fetch_change_order(request.change_order_id)
+        except ValidationFailed as exc:
+            where = f"{exc.field}: " if exc.field else ""
+            return ChangeOrderSnapshot(problems=[f"{where}{exc.message}"])
+        return ChangeOrderSnapshot(change_order=change)
+
+    @activity.defn
+    @translate_connector_errors
+    async def approved_change_orders(self, request: ApprovedChangeOrdersInput) -> list[str]:
+        """The deal's change orders approved and not yet applied, in the CRM's approval order."""
+        listed = await self._crm(request.crm).list_change_orders(
+            request.opportunity_id, status=ChangeOrderStatus.APPROVED
+        )
+        return [str(c.id) for c in listed]
+
+    @activity.defn
+    @translate_connector_errors
+    async def write_back_change_order(self, request: ChangeOrderWriteBackInput) -> None:
+        await self._crm(request.crm).write_back_change_order(
+            request.change_order_id,
+            request.status,
+            message=request.message,
+            run_url=self.run_link.format(workflow_id=request.workflow_id),
         )
 
     @activity.defn

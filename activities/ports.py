@@ -3,11 +3,21 @@ structurally; a deployment picks one per role in `worker.py`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import date
-from typing import Protocol
+from typing import Any, Protocol
 
-from canonical import Account, Customer, Invoice, LegalEntity, Money, Opportunity, Project
+from canonical import (
+    Account,
+    ChangeOrder,
+    ChangeOrderStatus,
+    Customer,
+    Invoice,
+    LegalEntity,
+    Money,
+    Opportunity,
+    Project,
+)
 
 
 class CrmPort(Protocol):
@@ -28,6 +38,23 @@ class CrmPort(Protocol):
 
     async def write_invoice(
         self, opportunity_id: str, *, number: str, amount: Money, status: str
+    ) -> None: ...
+
+    async def fetch_change_order(self, change_order_id: str) -> ChangeOrder: ...
+
+    async def list_change_orders(
+        self,
+        opportunity_id: str,
+        *,
+        status: ChangeOrderStatus | Sequence[ChangeOrderStatus] | None = None,
+    ) -> Sequence[Any]: ...
+
+    async def write_back_change_order(
+        self,
+        change_order_id: str,
+        status: ChangeOrderStatus,
+        message: str | None = None,
+        run_url: str | None = None,
     ) -> None: ...
 
 

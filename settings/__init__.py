@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     #: Deals above this amount (in the deal's currency) wait for finance.
     approval_threshold: Decimal = Decimal("250000")
     max_discount_percent: Decimal = Decimal("15")
+    #: A change order that raises a project's budget by more than this (in the contract's
+    #: currency) waits for finance; so does any retroactive one.
+    change_order_budget_threshold: Decimal = Decimal("10000")
     standard_net_days: int = 30
     approval_remind_after: timedelta = timedelta(hours=24)
     approval_expire_after: timedelta = timedelta(days=7)

@@ -26,6 +26,7 @@ from store.models import (
 
 #: Draft statuses of an issued invoice: its entries are billed, whatever the PSA says yet.
 ISSUED_STATUSES = ("billed", "paid", "uncollectible")
+OPEN_STATUSES = ("draft", "adjusted")
 
 RowT = TypeVar(
     "RowT", CrossReference, AuditEntry, ExceptionRecord, InboundEvent, ContractVersionRow
@@ -389,6 +390,17 @@ class Store:
             result = await session.exec(query.order_by(col(InvoiceDraft.created_at)))
             return result.all()
 
+    async def open_drafts(self, project_id: str) -> Sequence[InvoiceDraft]:
+        """The project's drafts not (yet) issued or voided, oldest first: those awaiting
+        finance, and those of runs that ended without an invoice."""
+        query = select(InvoiceDraft).where(
+            InvoiceDraft.project_id == project_id,
+            col(InvoiceDraft.status).in_(OPEN_STATUSES),
+        )
+        async with self._sessions() as session:
+            result = await session.exec(query.order_by(col(InvoiceDraft.created_at)))
+            return result.all()
+
     async def update_draft(self, draft_id: str, **changes: Any) -> InvoiceDraft:
         async with self._sessions() as session:
             row = await session.get(InvoiceDraft, draft_id)
@@ -426,6 +438,23 @@ class Store:
                 )
             )
             return result.first()
+
+    async def remove_contract_version(self, contract_id: str, version: int, *, source: str) -> bool:
+        """Take back the newest version, only when `source` made it (a change order's undo);
+        False when there was none to take back. An older version is never removed: one made
+        after it stands on it."""
+        async with self._sessions() as session:
+            result = await session.exec(
+                select(ContractVersionRow)
+                .where(ContractVersionRow.contract_id == contract_id)
+                .order_by(col(ContractVersionRow.version).desc())
+            )
+            newest = result.first()
+            if newest is None or newest.version != version or newest.source != source:
+                return False
+            await session.delete(newest)
+            await session.commit()
+            return True
 
     async def contract_versions(
         self, *, contract_id: str | None = None, project_id: str | None = None

@@ -10,13 +10,24 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
-with workflow.unsafe.imports_passed_through():
-    from canonical import ApprovalPolicy
+
+class DecidingPolicy(Protocol):
+    """Who may decide, and how long they have (a deal's `DecidingPolicy`, a change
+    order's `ChangePolicy`)."""
+
+    @property
+    def remind_after(self) -> timedelta: ...
+
+    @property
+    def expire_after(self) -> timedelta: ...
+
+    def may_decide(self, approver: str) -> bool: ...
 
 
 class Message(BaseModel):
@@ -84,7 +95,7 @@ class ApprovalGate:
     """
 
     def __init__(self) -> None:
-        self.policy: ApprovalPolicy | None = None
+        self.policy: DecidingPolicy | None = None
         self.pending: PendingApproval | None = None
         self.decision: DecisionRecord | None = None
         self.records: list[DecisionRecord] = []
@@ -138,7 +149,7 @@ class ApprovalGate:
             self.decision = record
         return record
 
-    def open(self, policy: ApprovalPolicy, reasons: list[str]) -> PendingApproval:
+    def open(self, policy: DecidingPolicy, reasons: list[str]) -> PendingApproval:
         """From now on decisions count (before the run tells anyone it waits)."""
         now = workflow.now()
         self.policy = policy

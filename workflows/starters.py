@@ -42,6 +42,16 @@ from connectors.stripe.mapping import from_minor
 from settings import Settings
 from store import Store
 from workflows import search_attributes as attrs
+from workflows.change_order import (
+    ENQUEUE,
+    ChangeOrderInput,
+    ChangeOrderQueueInput,
+    ChangeOrderStep,
+    QueueTicket,
+    queue_workflow_id,
+)
+from workflows.change_order import LIFECYCLE as CHANGE_ORDER_LIFECYCLE
+from workflows.change_order import workflow_id as change_order_workflow_id
 from workflows.invoice_cycle import InvoiceCycleInput
 from workflows.opportunity_to_project import (
     DATA_CORRECTED,
@@ -70,6 +80,8 @@ INVOICE_CYCLE = "InvoiceCycleWorkflow"
 TIME_TO_INVOICE = "TimeToInvoiceWorkflow"
 CRM_SWEEP = "CrmSweepWorkflow"
 BILLING_SWEEP = "BillingSweepWorkflow"
+CHANGE_ORDER = "ChangeOrderWorkflow"
+CHANGE_ORDER_QUEUE = "ChangeOrderQueueWorkflow"
 
 _CRM_NAMES = {"salesforce": "Salesforce"}
 
@@ -132,6 +144,65 @@ async def start_opportunity_run(
         start_signal_args=[DataCorrected(corrected_by=crm, note=trigger)] if refetch else [],
     )
     return StartedRun(workflow_id=handle.id, run_id=handle.result_run_id, started=_started(handle))
+
+
+async def start_change_order_run(
+    client: Client,
+    task_queue: str,
+    change_order_id: str,
+    *,
+    crm: str,
+    trigger: str,
+    rpc_timeout: timedelta | None = None,
+) -> StartedRun:
+    """Start the change order's run, or attach to the one already running.
+
+    A change order's webhook, its redelivery, a person's `q2c change-order start` and the
+    deal's queue land on one run; a change order approved again after its run ended (edited,
+    re-approved in the CRM) gets a new run, which finds what the last one applied.
+    The caller checks the id's format first: it becomes part of the workflow id.
+    """
+    handle = await client.start_workflow(
+        CHANGE_ORDER,
+        ChangeOrderInput(change_order_id=change_order_id, crm=crm, trigger=trigger),
+        id=change_order_workflow_id(crm, change_order_id),
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(attrs.CORRELATION_ID, change_order_id),
+                SearchAttributePair(attrs.LIFECYCLE, CHANGE_ORDER_LIFECYCLE),
+                SearchAttributePair(attrs.STEP, ChangeOrderStep.FETCH.value),
+            ]
+        ),
+        static_summary=f"{_CRM_NAMES.get(crm, crm)} change order {change_order_id}",
+        rpc_timeout=rpc_timeout,
+    )
+    return StartedRun(workflow_id=handle.id, run_id=handle.result_run_id, started=_started(handle))
+
+
+async def enqueue_change_order(
+    client: Client,
+    task_queue: str,
+    *,
+    crm: str,
+    opportunity_id: str,
+    change_order_id: str,
+    workflow_id: str,
+) -> None:
+    """Join the deal's change-order queue (starting it if it is not running)."""
+    await client.start_workflow(
+        CHANGE_ORDER_QUEUE,
+        ChangeOrderQueueInput(crm=crm, opportunity_id=opportunity_id),
+        id=queue_workflow_id(crm, opportunity_id),
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        static_summary=f"Change orders of {_CRM_NAMES.get(crm, crm)} opportunity {opportunity_id}",
+        start_signal=ENQUEUE,
+        start_signal_args=[QueueTicket(change_order_id=change_order_id, workflow_id=workflow_id)],
+    )
 
 
 @dataclass(frozen=True)

@@ -253,6 +253,23 @@ class StripeBilling:
             idempotency_key=idempotency_key,
         )
 
+    async def get_customer_metadata(self, customer_id: str, key: str) -> str:
+        """One metadata value of the customer ("" when it has none)."""
+        customer = await self.get_customer(customer_id)
+        return str(customer.metadata.get(key, ""))
+
+    async def set_customer_metadata(
+        self, customer_id: str, values: Mapping[str, str], *, idempotency_key: str
+    ) -> None:
+        """Set metadata values on the customer; "" removes a key (as Stripe does)."""
+        await self._request(
+            "post",
+            f"/v1/customers/{customer_id}",
+            wire.Customer,
+            {"metadata": dict(values)},
+            idempotency_key=idempotency_key,
+        )
+
     async def get_customer(self, customer_id: str) -> wire.Customer:
         return await self._request("get", f"/v1/customers/{customer_id}", wire.Customer)
 

@@ -1,0 +1,488 @@
+"""Change orders: the impact of an approved amendment, and applying it downstream.
+
+The preview is computed here, beside the data it reads (the contract as provisioned, the PSA
+project, drafts awaiting approval, issued invoices), by `canonical.preview_change`: a period's
+time entries never enter a workflow's history, only the preview does. Each apply step is
+idempotent under the change order's key and returns what it changed, so a saga can put it
+back: the PSA's terms (tasks, rates, budget, the ERP's contract value), the billing plan
+(on the billing account), the contract's new version (in q2c's store).
+
+The run activities (`enqueue_change_order`, `start_change_order`, `run_is_open`) run on the
+workflow queue with the worker's Temporal client: they serialise a deal's change orders
+through its queue workflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import date
+from decimal import Decimal
+from typing import Any, Protocol
+
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities._base import ActivityModel
+from activities.errors import translate_connector_errors
+from activities.invoicing import PAGE_SIZE, InvoicingActivities
+from canonical import (
+    BillingPeriod,
+    ChangeOrder,
+    ChangePolicy,
+    DealRules,
+    Money,
+    OutagePolicy,
+    RatedPeriod,
+    Task,
+    billed_so_far,
+    project_id_for,
+)
+from canonical.impact import (
+    ImpactPreview,
+    InvalidChange,
+    IssuedInvoice,
+    PendingDraft,
+    PsaProject,
+    preview_change,
+)
+from store import Store
+
+__all__ = [
+    "ApplyPsaTermsInput",
+    "BillingPlanChange",
+    "BillingPlanInput",
+    "ChangeImpact",
+    "ChangeOrderActivities",
+    "ChangeOrderRunActivities",
+    "ChangeRules",
+    "ChangeRulesInput",
+    "EnqueueInput",
+    "PreviewInput",
+    "PsaTermsApplied",
+    "RemoveVersionInput",
+    "RestoreBillingPlanInput",
+    "RestorePsaTermsInput",
+    "RunOpenInput",
+    "StartChangeOrderInput",
+    "billing_plan_key",
+    "billing_plan_text",
+]
+
+
+class ChangeRulesInput(ActivityModel):
+    crm: str
+
+
+class ChangeRules(ActivityModel):
+    policy: ChangePolicy
+    outage: OutagePolicy
+
+
+class PreviewInput(ActivityModel):
+    change_order: ChangeOrder
+
+
+class ChangeImpact(ActivityModel):
+    """The change order's impact as of now, or why there is none."""
+
+    #: The PSA project the deal was provisioned as; None: not provisioned yet (wait).
+    project_id: str | None = None
+    contract_id: str | None = None
+    #: A version this change order made already (a rerun after it was applied).
+    applied_version: int | None = None
+    preview: ImpactPreview | None = None
+    #: "field: reason" lines when the change cannot apply to the contract.
+    problems: list[str] = []
+    billing_customer_id: str | None = None
+    #: The time-to-invoice runs whose drafts the change re-rates, by draft id.
+    draft_runs: dict[str, str] = {}
+
+
+class ApplyPsaTermsInput(ActivityModel):
+    project_id: str
+    preview: ImpactPreview
+    idempotency_key: str
+
+
+class PsaTermsApplied(ActivityModel):
+    #: What `update_project_terms` changed, with the values before (for the undo).
+    change: dict[str, Any]
+    #: Tasks added, PSA id by task name.
+    added_task_ids: dict[str, str]
+
+
+class RestorePsaTermsInput(ActivityModel):
+    project_id: str
+    change: dict[str, Any]
+
+
+class RemoveVersionInput(ActivityModel):
+    contract_id: str
+    version: int
+    source: str
+
+
+class BillingPlanInput(ActivityModel):
+    billing_customer_id: str
+    project_id: str
+    plan: str
+    idempotency_key: str
+
+
+class BillingPlanChange(ActivityModel):
+    #: The plan the billing account held before ("": none).
+    before: str
+
+
+class RestoreBillingPlanInput(ActivityModel):
+    billing_customer_id: str
+    project_id: str
+    before: str
+    idempotency_key: str
+
+
+class EnqueueInput(ActivityModel):
+    crm: str
+    opportunity_id: str
+    change_order_id: str
+    workflow_id: str
+
+
+class StartChangeOrderInput(ActivityModel):
+    crm: str
+    change_order_id: str
+    trigger: str
+
+
+class RunOpenInput(ActivityModel):
+    workflow_id: str
+
+
+def billing_plan_key(project_id: str) -> str:
+    """The billing account's metadata key holding a project's plan (Stripe: 40 chars)."""
+    return f"q2c_plan_{project_id}"[:40]
+
+
+def billing_plan_text(preview: ImpactPreview) -> str:
+    """The plan as the billing account shows it: version, since when, value and rates."""
+    after = preview.after
+    rates = ", ".join(
+        f"{ln.task} {ln.rate.amount}/h"
+        for ln in sorted(after.lines, key=lambda ln: ln.id)
+        if ln.rate is not None
+    )
+    text = (
+        f"v{after.version} from {after.effective_from.isoformat()}: value "
+        f"{after.value.amount} {after.currency}" + (f"; {rates}" if rates else "")
+    )
+    return text[:500]  # Stripe's limit for a metadata value
+
+
+# -- ports -----------------------------------------------------------------------------------
+
+
+class ChangePsaPort(Protocol):
+    async def get_project(self, project_id: int) -> Any: ...
+
+    async def update_project_terms(
+        self,
+        project_id: int,
+        *,
+        task_rates: Mapping[int, Money] | None = None,
+        add_tasks: Sequence[Task] = (),
+        close_tasks: Sequence[int] = (),
+        budget: Money | None = None,
+        contract_value: Money | None = None,
+        idempotency_key: str,
+    ) -> Any: ...
+
+    async def restore_project_terms(self, project_id: int, before: Any) -> None: ...
+
+    async def list_time_page(
+        self, project_id: int, *, start: date, end: date, after_id: int | None = None, limit: int
+    ) -> Any: ...
+
+    async def list_expense_page(
+        self, project_id: int, *, start: date, end: date, after_id: int | None = None, limit: int
+    ) -> Any: ...
+
+
+class ChangeBillingPort(Protocol):
+    async def get_customer_metadata(self, customer_id: str, key: str) -> str: ...
+
+    async def set_customer_metadata(
+        self, customer_id: str, values: Mapping[str, str], *, idempotency_key: str
+    ) -> None: ...
+
+
+class ChangeOrderActivities:
+    def __init__(
+        self,
+        *,
+        psa: ChangePsaPort,
+        billing: ChangeBillingPort,
+        invoicing: InvoicingActivities,
+        rules: DealRules,
+        budget_threshold: Decimal,
+        store: Store,
+        terms_change_type: type[Any],
+    ) -> None:
+        self.psa = psa
+        self.billing = billing
+        self.invoicing = invoicing
+        self.rules = rules
+        self.budget_threshold = budget_threshold
+        self.store = store
+        #: The PSA adapter's record of a terms change (Tryton's `ProjectTermsChange`).
+        self.terms_change_type = terms_change_type
+
+    @activity.defn
+    async def change_rules(self, request: ChangeRulesInput) -> ChangeRules:
+        approval = self.rules.approval
+        return ChangeRules(
+            policy=ChangePolicy(
+                budget_threshold=self.budget_threshold,
+                approvers=approval.approvers,
+                remind_after=approval.remind_after,
+                expire_after=approval.expire_after,
+            ),
+            outage=self.rules.outage,
+        )
+
+    @activity.defn
+    @translate_connector_errors
+    async def preview_change_order(self, request: PreviewInput) -> ChangeImpact:
+        change = request.change_order
+        contract_id = project_id_for(change.crm, change.opportunity_id)
+        rows = await self.store.contract_versions(contract_id=contract_id)
+        if not rows:
+            return ChangeImpact(contract_id=contract_id)
+        project_id = rows[0].project_id
+        made = [r.version for r in rows if r.source == change_source(change)]
+        if made:
+            return ChangeImpact(
+                project_id=project_id, contract_id=contract_id, applied_version=made[0]
+            )
+        billing, context = await self.invoicing._load(project_id)
+        issued_rows = await self.store.billed_drafts(project_id)
+        issued = [
+            IssuedInvoice(
+                number=d.invoice_number or d.id,
+                invoice_id=d.billing_invoice_id,
+                rated=RatedPeriod.model_validate(d.rated["period"]),
+            )
+            for d in issued_rows
+        ]
+        billing = billing.model_copy(update={"billed": billed_so_far([i.rated for i in issued])})
+        project = await self.psa.get_project(int(project_id))
+        psa = PsaProject(
+            budget=project.budget,
+            tasks=[
+                Task(
+                    id=str(t.id),
+                    name=t.name,
+                    role=t.role,
+                    rate=t.rate,
+                    planned_hours=t.planned_hours,
+                    billing_type=t.billing_type,
+                )
+                for t in project.tasks
+            ],
+        )
+        # Drafts awaiting finance: their run is still open (a rejected one's has ended).
+        open_drafts = [
+            d
+            for d in await self.store.open_drafts(project_id)
+            if d.kind == "period" and await run_open(activity.client(), d.workflow_id)
+        ]
+        drafts = [
+            await self._pending(project_id, d.id, RatedPeriod.model_validate(d.rated["period"]))
+            for d in open_drafts
+        ]
+        if change.retroactive and any(
+            i.rated.kind == "period" and i.rated.period.end >= change.effective_date for i in issued
+        ):
+            return ChangeImpact(
+                project_id=project_id,
+                contract_id=contract_id,
+                problems=[
+                    "retroactive: correcting invoices already issued by credit note and "
+                    "re-bill is not available yet; apply the change from the next "
+                    "uninvoiced period"
+                ],
+            )
+        try:
+            preview = preview_change(change, billing, psa=psa, drafts=drafts, issued=issued)
+        except InvalidChange as exc:
+            return ChangeImpact(
+                project_id=project_id, contract_id=contract_id, problems=exc.problems
+            )
+        return ChangeImpact(
+            project_id=project_id,
+            contract_id=contract_id,
+            preview=preview,
+            billing_customer_id=context.billing_customer_id,
+            draft_runs={d.id: d.workflow_id for d in open_drafts},
+        )
+
+    async def _pending(self, project_id: str, draft_id: str, rated: RatedPeriod) -> PendingDraft:
+        """A draft with its period's unbilled time and expenses, to re-rate it."""
+        period: BillingPeriod = rated.period
+        found: list[list[Any]] = [[], []]
+        for i, read in enumerate((self.psa.list_time_page, self.psa.list_expense_page)):
+            after: int | None = None
+            while True:
+                page = await read(
+                    int(project_id),
+                    start=period.start,
+                    end=period.end,
+                    after_id=after,
+                    limit=PAGE_SIZE,
+                )
+                found[i].extend(page.entries)
+                activity.heartbeat(draft_id)
+                if page.next_after is None:
+                    break
+                after = page.next_after
+        return PendingDraft(draft_id=draft_id, rated=rated, entries=found[0], expenses=found[1])
+
+    @activity.defn
+    @translate_connector_errors
+    async def apply_psa_terms(self, request: ApplyPsaTermsInput) -> PsaTermsApplied:
+        """The project's tasks, rates and budget, and the contract value the ERP keeps with
+        it, as the preview says; only what the preview changes is touched."""
+        preview = request.preview
+        after = preview.after
+        task_rates: dict[int, Money] = {}
+        add: list[Task] = []
+        close: list[int] = []
+        for change in preview.tasks:
+            line = after.line(change.line_id)
+            if change.action == "close" and change.task_id is not None:
+                close.append(int(change.task_id))
+            elif change.action == "add" and line is not None:
+                add.append(
+                    Task(
+                        name=line.task,
+                        role=line.role,
+                        rate=line.rate,
+                        planned_hours=line.hours,
+                        billing_type=line.billing_type,
+                    )
+                )
+            elif (
+                line is not None
+                and change.task_id is not None
+                and line.rate is not None
+                and any(c.field == "rate" for c in change.changes)
+            ):
+                task_rates[int(change.task_id)] = line.rate
+        value_changed = any(
+            c.subject == "Contract" and c.field == "value" for c in preview.contract
+        )
+        made = await self.psa.update_project_terms(
+            int(request.project_id),
+            task_rates=task_rates,
+            add_tasks=add,
+            close_tasks=close,
+            budget=preview.psa_budget.after if preview.psa_budget is not None else None,
+            contract_value=after.value if value_changed else None,
+            idempotency_key=request.idempotency_key,
+        )
+        return PsaTermsApplied(
+            change=made.model_dump(mode="json"),
+            added_task_ids={name: str(i) for name, i in made.added_task_ids.items()},
+        )
+
+    @activity.defn
+    @translate_connector_errors
+    async def restore_psa_terms(self, request: RestorePsaTermsInput) -> None:
+        before = self.terms_change_type.model_validate(request.change)
+        await self.psa.restore_project_terms(int(request.project_id), before)
+
+    @activity.defn
+    async def remove_contract_version(self, request: RemoveVersionInput) -> None:
+        """Undo a version this change order recorded (only one it made: `source` says so)."""
+        await self.store.remove_contract_version(
+            request.contract_id, request.version, source=request.source
+        )
+
+    @activity.defn
+    @translate_connector_errors
+    async def update_billing_plan(self, request: BillingPlanInput) -> BillingPlanChange:
+        key = billing_plan_key(request.project_id)
+        before = await self.billing.get_customer_metadata(request.billing_customer_id, key)
+        await self.billing.set_customer_metadata(
+            request.billing_customer_id,
+            {key: request.plan},
+            idempotency_key=request.idempotency_key,
+        )
+        # A retry after the write reads the new plan as "before": the saga's undo then
+        # keeps it, so the first attempt's reading is what the workflow keeps (it gets
+        # only one result); the undo is told the plan to restore explicitly.
+        return BillingPlanChange(before="" if before == request.plan else before)
+
+    @activity.defn
+    @translate_connector_errors
+    async def restore_billing_plan(self, request: RestoreBillingPlanInput) -> None:
+        await self.billing.set_customer_metadata(
+            request.billing_customer_id,
+            {billing_plan_key(request.project_id): request.before},
+            idempotency_key=request.idempotency_key,
+        )
+
+
+def change_source(change: ChangeOrder) -> str:
+    """What a contract version made by this change order records as its source."""
+    return f"change-order:{change.key}"
+
+
+class ChangeOrderRunActivities:
+    """Starting and signalling change-order runs with the worker's Temporal client."""
+
+    def __init__(self, task_queue: str) -> None:
+        self.task_queue = task_queue
+
+    # The starters import the workflows, which name these activities: imported on use.
+
+    @activity.defn
+    async def enqueue_change_order(self, request: EnqueueInput) -> None:
+        from workflows.starters import enqueue_change_order
+
+        await enqueue_change_order(
+            activity.client(),
+            self.task_queue,
+            crm=request.crm,
+            opportunity_id=request.opportunity_id,
+            change_order_id=request.change_order_id,
+            workflow_id=request.workflow_id,
+        )
+
+    @activity.defn
+    async def start_change_order(self, request: StartChangeOrderInput) -> str:
+        from workflows.starters import start_change_order_run
+
+        started = await start_change_order_run(
+            activity.client(),
+            self.task_queue,
+            request.change_order_id,
+            crm=request.crm,
+            trigger=request.trigger,
+        )
+        return started.workflow_id
+
+    @activity.defn
+    async def run_is_open(self, request: RunOpenInput) -> bool:
+        return await run_open(activity.client(), request.workflow_id)
+
+
+async def run_open(client: Client, workflow_id: str) -> bool:
+    """Whether the workflow's latest run is still running."""
+    try:
+        described = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return described.close_time is None
