@@ -1,0 +1,353 @@
+"""Change orders, end to end (issue 9): an amendment approved in the Salesforce stand-in
+reaches Tryton's tasks and rates, the contract q2c bills from, the billing plan in Stripe and
+the CRM, with the real worker code on the real Temporal dev server.
+
+The deal is the demo's mixed deal (`tests.fixtures.deals.mixed_deal`): Development by the hour
+at 165, Project Management at 145, a fixed fee and a milestone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from activities.change_orders import billing_plan_key
+from activities.contracts import stored_contract
+from canonical import BillingPeriod
+from connectors.tryton import TrytonPsa
+from devstack.salesforce_seed import (
+    ChangeOrderLine,
+    ChangeOrderSpec,
+    SeededChangeOrder,
+    SeededDeal,
+    close_won,
+)
+from settings import Settings
+from store import Store
+from tests.e2e.conftest import APPROVER, Downstream
+from tests.e2e.test_contracts import DEV_RATE, PM_RATE, Deal, book, invoice, lines
+from tests.fixtures.deals import change_order, mixed_deal
+from tests.fixtures.salesforce import SalesforceStandin
+from tests.fixtures.stripe import StripeStandin
+from workflows.approvals import DECIDE, ApprovalAck, ApprovalDecision, Decision
+from workflows.change_order import (
+    STATUS,
+    ChangeOrderResult,
+    ChangeOrderStep,
+    ChangeOrderView,
+    ChangeOrderWorkflow,
+)
+from workflows.opportunity_to_project import (
+    OpportunityToProjectInput,
+    OpportunityToProjectResult,
+    OpportunityToProjectWorkflow,
+)
+from workflows.opportunity_to_project import workflow_id as deal_workflow_id
+from workflows.starters import start_change_order_run
+
+pytestmark = pytest.mark.usefixtures("e2e_worker")
+
+CoHandle = WorkflowHandle[ChangeOrderWorkflow, ChangeOrderResult]
+STEP_WAIT_S = 120
+
+
+def next_month(today: date) -> date:
+    return BillingPeriod.of(BillingPeriod.of(today).end + timedelta(days=1)).start
+
+
+@dataclass
+class Provisioned:
+    deal: Deal
+    seeded: SeededDeal
+    billing_customer_id: str
+
+
+async def provision(
+    temporal_env: WorkflowEnvironment,
+    settings: Settings,
+    salesforce_standin: SalesforceStandin,
+    downstream: Downstream,
+) -> Provisioned:
+    seeded = await salesforce_standin.seed(mixed_deal())
+    async with salesforce_standin.client() as sf:
+        await close_won(sf, seeded.opportunity_id)
+    result: OpportunityToProjectResult = await temporal_env.client.execute_workflow(
+        OpportunityToProjectWorkflow.run,
+        OpportunityToProjectInput(opportunity_id=seeded.opportunity_id, trigger="e2e"),
+        id=deal_workflow_id("salesforce", seeded.opportunity_id),
+        task_queue=settings.task_queue,
+    )
+    project_id = result.ids["psa_project"]
+    psa = TrytonPsa(downstream.tryton)
+    project = await psa.get_project(int(project_id))
+    [employee, *_] = await psa.list_employees(project.legal_entity_code)
+    return Provisioned(
+        Deal(seeded.opportunity_id, project_id, project, employee.name),
+        seeded,
+        result.ids["billing_customer"],
+    )
+
+
+async def start(
+    temporal_env: WorkflowEnvironment, settings: Settings, seeded: SeededChangeOrder
+) -> CoHandle:
+    started = await start_change_order_run(
+        temporal_env.client,
+        settings.task_queue,
+        seeded.change_order_id,
+        crm="salesforce",
+        trigger="e2e",
+    )
+    return temporal_env.client.get_workflow_handle(
+        started.workflow_id, result_type=ChangeOrderResult
+    )
+
+
+async def wait_for(handle: CoHandle, step: ChangeOrderStep) -> ChangeOrderView:
+    async with asyncio.timeout(STEP_WAIT_S):
+        while True:
+            view: ChangeOrderView = await handle.query(STATUS, result_type=ChangeOrderView)
+            if view.step is step:
+                return view
+            assert view.step is not ChangeOrderStep.FAILED, view.last_error
+            await asyncio.sleep(0.2)
+
+
+async def crm_status(salesforce_standin: SalesforceStandin, change_order_id: str) -> dict[str, Any]:
+    async with salesforce_standin.client() as sf:
+        return await sf.get(
+            "Change_Order__c", change_order_id, fields=["Status__c", "Q2C_Message__c"]
+        )
+
+
+def rate_increase(effective: date, **overrides: Any) -> ChangeOrderSpec:
+    """Development from 165 to 180 from `effective`; nothing else."""
+    return replace(
+        change_order(),
+        name="CO rate increase",
+        effective_date=effective,
+        amount_delta=Decimal(0),
+        lines=[ChangeOrderLine(action="Change", line=0, rate=Decimal("180"))],
+        milestones=[],
+        budget_delta=None,
+        approve=True,
+        **overrides,
+    )
+
+
+async def test_a_rate_increase_next_month_applies_at_once_and_bills_from_its_date(
+    temporal_env: WorkflowEnvironment,
+    e2e_settings: Settings,
+    e2e_store: Store,
+    salesforce_standin: SalesforceStandin,
+    downstream: Downstream,
+) -> None:
+    made = await provision(temporal_env, e2e_settings, salesforce_standin, downstream)
+    deal, seeded_deal = made.deal, made.seeded
+    today = datetime.now(UTC).date()
+    effective = next_month(today)
+    seeded = await salesforce_standin.seed_change_order(seeded_deal, rate_increase(effective))
+
+    handle = await start(temporal_env, e2e_settings, seeded)
+    result = await handle.result()
+
+    # No approval needed: applied as version 2, effective next month.
+    assert result.status is ChangeOrderStep.APPLIED and result.contract_version == 2
+    view: ChangeOrderView = await handle.query(STATUS, result_type=ChangeOrderView)
+    assert view.risks == [] and view.decisions == []
+    contract = await stored_contract(e2e_store, deal.project_id)
+    assert contract is not None and [v.version for v in contract.versions] == [1, 2]
+    v2 = contract.current
+    assert v2.effective_from == effective
+    assert v2.source == f"change-order:salesforce:{seeded.change_order_id}"
+    dev = next(ln for ln in v2.lines if ln.task == "Development")
+    assert dev.rate is not None and dev.rate.amount == Decimal("180")
+    # Tryton's task rate, and the billing plan on the Stripe customer.
+    project = await TrytonPsa(downstream.tryton).get_project(int(deal.project_id))
+    rates = {t.name: t.rate.amount for t in project.tasks}
+    assert rates["Development"] == Decimal("180") and rates["Project Management"] == PM_RATE
+    plan = await downstream.stripe.get_customer_metadata(
+        made.billing_customer_id, billing_plan_key(deal.project_id)
+    )
+    assert plan.startswith(f"v2 from {effective.isoformat()}") and "Development 180" in plan
+    # The CRM shows it applied.
+    record = await crm_status(salesforce_standin, seeded.change_order_id)
+    assert record["Status__c"] == "Applied", record
+    assert "contract version 2" in (record["Q2C_Message__c"] or "")
+
+    # This month's hours bill at the old rate, next month's at the new one.
+    await book(downstream, deal, today, ("Development", "10"))
+    await book(downstream, deal, effective, ("Development", "10"))
+    _, this = await invoice(
+        temporal_env, e2e_settings, deal.project_id, BillingPeriod.of(today).key
+    )
+    assert sorted(lines(this).values()) == [10 * DEV_RATE], lines(this)
+    _, following = await invoice(
+        temporal_env, e2e_settings, deal.project_id, BillingPeriod.of(effective).key
+    )
+    assert 10 * Decimal("180") in lines(following).values(), lines(following)
+
+    # A rerun finds it applied and changes nothing.
+    again = await start(temporal_env, e2e_settings, seeded)
+    rerun = await again.result()
+    assert rerun.status is ChangeOrderStep.APPLIED and rerun.contract_version == 2
+    contract = await stored_contract(e2e_store, deal.project_id)
+    assert contract is not None and len(contract.versions) == 2
+
+
+async def test_a_budget_increase_waits_for_finance_and_the_approved_preview_is_applied(
+    temporal_env: WorkflowEnvironment,
+    e2e_settings: Settings,
+    e2e_store: Store,
+    salesforce_standin: SalesforceStandin,
+    downstream: Downstream,
+) -> None:
+    made = await provision(temporal_env, e2e_settings, salesforce_standin, downstream)
+    deal, seeded_deal = made.deal, made.seeded
+    effective = next_month(datetime.now(UTC).date())
+    spec = rate_increase(effective, budget_delta=Decimal("25000"), amount_delta=Decimal("25000"))
+    spec = replace(spec, name="CO budget increase", lines=[])
+    seeded = await salesforce_standin.seed_change_order(seeded_deal, spec)
+
+    handle = await start(temporal_env, e2e_settings, seeded)
+    held = await wait_for(handle, ChangeOrderStep.AWAITING_APPROVAL)
+    assert held.preview is not None and held.pending_approval is not None
+    assert any(r.startswith("budget:") for r in held.risks), held.risks
+    first_digest = held.preview.digest
+    budget_before = held.preview.budget_before.amount
+    assert held.preview.budget_after.amount == budget_before + Decimal("25000")
+    assert any("PSA budget" in line for line in held.preview.render())
+
+    # The change order is edited in the CRM while finance looks: the approval of the old
+    # preview is not applied; the new preview is held for approval again.
+    edited = replace(spec, budget_delta=Decimal("30000"), amount_delta=Decimal("30000"))
+    await salesforce_standin.seed_change_order(seeded_deal, edited)
+    ack = await handle.execute_update(
+        DECIDE,
+        ApprovalDecision(decision=Decision.APPROVE, approver=APPROVER, reason="within plan"),
+        result_type=ApprovalAck,
+    )
+    assert ack.what == "approve"
+    async with asyncio.timeout(STEP_WAIT_S):
+        while True:
+            again: ChangeOrderView = await handle.query(STATUS, result_type=ChangeOrderView)
+            if again.superseded:
+                break
+            await asyncio.sleep(0.2)
+    assert again.step is ChangeOrderStep.AWAITING_APPROVAL and again.superseded == [first_digest]
+    assert again.preview is not None and again.preview.digest != first_digest
+    assert again.preview.budget_after.amount == budget_before + Decimal("30000")
+    contract = await stored_contract(e2e_store, deal.project_id)
+    assert contract is not None and len(contract.versions) == 1  # nothing applied yet
+
+    await handle.execute_update(
+        DECIDE,
+        ApprovalDecision(decision=Decision.APPROVE, approver=APPROVER, reason="revised, ok"),
+        result_type=ApprovalAck,
+    )
+    result = await handle.result()
+    assert result.status is ChangeOrderStep.APPLIED and result.digest == again.preview.digest
+    contract = await stored_contract(e2e_store, deal.project_id)
+    assert contract is not None
+    assert contract.current.model_dump() == again.preview.after.model_dump()
+    project = await TrytonPsa(downstream.tryton).get_project(int(deal.project_id))
+    assert project.budget is not None
+    assert project.budget.amount == budget_before + Decimal("30000")
+
+
+async def test_a_billing_failure_after_the_psa_changed_restores_the_psa_and_the_contract(
+    temporal_env: WorkflowEnvironment,
+    e2e_settings: Settings,
+    e2e_store: Store,
+    salesforce_standin: SalesforceStandin,
+    stripe_standin: StripeStandin,
+    downstream: Downstream,
+) -> None:
+    made = await provision(temporal_env, e2e_settings, salesforce_standin, downstream)
+    deal, seeded_deal = made.deal, made.seeded
+    effective = next_month(datetime.now(UTC).date())
+    seeded = await salesforce_standin.seed_change_order(seeded_deal, rate_increase(effective))
+    # Stripe refuses the billing plan for good (a 400 is not retried).
+    stripe_standin.inject_fault(kind="400", path="/v1/customers/", method="POST", count=0)
+    try:
+        handle = await start(temporal_env, e2e_settings, seeded)
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    finally:
+        stripe_standin.clear_faults()
+
+    view: ChangeOrderView = await handle.query(STATUS, result_type=ChangeOrderView)
+    assert view.step is ChangeOrderStep.FAILED
+    assert view.last_error and view.last_error.startswith("update_billing_plan")
+    project = await TrytonPsa(downstream.tryton).get_project(int(deal.project_id))
+    assert {t.name: t.rate.amount for t in project.tasks}["Development"] == DEV_RATE
+    contract = await stored_contract(e2e_store, deal.project_id)
+    assert contract is not None and [v.version for v in contract.versions] == [1]
+    record = await crm_status(salesforce_standin, seeded.change_order_id)
+    assert record["Status__c"] == "Failed", record
+    assert "update_billing_plan" in (record["Q2C_Message__c"] or "")
+    assert "Undone" in (record["Q2C_Message__c"] or "")
+
+
+async def test_change_orders_apply_in_crm_approval_order_and_wait_for_provisioning(
+    temporal_env: WorkflowEnvironment,
+    e2e_settings: Settings,
+    e2e_store: Store,
+    salesforce_standin: SalesforceStandin,
+    downstream: Downstream,
+) -> None:
+    # A deal closed won, not provisioned yet.
+    seeded_deal = await salesforce_standin.seed(mixed_deal())
+    async with salesforce_standin.client() as sf:
+        await close_won(sf, seeded_deal.opportunity_id)
+    effective = next_month(datetime.now(UTC).date())
+    now = datetime.now(UTC)
+    first = await salesforce_standin.seed_change_order(
+        seeded_deal,
+        replace(
+            rate_increase(effective),
+            name="CO first",
+            approved_at=now - timedelta(minutes=2),
+        ),
+    )
+    second = await salesforce_standin.seed_change_order(
+        seeded_deal,
+        replace(
+            rate_increase(effective),
+            name="CO second",
+            lines=[ChangeOrderLine(action="Change", line=0, rate=Decimal("190"))],
+            approved_at=now - timedelta(minutes=1),
+        ),
+    )
+    # Delivered in reverse order, before the deal is provisioned.
+    later = await start(temporal_env, e2e_settings, second)
+    earlier = await start(temporal_env, e2e_settings, first)
+    waiting = await wait_for(earlier, ChangeOrderStep.AWAITING_PROJECT)
+    assert waiting.project_id is None
+
+    await temporal_env.client.execute_workflow(
+        OpportunityToProjectWorkflow.run,
+        OpportunityToProjectInput(opportunity_id=seeded_deal.opportunity_id, trigger="e2e"),
+        id=deal_workflow_id("salesforce", seeded_deal.opportunity_id),
+        task_queue=e2e_settings.task_queue,
+    )
+    applied_first = await earlier.result()
+    applied_second = await later.result()
+    assert (applied_first.contract_version, applied_second.contract_version) == (2, 3)
+    project_id = (await earlier.query(STATUS, result_type=ChangeOrderView)).project_id
+    assert project_id is not None
+    contract = await stored_contract(e2e_store, project_id)
+    assert contract is not None
+    assert [v.source for v in contract.versions[1:]] == [
+        f"change-order:salesforce:{first.change_order_id}",
+        f"change-order:salesforce:{second.change_order_id}",
+    ]
+    dev = next(ln for ln in contract.current.lines if ln.task == "Development")
+    assert dev.rate is not None and dev.rate.amount == Decimal("190")
