@@ -129,17 +129,16 @@ async def crm_status(salesforce_standin: SalesforceStandin, change_order_id: str
 
 def rate_increase(effective: date, **overrides: Any) -> ChangeOrderSpec:
     """Development from 165 to 180 from `effective`; nothing else."""
-    return replace(
-        change_order(),
-        name="CO rate increase",
-        effective_date=effective,
-        amount_delta=Decimal(0),
-        lines=[ChangeOrderLine(action="Change", line=0, rate=Decimal("180"))],
-        milestones=[],
-        budget_delta=None,
-        approve=True,
-        **overrides,
-    )
+    terms: dict[str, Any] = {
+        "name": "CO rate increase",
+        "effective_date": effective,
+        "amount_delta": Decimal(0),
+        "lines": [ChangeOrderLine(action="Change", line=0, rate=Decimal("180"))],
+        "milestones": [],
+        "budget_delta": None,
+        "approve": True,
+    }
+    return replace(change_order(), **{**terms, **overrides})
 
 
 async def test_a_rate_increase_next_month_applies_at_once_and_bills_from_its_date(
