@@ -9,7 +9,7 @@ at 165, Project Management at 145, a fixed fee and a milestone.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -26,13 +26,12 @@ from devstack.salesforce_seed import (
     ChangeOrderLine,
     ChangeOrderSpec,
     SeededChangeOrder,
-    SeededDeal,
     close_won,
 )
 from settings import Settings
 from store import Store
 from tests.e2e.conftest import APPROVER, Downstream
-from tests.e2e.test_contracts import DEV_RATE, PM_RATE, Deal, book, invoice, lines
+from tests.e2e.test_contracts import DEV_RATE, PM_RATE, book, invoice, lines, provision
 from tests.fixtures.deals import change_order, mixed_deal
 from tests.fixtures.salesforce import SalesforceStandin
 from tests.fixtures.stripe import StripeStandin
@@ -46,7 +45,6 @@ from workflows.change_order import (
 )
 from workflows.opportunity_to_project import (
     OpportunityToProjectInput,
-    OpportunityToProjectResult,
     OpportunityToProjectWorkflow,
 )
 from workflows.opportunity_to_project import workflow_id as deal_workflow_id
@@ -60,39 +58,6 @@ STEP_WAIT_S = 120
 
 def next_month(today: date) -> date:
     return BillingPeriod.of(BillingPeriod.of(today).end + timedelta(days=1)).start
-
-
-@dataclass
-class Provisioned:
-    deal: Deal
-    seeded: SeededDeal
-    billing_customer_id: str
-
-
-async def provision(
-    temporal_env: WorkflowEnvironment,
-    settings: Settings,
-    salesforce_standin: SalesforceStandin,
-    downstream: Downstream,
-) -> Provisioned:
-    seeded = await salesforce_standin.seed(mixed_deal())
-    async with salesforce_standin.client() as sf:
-        await close_won(sf, seeded.opportunity_id)
-    result: OpportunityToProjectResult = await temporal_env.client.execute_workflow(
-        OpportunityToProjectWorkflow.run,
-        OpportunityToProjectInput(opportunity_id=seeded.opportunity_id, trigger="e2e"),
-        id=deal_workflow_id("salesforce", seeded.opportunity_id),
-        task_queue=settings.task_queue,
-    )
-    project_id = result.ids["psa_project"]
-    psa = TrytonPsa(downstream.tryton)
-    project = await psa.get_project(int(project_id))
-    [employee, *_] = await psa.list_employees(project.legal_entity_code)
-    return Provisioned(
-        Deal(seeded.opportunity_id, project_id, project, employee.name),
-        seeded,
-        result.ids["billing_customer"],
-    )
 
 
 async def start(
@@ -148,8 +113,8 @@ async def test_a_rate_increase_next_month_applies_at_once_and_bills_from_its_dat
     salesforce_standin: SalesforceStandin,
     downstream: Downstream,
 ) -> None:
-    made = await provision(temporal_env, e2e_settings, salesforce_standin, downstream)
-    deal, seeded_deal = made.deal, made.seeded
+    deal = await provision(temporal_env, e2e_settings, salesforce_standin, downstream)
+    seeded_deal = deal.seeded
     today = datetime.now(UTC).date()
     effective = next_month(today)
     seeded = await salesforce_standin.seed_change_order(seeded_deal, rate_increase(effective))
@@ -173,7 +138,7 @@ async def test_a_rate_increase_next_month_applies_at_once_and_bills_from_its_dat
     rates = {t.name: t.rate.amount for t in project.tasks}
     assert rates["Development"] == Decimal("180") and rates["Project Management"] == PM_RATE
     plan = await downstream.stripe.get_customer_metadata(
-        made.billing_customer_id, billing_plan_key(deal.project_id)
+        deal.billing_customer_id, billing_plan_key(deal.project_id)
     )
     assert plan.startswith(f"v2 from {effective.isoformat()}") and "Development 180" in plan
     # The CRM shows it applied.
@@ -208,8 +173,8 @@ async def test_a_budget_increase_waits_for_finance_and_the_approved_preview_is_a
     salesforce_standin: SalesforceStandin,
     downstream: Downstream,
 ) -> None:
-    made = await provision(temporal_env, e2e_settings, salesforce_standin, downstream)
-    deal, seeded_deal = made.deal, made.seeded
+    deal = await provision(temporal_env, e2e_settings, salesforce_standin, downstream)
+    seeded_deal = deal.seeded
     effective = next_month(datetime.now(UTC).date())
     spec = rate_increase(effective, budget_delta=Decimal("25000"), amount_delta=Decimal("25000"))
     spec = replace(spec, name="CO budget increase", lines=[])
@@ -269,8 +234,8 @@ async def test_a_billing_failure_after_the_psa_changed_restores_the_psa_and_the_
     stripe_standin: StripeStandin,
     downstream: Downstream,
 ) -> None:
-    made = await provision(temporal_env, e2e_settings, salesforce_standin, downstream)
-    deal, seeded_deal = made.deal, made.seeded
+    deal = await provision(temporal_env, e2e_settings, salesforce_standin, downstream)
+    seeded_deal = deal.seeded
     effective = next_month(datetime.now(UTC).date())
     seeded = await salesforce_standin.seed_change_order(seeded_deal, rate_increase(effective))
     # Stripe refuses the billing plan for good (a 400 is not retried).

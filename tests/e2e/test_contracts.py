@@ -25,7 +25,7 @@ from activities.contracts import stored_contract
 from canonical import BillingPeriod, BillingType, Expense, Money, RatedPeriod, TimeEntry
 from connectors.tryton import TrytonPsa
 from connectors.tryton.wire import ProjectInfo
-from devstack.salesforce_seed import close_won
+from devstack.salesforce_seed import SeededDeal, close_won
 from settings import Settings
 from store import Store
 from tests.e2e.conftest import Downstream
@@ -68,6 +68,8 @@ class Deal:
     project_id: str
     project: ProjectInfo
     employee: str
+    seeded: SeededDeal
+    billing_customer_id: str
 
     def task(self, name: str) -> str:
         return str(next(t.id for t in self.project.tasks if t.name == name))
@@ -92,7 +94,14 @@ async def provision(
     psa = TrytonPsa(downstream.tryton)
     project = await psa.get_project(int(project_id))
     [employee, *_] = await psa.list_employees(project.legal_entity_code)
-    return Deal(seeded.opportunity_id, project_id, project, employee.name)
+    return Deal(
+        seeded.opportunity_id,
+        project_id,
+        project,
+        employee.name,
+        seeded,
+        result.ids["billing_customer"],
+    )
 
 
 async def book(downstream: Downstream, deal: Deal, day: date, *hours: tuple[str, str]) -> None:
