@@ -148,6 +148,7 @@ def activities_for(settings: Settings, adapters: Adapters, store: Store) -> Acti
         change_orders=ChangeOrderActivities(
             psa=adapters.psa,
             billing=adapters.billing,
+            erp=adapters.erp,
             invoicing=invoicing,
             rules=rules,
             budget_threshold=settings.change_order_budget_threshold,
@@ -181,6 +182,7 @@ def activities_by_queue(task_queue: str, a: Activities) -> dict[str, list[Callab
             invoicing.set_draft_status,
             a.change_orders.change_rules,
             a.change_orders.remove_contract_version,
+            a.change_orders.record_correction,
             # Change-order runs join their deal's queue with the worker's Temporal client.
             *defined_activities(a.change_order_runs),
             # Sweeps start and signal runs with the worker's Temporal client.
@@ -195,11 +197,14 @@ def activities_by_queue(task_queue: str, a: Activities) -> dict[str, list[Callab
             a.change_orders.preview_change_order,
             a.change_orders.apply_psa_terms,
             a.change_orders.restore_psa_terms,
+            a.change_orders.correct_erp_invoice,
         ],
         activity_queue(task_queue, SystemQueue.STRIPE): [
             *defined_activities(a.billing),
             a.change_orders.update_billing_plan,
             a.change_orders.restore_billing_plan,
+            a.change_orders.correct_billing_invoice,
+            a.change_orders.void_billing_correction,
         ],
         activity_queue(task_queue, SystemQueue.SALESFORCE): defined_activities(a.crm),
     }

@@ -21,24 +21,29 @@ from typing import Any, Protocol
 
 from temporalio import activity
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities._base import ActivityModel
 from activities.errors import translate_connector_errors
-from activities.invoicing import PAGE_SIZE, InvoicingActivities
+from activities.invoicing import PAGE_SIZE, InvoicingActivities, issued_rated, stored_invoice
 from canonical import (
     BillingPeriod,
     ChangeOrder,
     ChangePolicy,
     DealRules,
+    Invoice,
+    InvoiceLine,
     Money,
     OutagePolicy,
     RatedPeriod,
     Task,
+    TimeEntry,
     billed_so_far,
     project_id_for,
 )
 from canonical.impact import (
+    Correction,
     ImpactPreview,
     InvalidChange,
     IssuedInvoice,
@@ -46,7 +51,7 @@ from canonical.impact import (
     PsaProject,
     preview_change,
 )
-from store import Store
+from store import InvoiceDraft, Store
 
 __all__ = [
     "ApplyPsaTermsInput",
@@ -95,8 +100,11 @@ class ChangeImpact(ActivityModel):
     #: "field: reason" lines when the change cannot apply to the contract.
     problems: list[str] = []
     billing_customer_id: str | None = None
+    payment_net_days: int = 30
     #: The time-to-invoice runs whose drafts the change re-rates, by draft id.
     draft_runs: dict[str, str] = {}
+    #: The issued drafts the preview's corrections correct, by invoice number.
+    corrected_drafts: dict[str, str] = {}
 
 
 class ApplyPsaTermsInput(ActivityModel):
@@ -140,6 +148,51 @@ class RestoreBillingPlanInput(ActivityModel):
     project_id: str
     before: str
     idempotency_key: str
+
+
+class CorrectBillingInput(ActivityModel):
+    #: The issued draft whose invoice is corrected.
+    draft_id: str
+    correction: Correction
+    billing_customer_id: str
+    days_until_due: int
+    #: The change order's key (`<crm>:<id>`) and name, as the documents show them.
+    change_order: str
+    change_order_name: str
+    idempotency_key: str
+
+
+class BillingCorrection(ActivityModel):
+    credit_note_id: str | None = None
+    rebill_invoice_id: str | None = None
+    rebill_number: str | None = None
+
+
+class VoidBillingCorrectionInput(ActivityModel):
+    correction: BillingCorrection
+    idempotency_key: str
+
+
+class CorrectErpInput(ActivityModel):
+    draft_id: str
+    correction: Correction
+    reason: str
+    idempotency_key: str
+
+
+class ErpCorrection(ActivityModel):
+    credit_note_id: str
+    credit_note_number: str | None
+    rebill_id: str
+    rebill_number: str | None
+
+
+class RecordCorrectionInput(ActivityModel):
+    draft_id: str
+    change_order: str
+    correction: Correction
+    billing: BillingCorrection
+    erp: ErpCorrection
 
 
 class EnqueueInput(ActivityModel):
@@ -207,13 +260,52 @@ class ChangePsaPort(Protocol):
         self, project_id: int, *, start: date, end: date, after_id: int | None = None, limit: int
     ) -> Any: ...
 
+    async def list_time_entries(self, project_id: int) -> list[TimeEntry]: ...
+
 
 class ChangeBillingPort(Protocol):
     async def get_customer_metadata(self, customer_id: str, key: str) -> str: ...
 
+    async def create_credit_note(
+        self,
+        invoice_id: str,
+        lines: Sequence[InvoiceLine],
+        *,
+        memo: str | None,
+        idempotency_key: str,
+        reason: str = ...,
+    ) -> Any: ...
+
+    async def void_credit_note(self, credit_note_id: str, *, idempotency_key: str) -> Any: ...
+
+    async def create_invoice(
+        self,
+        invoice: Invoice,
+        *,
+        customer_id: str,
+        idempotency_key: str,
+        days_until_due: int,
+        metadata: Mapping[str, str] | None = None,
+    ) -> str: ...
+
+    async def finalize_invoice(self, invoice_id: str, *, idempotency_key: str) -> Invoice: ...
+
+    async def void_invoice(self, invoice_id: str, *, idempotency_key: str) -> Invoice: ...
+
     async def set_customer_metadata(
         self, customer_id: str, values: Mapping[str, str], *, idempotency_key: str
     ) -> None: ...
+
+
+class ChangeErpPort(Protocol):
+    async def correct_invoice(
+        self,
+        invoice_id: int,
+        new_prices: Mapping[int, Money],
+        *,
+        reason: str,
+        idempotency_key: str,
+    ) -> Any: ...
 
 
 class ChangeOrderActivities:
@@ -222,6 +314,7 @@ class ChangeOrderActivities:
         *,
         psa: ChangePsaPort,
         billing: ChangeBillingPort,
+        erp: ChangeErpPort,
         invoicing: InvoicingActivities,
         rules: DealRules,
         budget_threshold: Decimal,
@@ -230,6 +323,7 @@ class ChangeOrderActivities:
     ) -> None:
         self.psa = psa
         self.billing = billing
+        self.erp = erp
         self.invoicing = invoicing
         self.rules = rules
         self.budget_threshold = budget_threshold
@@ -266,14 +360,9 @@ class ChangeOrderActivities:
             )
         billing, context = await self.invoicing._load(project_id)
         issued_rows = await self.store.billed_drafts(project_id)
-        issued = [
-            IssuedInvoice(
-                number=d.invoice_number or d.id,
-                invoice_id=d.billing_invoice_id,
-                rated=RatedPeriod.model_validate(d.rated["period"]),
-            )
-            for d in issued_rows
-        ]
+        issued, problems = await self._issued(project_id, change, issued_rows)
+        if problems:
+            return ChangeImpact(project_id=project_id, contract_id=contract_id, problems=problems)
         billing = billing.model_copy(update={"billed": billed_so_far([i.rated for i in issued])})
         project = await self.psa.get_project(int(project_id))
         psa = PsaProject(
@@ -300,18 +389,6 @@ class ChangeOrderActivities:
             await self._pending(project_id, d.id, RatedPeriod.model_validate(d.rated["period"]))
             for d in open_drafts
         ]
-        if change.retroactive and any(
-            i.rated.kind == "period" and i.rated.period.end >= change.effective_date for i in issued
-        ):
-            return ChangeImpact(
-                project_id=project_id,
-                contract_id=contract_id,
-                problems=[
-                    "retroactive: correcting invoices already issued by credit note and "
-                    "re-bill is not available yet; apply the change from the next "
-                    "uninvoiced period"
-                ],
-            )
         try:
             preview = preview_change(change, billing, psa=psa, drafts=drafts, issued=issued)
         except InvalidChange as exc:
@@ -323,8 +400,51 @@ class ChangeOrderActivities:
             contract_id=contract_id,
             preview=preview,
             billing_customer_id=context.billing_customer_id,
+            payment_net_days=billing.payment_terms.net_days,
             draft_runs={d.id: d.workflow_id for d in open_drafts},
+            corrected_drafts={
+                c.invoice_number: d.id
+                for c in preview.corrections
+                for d in issued_rows
+                if (d.invoice_number or d.id) == c.invoice_number
+            },
         )
+
+    async def _issued(
+        self, project_id: str, change: ChangeOrder, rows: Sequence[InvoiceDraft]
+    ) -> tuple[list[IssuedInvoice], list[str]]:
+        """The project's issued invoices as they bill now; for a retroactive change, those
+        it reaches back into with the time entries they billed (to re-rate them), or why
+        one of them cannot be corrected by a credit note and a re-bill."""
+        issued: list[IssuedInvoice] = []
+        problems: list[str] = []
+        entries: dict[str, TimeEntry] | None = None
+        for row in rows:
+            rated = issued_rated(row)
+            reached = (
+                change.retroactive
+                and rated.kind == "period"
+                and rated.period.end >= change.effective_date
+            )
+            number = row.invoice_number or row.id
+            billed: list[TimeEntry] = []
+            if reached:
+                where = f"retroactive: invoice {number} ({rated.period.key})"
+                if row.rated.get("corrected"):
+                    problems.append(f"{where} was corrected by a change order before")
+                elif row.adjustments:
+                    problems.append(f"{where} was adjusted by finance before it was issued")
+                elif rated.billed_expense_ids:
+                    problems.append(f"{where} bills expenses, which q2c does not re-rate")
+                if entries is None:
+                    entries = {e.id: e for e in await self.psa.list_time_entries(int(project_id))}
+                billed = [entries[i] for i in rated.billed_time_entry_ids if i in entries]
+            issued.append(
+                IssuedInvoice(
+                    number=number, invoice_id=row.billing_invoice_id, rated=rated, entries=billed
+                )
+            )
+        return issued, problems
 
     async def _pending(self, project_id: str, draft_id: str, rated: RatedPeriod) -> PendingDraft:
         """A draft with its period's unbilled time and expenses, to re-rate it."""
@@ -431,6 +551,144 @@ class ChangeOrderActivities:
             {billing_plan_key(request.project_id): request.before},
             idempotency_key=request.idempotency_key,
         )
+
+    # -- corrections of issued invoices (retroactive changes) ------------------------------
+
+    @activity.defn
+    @translate_connector_errors
+    async def correct_billing_invoice(self, request: CorrectBillingInput) -> BillingCorrection:
+        """A credit note for the invoice's lines the new terms change, on the invoice itself
+        (which stays as it was), and a re-bill of them at the new terms, finalized."""
+        correction = request.correction
+        row, issued = await stored_invoice(self.store, request.draft_id)
+        if correction.invoice_id is None:
+            raise ApplicationError(
+                f"invoice {correction.invoice_number} has no billing invoice to credit",
+                type="NothingToCredit",
+                non_retryable=True,
+            )
+        why = f"Change order {request.change_order_name} ({request.change_order})"
+        made = BillingCorrection()
+        if correction.credit_lines:
+            note = await self.billing.create_credit_note(
+                correction.invoice_id,
+                correction.credit_lines,
+                memo=f"{why}: credit of invoice {correction.invoice_number}",
+                idempotency_key=f"{request.idempotency_key}:credit",
+            )
+            made = made.model_copy(update={"credit_note_id": note.id})
+        if correction.rebill_lines:
+            rebill = issued.model_copy(
+                update={
+                    "id": f"{row.id}:rebill:{request.change_order}",
+                    "lines": correction.rebill_lines,
+                    "due_date": None,
+                    "memo": f"{why}: re-bill of invoice {correction.invoice_number} "
+                    f"({correction.period}) at the amended terms",
+                }
+            )
+            invoice_id = await self.billing.create_invoice(
+                rebill,
+                customer_id=request.billing_customer_id,
+                idempotency_key=f"{request.idempotency_key}:rebill",
+                days_until_due=request.days_until_due,
+                metadata={"q2c_corrects": correction.invoice_number},
+            )
+            final = await self.billing.finalize_invoice(
+                invoice_id, idempotency_key=f"{request.idempotency_key}:rebill:finalize"
+            )
+            made = made.model_copy(
+                update={"rebill_invoice_id": invoice_id, "rebill_number": final.number}
+            )
+        return made
+
+    @activity.defn
+    @translate_connector_errors
+    async def void_billing_correction(self, request: VoidBillingCorrectionInput) -> None:
+        """Undo a correction in billing: the credit note and the re-bill voided."""
+        made = request.correction
+        if made.credit_note_id is not None:
+            await self.billing.void_credit_note(
+                made.credit_note_id, idempotency_key=f"{request.idempotency_key}:credit"
+            )
+        if made.rebill_invoice_id is not None:
+            await self.billing.void_invoice(
+                made.rebill_invoice_id, idempotency_key=f"{request.idempotency_key}:rebill"
+            )
+
+    @activity.defn
+    @translate_connector_errors
+    async def correct_erp_invoice(self, request: CorrectErpInput) -> ErpCorrection:
+        """The same correction in the ERP: a posted credit note of the changed lines and a
+        posted re-bill of them at their new prices; the posted invoice stays as it was.
+
+        The ERP re-prices lines (same quantities), so each credited line is matched to the
+        re-billed line with the same entries and hours: a correction that changes more than
+        prices is refused rather than posted half right."""
+        correction = request.correction
+        row, issued = await stored_invoice(self.store, request.draft_id)
+        if row.erp_invoice_id is None or len(row.erp_line_ids) != len(issued.lines):
+            raise ApplicationError(
+                f"invoice {correction.invoice_number} has no ERP invoice matching its lines",
+                type="NoErpInvoice",
+                non_retryable=True,
+            )
+        prices: dict[int, Money] = {}
+        used: set[int] = set()
+        for credited in correction.credit_lines:
+            index = next(
+                (i for i, ln in enumerate(issued.lines) if i not in used and ln == credited),
+                None,
+            )
+            again = [
+                ln
+                for ln in correction.rebill_lines
+                if sorted(ln.source_ids) == sorted(credited.source_ids)
+                and ln.quantity == credited.quantity
+            ]
+            if index is None or len(again) != 1:
+                raise ApplicationError(
+                    f"the correction of invoice {correction.invoice_number} changes more "
+                    f"than prices ({credited.description!r}): the ERP re-prices lines only",
+                    type="NotAPriceCorrection",
+                    non_retryable=True,
+                )
+            used.add(index)
+            prices[int(row.erp_line_ids[index])] = again[0].unit_price
+        if len(correction.rebill_lines) != len(correction.credit_lines):
+            raise ApplicationError(
+                f"the correction of invoice {correction.invoice_number} adds or drops lines:"
+                " the ERP re-prices lines only",
+                type="NotAPriceCorrection",
+                non_retryable=True,
+            )
+        made = await self.erp.correct_invoice(
+            int(row.erp_invoice_id),
+            prices,
+            reason=request.reason,
+            idempotency_key=request.idempotency_key,
+        )
+        return ErpCorrection(
+            credit_note_id=str(made.credit_note.id),
+            credit_note_number=made.credit_note.number,
+            rebill_id=str(made.rebill.id),
+            rebill_number=made.rebill.number,
+        )
+
+    @activity.defn
+    async def record_correction(self, request: RecordCorrectionInput) -> None:
+        """Keep with the issued invoice what it bills now, and the documents that say so:
+        later periods count its entries, items and amounts toward caps as corrected."""
+        row = await self.store.draft(request.draft_id)
+        if row is None:
+            raise ApplicationError(f"no invoice draft {request.draft_id}", non_retryable=True)
+        corrected = {
+            "change_order": request.change_order,
+            "period": request.correction.rerated.model_dump(mode="json"),
+            "billing": request.billing.model_dump(mode="json"),
+            "erp": request.erp.model_dump(mode="json"),
+        }
+        await self.store.update_draft(request.draft_id, rated={**row.rated, "corrected": corrected})
 
 
 def change_source(change: ChangeOrder) -> str:

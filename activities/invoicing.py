@@ -265,7 +265,7 @@ class InvoicingActivities:
         issued = [
             d for d in await self.store.billed_drafts(loaded.project_id) if d.id != request.draft_id
         ]
-        earlier_periods = [RatedPeriod.model_validate(d.rated["period"]) for d in issued]
+        earlier_periods = [issued_rated(d) for d in issued]
         contract = loaded.model_copy(update={"billed": billed_so_far(earlier_periods)})
         earlier: list[str] = []
         if request.kind == "upfront":
@@ -451,6 +451,13 @@ async def stored_invoice(store: Store, draft_id: str) -> tuple[InvoiceDraft, Inv
     if row is None:
         raise _permanent(f"no invoice draft {draft_id}", "NoDraft")
     return row, Invoice.model_validate(row.rated["invoice"])
+
+
+def issued_rated(row: InvoiceDraft) -> RatedPeriod:
+    """What an issued invoice bills now: as a change order corrected it (credit note and
+    re-bill), else as it was issued."""
+    corrected = row.rated.get("corrected")
+    return RatedPeriod.model_validate(corrected["period"] if corrected else row.rated["period"])
 
 
 def _numeric_first(text: str) -> tuple[int, str]:

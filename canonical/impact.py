@@ -188,6 +188,9 @@ class Correction(CanonicalModel):
     rebill_total: Money
     net_before: Money  # the period's net as invoiced
     net_after: Money  # after the credit note and the re-bill: what the new terms rate
+    #: The period as the new terms rate it: what the invoice bills once corrected (its
+    #: entries, items and amounts toward caps), kept with it for later periods.
+    rerated: RatedPeriod
 
 
 class ImpactPreview(CanonicalModel):
@@ -1039,6 +1042,7 @@ def _correction(
         rebill_total=sum_money((ln.total for ln in rebill), currency),
         net_before=original.subtotal,
         net_after=original.subtotal - credit_net + rebill_net,
+        rerated=rerated,
     )
 
 

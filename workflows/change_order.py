@@ -38,18 +38,23 @@ from workflows.approvals import (
 with workflow.unsafe.imports_passed_through():
     from activities.change_orders import (
         ApplyPsaTermsInput,
+        BillingCorrection,
         BillingPlanInput,
         ChangeImpact,
         ChangeOrderActivities,
         ChangeOrderRunActivities,
         ChangeRulesInput,
+        CorrectBillingInput,
+        CorrectErpInput,
         EnqueueInput,
         PreviewInput,
+        RecordCorrectionInput,
         RemoveVersionInput,
         RestoreBillingPlanInput,
         RestorePsaTermsInput,
         RunOpenInput,
         StartChangeOrderInput,
+        VoidBillingCorrectionInput,
         billing_plan_text,
     )
     from activities.contracts import ContractActivities, RecordContractInput
@@ -112,6 +117,8 @@ class ChangeOrderStep(StrEnum):
     UPDATE_PSA = "update_psa"
     RECORD_CONTRACT = "record_contract"
     UPDATE_BILLING_PLAN = "update_billing_plan"
+    CORRECT_BILLING = "correct_billing_invoices"
+    CORRECT_ERP = "correct_erp_invoices"
     RERATE_DRAFTS = "rerate_drafts"
     WRITE_BACK = "write_back"
     AWAITING_OPERATOR = "awaiting_operator"
@@ -475,9 +482,15 @@ class ChangeOrderWorkflow(Lifecycle, AwaitsApproval):
 
             self.saga.add("restore billing plan", restore_plan)
 
+        await self._correct_invoices(change, impact, preview, key)
+        corrected = (
+            f"; {len(preview.corrections)} invoice(s) corrected by credit note and re-bill"
+            if preview.corrections
+            else ""
+        )
         message = (
             f"Applied as contract version {version} from {preview.effective_from.isoformat()}"
-            f" (preview {preview.digest[:12]})"
+            f" (preview {preview.digest[:12]}){corrected}"
         )
         self._set_step(ChangeOrderStep.WRITE_BACK)
         await self._write_back(change, ChangeOrderStatus.APPLIED, message)
@@ -495,6 +508,86 @@ class ChangeOrderWorkflow(Lifecycle, AwaitsApproval):
             digest=preview.digest,
             message=message,
         )
+
+    async def _correct_invoices(
+        self, change: ChangeOrder, impact: ChangeImpact, preview: ImpactPreview, key: str
+    ) -> None:
+        """A retroactive change: each issued invoice it reaches is credited and re-billed,
+        in billing first (undone by voiding both), then in the ERP, whose posted documents
+        are the last step that can fail before the change is applied for good."""
+        if not preview.corrections:
+            return
+        customer = impact.billing_customer_id
+        if customer is None:
+            raise defect("corrections without a billing account")
+        billed: dict[str, BillingCorrection] = {}
+        self._set_step(ChangeOrderStep.CORRECT_BILLING)
+        for correction in preview.corrections:
+            number = correction.invoice_number
+            draft_id = impact.corrected_drafts[number]
+            fix_key = f"{key}:correct:{number}"
+            made = await self.call(
+                ChangeOrderStep.CORRECT_BILLING,
+                ChangeOrderActivities.correct_billing_invoice,
+                CorrectBillingInput(
+                    draft_id=draft_id,
+                    correction=correction,
+                    billing_customer_id=customer,
+                    days_until_due=impact.payment_net_days,
+                    change_order=change.key,
+                    change_order_name=change.name,
+                    idempotency_key=fix_key,
+                ),
+                system=SystemQueue.STRIPE,
+            )
+            billed[number] = made
+
+            async def void(made: BillingCorrection = made, fix_key: str = fix_key) -> None:
+                await self.compensation(
+                    ChangeOrderActivities.void_billing_correction,
+                    VoidBillingCorrectionInput(correction=made, idempotency_key=f"{fix_key}:void"),
+                    system=SystemQueue.STRIPE,
+                )
+
+            self.saga.add(f"void the credit note and re-bill of {number}", void)
+            await self.audit(
+                ChangeOrderStep.CORRECT_BILLING,
+                "corrected",
+                system="billing",
+                detail={"invoice": number, **made.model_dump()},
+            )
+        self._set_step(ChangeOrderStep.CORRECT_ERP)
+        for correction in preview.corrections:
+            number = correction.invoice_number
+            draft_id = impact.corrected_drafts[number]
+            erp = await self.call(
+                ChangeOrderStep.CORRECT_ERP,
+                ChangeOrderActivities.correct_erp_invoice,
+                CorrectErpInput(
+                    draft_id=draft_id,
+                    correction=correction,
+                    reason=f"Change order {change.name} ({change.key})",
+                    idempotency_key=f"{key}:correct:{number}",
+                ),
+                system=SystemQueue.TRYTON,
+            )
+            await self.local(
+                ChangeOrderStep.CORRECT_ERP,
+                ChangeOrderActivities.record_correction,
+                RecordCorrectionInput(
+                    draft_id=draft_id,
+                    change_order=change.key,
+                    correction=correction,
+                    billing=billed[number],
+                    erp=erp,
+                ),
+            )
+            await self.audit(
+                ChangeOrderStep.CORRECT_ERP,
+                "corrected",
+                system="erp",
+                detail={"invoice": number, **erp.model_dump()},
+            )
 
     async def _rerate_drafts(
         self, change: ChangeOrder, impact: ChangeImpact, version: int, preview: ImpactPreview
