@@ -93,6 +93,7 @@ from workflows.time_to_invoice import (
     InvoiceRecord,
     InvoiceStatus,
     PaymentEvent,
+    Rerate,
     upfront_workflow_id,
     workflow_id,
 )
@@ -411,6 +412,18 @@ def _status_json(status: InvoiceStatus) -> dict[str, Any]:
     shown = status.model_dump(mode="json")
     if status.draft is not None:
         shown["draft"] = _draft_json(status.draft)
+    shown["rerates"] = [
+        {
+            **rerate.model_dump(mode="json"),
+            "total_before": _plain(rerate.total_before, rerate.currency)
+            if rerate.total_before is not None and rerate.currency
+            else None,
+            "total_after": _plain(rerate.total_after, rerate.currency)
+            if rerate.total_after is not None and rerate.currency
+            else None,
+        }
+        for rerate in status.rerates
+    ]
     return shown
 
 
@@ -597,6 +610,7 @@ def _render_invoice(out: Console, view: RunView[InvoiceStatus], link: str) -> No
                 ]
             ),
         )
+    rest.row("re-rates", bullets([_rerate_line(rerate) for rerate in status.rerates]))
     rest.row("finance", bullets([_record_line(record) for record in status.records]))
     if status.invoice_number or status.billing_invoice_id:
         ids = [f"billing {status.billing_invoice_id}"] if status.billing_invoice_id else []
@@ -647,6 +661,22 @@ def _record_line(record: InvoiceRecord) -> str:
     return (
         f"{record.what} by {record.approver} via {record.via} at {when(record.at)} "
         f"({outcome}): {record.reason}"
+    )
+
+
+def _rerate_line(rerate: Rerate) -> str:
+    """What a change order did to the draft finance holds: re-rated it, or nothing and why."""
+    order = f"change order {rerate.change_order} (contract v{rerate.version}"
+    order += f", effective {rerate.effective_from.isoformat()})"
+    if not rerate.rerated:
+        return f"Not re-rated by {order} at {when(rerate.at)}: {rerate.ignored_because}"
+    c = rerate.currency
+    before = amount_text(rerate.total_before, c) if rerate.total_before is not None else "?"
+    after = amount_text(rerate.total_after, c) if rerate.total_after is not None else "?"
+    dropped = "".join(f"; adjustment dropped: {d}" for d in rerate.dropped_adjustments)
+    return (
+        f"Re-rated by {order} at {when(rerate.at)}: total {before} → {after} {c or ''}".rstrip()
+        + dropped
     )
 
 

@@ -100,6 +100,33 @@ class PaymentEvent(_Message):
 InvoiceRecord = DecisionRecord
 
 
+class ContractChanged(_Message):
+    """A change order made a new version of the project's contract: the `contract_changed`
+    signal, sent by the change-order run after it recorded the version in q2c's store."""
+
+    change_order: str = Field(min_length=3, max_length=255)  # "<crm>:<change order id>"
+    version: int = Field(ge=1)  # the contract version the change order made
+    effective_from: date
+
+
+class Rerate(_Message):
+    """A `contract_changed` signal as the run took it: the draft re-rated (its total before
+    and after), or recorded and ignored (`ignored_because`), like a refused decision."""
+
+    change_order: str
+    version: int
+    effective_from: date
+    at: datetime
+    rerated: bool
+    currency: str | None = None
+    total_before: Decimal | None = None
+    total_after: Decimal | None = None
+    #: Finance's adjustments the re-rated draft could not take ("<id>: why"). The others
+    #: were applied again to the re-rated draft.
+    dropped_adjustments: list[str] = Field(default_factory=list)
+    ignored_because: str | None = None
+
+
 class InvoiceStatus(_Message):
     """The `status` query."""
 
@@ -123,6 +150,8 @@ class InvoiceStatus(_Message):
     supplementary_to: list[str] = Field(default_factory=list)
     #: What went wrong after the invoice was issued (recorded as exceptions; the run goes on).
     issues: list[str] = Field(default_factory=list)
+    #: Change orders that reached the run: the draft re-rated while finance had it, or not.
+    rerates: list[Rerate] = Field(default_factory=list)
 
 
 class DecisionAck(_Message):
@@ -150,6 +179,9 @@ DECIDE = "decide"  # signal and update
 ADJUST = "adjust"  # signal and update
 PAYMENT = "payment"  # signal (from billing's webhooks)
 STATUS = "status"  # query
+CONTRACT_CHANGED = "contract_changed"  # signal (from a change-order run)
+#: Runs recorded before the run took `contract_changed` replay without acting on it.
+RERATE_PATCH = "rerate-on-contract-change"
 #: Billing invoice metadata naming the run, so a payment webhook finds its run.
 BILLING_METADATA_KEY = "q2c_workflow_id"
 #: ... and the run itself: a period run again has the same workflow id.
@@ -237,6 +269,11 @@ class TimeToInvoiceWorkflow(Lifecycle, AwaitsApproval):
         self._draft: DraftView | None = None
         self._adjustments_seen: set[str] = set()
         self._adjustments_in_flight: set[str] = set()
+        #: Change orders that reached the run, and those (change order, version) re-rating now.
+        self._rerates: list[Rerate] = []
+        self._rerates_in_flight: set[tuple[str, int]] = set()
+        #: A re-draft replaces the stored draft whole: no adjustment is applied meanwhile.
+        self._redrafting = False
         self._payments: list[PaymentEvent] = []
         self._billing_invoice_id: str | None = None
         self._invoice_number: str | None = None
@@ -323,7 +360,8 @@ class TimeToInvoiceWorkflow(Lifecycle, AwaitsApproval):
         decision = await self._approval.wait(self._remind)
         if decision is None or decision.what == Decision.REJECT:
             return await self._declined(decision)
-        return await self._bill(context)
+        # A re-rate reloaded the contract: the invoice goes out on the terms it was rated on.
+        return await self._bill(self._context or context)
 
     async def _bill(self, context: ContractContext) -> TimeToInvoiceResult:
         contract = context.contract
@@ -727,8 +765,11 @@ class TimeToInvoiceWorkflow(Lifecycle, AwaitsApproval):
         """Apply finance's adjustment once per id, however often and by whatever route it
         arrives; `(record, True)` for a repeat, which changes nothing."""
         key = adjustment_key(adjustment)
-        # A repeat racing the first delivery waits for it, then answers as it did.
-        await workflow.wait_condition(lambda: key not in self._adjustments_in_flight)
+        # A repeat racing the first delivery waits for it, then answers as it did; any
+        # adjustment waits for a re-draft to finish, and is applied to the re-rated draft.
+        await workflow.wait_condition(
+            lambda: key not in self._adjustments_in_flight and not self._redrafting
+        )
         gate, step = self._approval, self._step.value
         if key in self._adjustments_seen:
             record = gate.record(
@@ -798,6 +839,166 @@ class TimeToInvoiceWorkflow(Lifecycle, AwaitsApproval):
                     f"{self._draft.currency}"
                 )
 
+    # -- change orders ----------------------------------------------------------------------
+
+    @workflow.signal(name=CONTRACT_CHANGED)
+    async def contract_changed(self, change: ContractChanged) -> None:
+        """A change order made a new contract version. While finance holds the draft, the
+        run drafts it again on the new terms and finance decides on the re-rated draft; at any
+        other time the signal is recorded and ignored: an issued invoice is never re-rated
+        here (the change order credits and re-bills it), and a draft still being made reads
+        the contract when it is made."""
+        if not workflow.patched(RERATE_PATCH):
+            # Replaying a run from a worker without this handler: it never acted on the signal.
+            workflow.logger.warning("contract change ignored by an earlier version: %s", change)
+            return
+        key = (change.change_order, change.version)
+        if key in self._rerates_in_flight or any(
+            r.rerated and (r.change_order, r.version) == key for r in self._rerates
+        ):
+            workflow.logger.info("contract change delivered again, re-rated once: %s", change)
+            return
+        if (problem := self._rerate_refusal(change)) is not None:
+            await self._rerate_ignored(change, problem)
+            return
+        # Held from here on: a decision that arrives while the draft is re-rated waits for
+        # the re-rated draft, and is taken on it.
+        gate = self._approval
+        gate.busy += 1
+        self._rerates_in_flight.add(key)
+        try:
+            await workflow.wait_condition(
+                lambda: not self._redrafting and not self._adjustments_in_flight
+            )
+            self._redrafting = True
+            try:
+                await self._rerate(change)
+            finally:
+                self._redrafting = False
+        finally:
+            gate.busy -= 1
+            self._rerates_in_flight.discard(key)
+
+    def _rerate_refusal(self, change: ContractChanged) -> str | None:
+        gate, step = self._approval, self._step.value
+        if self._draft is None:
+            return f"the draft is not made yet (step {step}): it is rated on the contract then"
+        if gate.decision is not None:
+            return (
+                f"finance decided already ({gate.decision.what} by {gate.decision.approver}, "
+                f"step {step}): the draft is no longer re-rated"
+            )
+        if gate.pending is None:
+            return f"no approval is pending (step {step}): the draft is no longer re-rated"
+        newer = [r.version for r in self._rerates if r.rerated and r.version >= change.version]
+        if newer:
+            return f"the draft was re-rated on contract v{max(newer)} already"
+        return None
+
+    async def _rerate_ignored(self, change: ContractChanged, because: str) -> None:
+        """Record a contract change the run did not act on; the same again is recorded once."""
+        key = (change.change_order, change.version)
+        if any(
+            (r.change_order, r.version) == key and r.ignored_because == because
+            for r in self._rerates
+        ):
+            return
+        workflow.logger.warning("contract change %s ignored: %s", change, because)
+        self._rerates.append(
+            Rerate(
+                change_order=change.change_order,
+                version=change.version,
+                effective_from=change.effective_from,
+                at=workflow.now(),
+                rerated=False,
+                ignored_because=because,
+            )
+        )
+        await self.audit(
+            self._step,
+            f"contract_change_ignored:{change.change_order}:v{change.version}:{len(self._rerates)}",
+            detail={**change.model_dump(mode="json"), "ignored_because": because},
+        )
+
+    async def _rerate(self, change: ContractChanged) -> None:
+        """Draft again under the same id on the contract as q2c's store now holds it, then
+        apply finance's adjustments again (the re-draft replaces the stored draft whole). An
+        adjustment the re-rated draft cannot take is dropped and said so; sent again, it is
+        checked against the re-rated draft."""
+        before = self._draft
+        if before is None or self._approval.pending is None:
+            await self._rerate_ignored(change, "the approval ended before the re-rate began")
+            return
+        step = InvoiceStep.AWAITING_APPROVAL
+        request = self._request
+        try:
+            context = await self.call(
+                step,
+                InvoicingActivities.load_billing_contract,
+                LoadContractInput(project_id=request.project_id),
+                system=TRYTON,
+            )
+            draft = await self.call(
+                step,
+                InvoicingActivities.draft_invoice,
+                DraftInput(
+                    draft_id=self._draft_id,
+                    workflow_id=workflow.info().workflow_id,
+                    period=request.period,
+                    context=context,
+                    kind=request.kind.value,
+                ),
+                system=TRYTON,
+                start_to_close=DRAFT_ATTEMPT,
+                heartbeat=DRAFT_HEARTBEAT,
+                notice_after=DRAFT_ATTEMPT,
+            )
+        except StepFailed as failure:
+            because = f"re-rating failed: {failure.reason}; the draft keeps its earlier terms"
+            await self._rerate_ignored(change, because)
+            await self.record_exception(
+                f"rerate-failed:{change.change_order}:v{change.version}",
+                kind="invoice_rerate_failed",
+                message=(
+                    f"Draft invoice for project {request.project_id} ({request.period}) was not "
+                    f"re-rated for change order {change.change_order} (contract "
+                    f"v{change.version}): {failure.reason}. Finance decides on the earlier terms."
+                ),
+                step=step,
+            )
+            return
+        dropped: list[str] = []
+        for adjustment in before.adjustments:
+            try:
+                draft = await self.local(
+                    step,
+                    InvoicingActivities.adjust_draft,
+                    AdjustInput(draft_id=self._draft_id, adjustment=adjustment),
+                )
+            except StepFailed as failure:
+                key = adjustment_key(adjustment)
+                self._adjustments_seen.discard(key)
+                dropped.append(f"{key}: {failure.reason}")
+        self._context = context
+        self._draft = draft
+        rerate = Rerate(
+            change_order=change.change_order,
+            version=change.version,
+            effective_from=change.effective_from,
+            at=workflow.now(),
+            rerated=True,
+            currency=draft.currency,
+            total_before=before.total,
+            total_after=draft.total,
+            dropped_adjustments=dropped,
+        )
+        self._rerates.append(rerate)
+        await self.audit(
+            step,
+            f"rerated:{change.change_order}:v{change.version}",
+            detail=rerate.model_dump(mode="json"),
+        )
+
     @workflow.signal(name=PAYMENT)
     def payment(self, event: PaymentEvent) -> None:
         """From billing's webhooks and sweeps; a redelivered event is ignored."""
@@ -829,6 +1030,7 @@ class TimeToInvoiceWorkflow(Lifecycle, AwaitsApproval):
             waiting_on=self._waiting_on,
             supplementary_to=list(self._draft.supplementary_to) if self._draft else [],
             issues=list(self._issues),
+            rerates=list(self._rerates),
         )
 
     # -- failure ----------------------------------------------------------------------------

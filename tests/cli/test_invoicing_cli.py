@@ -10,7 +10,7 @@ import getpass
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -24,7 +24,9 @@ from tests.fixtures.ports import free_port
 from tests.workflows.invoice_fakes import APPROVER, FakeInvoicing
 from workflows.starters import SWEEPS, schedule_id, sweep_schedule_id
 from workflows.time_to_invoice import (
+    CONTRACT_CHANGED,
     STATUS,
+    ContractChanged,
     InvoiceKind,
     InvoiceStatus,
     InvoiceStep,
@@ -357,6 +359,46 @@ async def test_show_says_a_draft_is_supplementary(
     shown = json.loads(machine.stdout)["invoice"]
     assert shown["supplementary_to"] == ["Q2CTEST-0001"]
     assert shown["draft"]["supplementary_to"] == ["Q2CTEST-0001"]
+
+
+async def test_show_says_what_a_change_order_did_to_the_draft(
+    q2c: Invoke, temporal_client: Client, task_queue: str, started_runs: list[str]
+) -> None:
+    systems = FakeInvoicing()
+    change = ContractChanged(
+        change_order="salesforce:a0X000000000001AAA", version=2, effective_from=date(2026, 11, 1)
+    )
+    async with systems.worker(temporal_client, task_queue):
+        wid = await run_by_cli(q2c, started_runs)
+        await wait_for_step(temporal_client, wid, InvoiceStep.AWAITING_APPROVAL)
+        handle = temporal_client.get_workflow_handle(wid)
+        systems.rate = "180"  # the change order's contract v2
+        await handle.signal(CONTRACT_CHANGED, change)
+        async with asyncio.timeout(STEP_WAIT_S):
+            while not (await handle.query(STATUS, result_type=InvoiceStatus)).rerates:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        human = await q2c("invoice", "show", wid)
+        machine = await q2c("invoice", "show", wid, "--json")
+
+    assert human.exit_code == 0, human.output
+    shown = " ".join(human.stdout.split())
+    assert (
+        "re-rates - Re-rated by change order salesforce:a0X000000000001AAA "
+        "(contract v2, effective 2026-11-01) at "
+    ) in shown
+    assert ": total 2,400.00 → 2,700.00 GBP" in shown
+    assert row(human.stdout, "total") == ["2,700.00", "GBP"]
+    [rerate] = json.loads(machine.stdout)["invoice"]["rerates"]
+    assert (rerate["change_order"], rerate["version"], rerate["rerated"]) == (
+        "salesforce:a0X000000000001AAA",
+        2,
+        True,
+    )
+    assert (rerate["total_before"], rerate["total_after"], rerate["currency"]) == (
+        "2400.00",
+        "2700.00",
+        "GBP",
+    )
 
 
 # --------------------------------------------------------------------------- show

@@ -3,7 +3,12 @@
 
 Every path of an invoice run: adjusted (the adjustment delivered twice), paid, payment failed
 then paid, overdue (followed past its due date until the run ends), voided, uncollectible,
-a failure after issue, a disagreeing total and a failed ERP posting (both compensated).
+a failure after issue, a disagreeing total and a failed ERP posting (both compensated), and
+(from v3) re-rated by a change order while finance held the draft.
+
+    .venv/bin/python -m tests.replay.invoice_histories LABEL [SCENARIO ...]
+
+records every scenario and the invoice cycle, or only the scenarios named.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -24,9 +29,11 @@ from workflows.approvals import ApprovalDecision, Decision
 from workflows.invoice_cycle import InvoiceCycleInput, InvoiceCycleWorkflow
 from workflows.time_to_invoice import (
     ADJUST,
+    CONTRACT_CHANGED,
     DECIDE,
     PAYMENT,
     STATUS,
+    ContractChanged,
     DecisionAck,
     InvoiceStatus,
     InvoiceStep,
@@ -90,6 +97,35 @@ async def _adjusted(handle: Handle) -> None:
     await _issued_then(handle, _event("paid", "evt_1"))
 
 
+async def _rerated(handle: Handle) -> None:
+    """Adjusted, then re-rated by a change order (delivered twice), the adjustment applied
+    again; approved and paid; a change order after the decision is recorded and ignored."""
+    await _wait(handle, InvoiceStep.AWAITING_APPROVAL)
+    goodwill = InvoiceAdjustment(
+        adjustment_id="adj-goodwill",
+        approver=APPROVER,
+        reason="goodwill",
+        lines=[
+            AdjustmentLine(
+                kind=AdjustmentKind.DISCOUNT, description="Goodwill", amount=Decimal(100)
+            )
+        ],
+    )
+    await handle.execute_update(ADJUST, goodwill, result_type=DecisionAck)
+    change = ContractChanged(
+        change_order="salesforce:a0X000000000001AAA", version=2, effective_from=date(2026, 11, 1)
+    )
+    await handle.signal(CONTRACT_CHANGED, change)
+    await handle.signal(CONTRACT_CHANGED, change)  # re-rated once
+    while not (await handle.query(STATUS, result_type=InvoiceStatus)).rerates:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    await _approve(handle)
+    await _wait(handle, InvoiceStep.AWAITING_PAYMENT)
+    await handle.signal(CONTRACT_CHANGED, change.model_copy(update={"version": 3}))
+    await handle.signal(PAYMENT, _event("paid", "evt_1"))
+    await handle.result()
+
+
 async def _compensated(handle: Handle) -> None:
     await _approve(handle)
     with contextlib.suppress(Exception):  # fails after compensating: the history we want
@@ -123,6 +159,7 @@ def _past_due() -> FakeInvoicing:
 #: name -> (the fake systems, the run's payment follow-up in days, how the run is driven)
 INVOICE_SCENARIOS: dict[str, tuple[Callable[[], FakeInvoicing], int | None, Drive]] = {
     "adjusted": (FakeInvoicing, None, _adjusted),
+    "rerated": (FakeInvoicing, None, _rerated),
     "paid": (FakeInvoicing, None, _paid),
     "payment_failed": (FakeInvoicing, None, _payment_failed),
     "overdue": (_past_due, 1, _overdue),
@@ -138,8 +175,12 @@ INVOICE_SCENARIOS: dict[str, tuple[Callable[[], FakeInvoicing], int | None, Driv
 }
 
 
-async def record_invoice_histories(client: Client, label: str) -> None:
+async def record_invoice_histories(
+    client: Client, label: str, only: set[str] | None = None
+) -> None:
     for name, (make, follow_up_days, drive) in INVOICE_SCENARIOS.items():
+        if only is not None and name not in only:
+            continue
         systems = make()
         task_queue = f"record-{uuid.uuid4()}"
         async with systems.worker(client, task_queue):
@@ -185,8 +226,9 @@ def _write(name: str, history: WorkflowHistory) -> None:
     print(f"{path}: {len(history.events)} events")
 
 
-async def _record_only_invoices(label: str) -> None:
-    """`python -m tests.replay.invoice_histories v2`: these histories, not the deals'."""
+async def _record_only_invoices(label: str, only: set[str] | None = None) -> None:
+    """`python -m tests.replay.invoice_histories v2 [SCENARIO ...]`: these histories, not
+    the deals'; with scenarios named, only those (and not the cycle's)."""
     from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.testing import WorkflowEnvironment
 
@@ -199,8 +241,9 @@ async def _record_only_invoices(label: str) -> None:
         search_attributes=SEARCH_ATTRIBUTES,
     )
     try:
-        await record_invoice_histories(env.client, label)
-        await record_invoice_cycle_history(env.client, label)
+        await record_invoice_histories(env.client, label, only)
+        if only is None:
+            await record_invoice_cycle_history(env.client, label)
     finally:
         await env.shutdown()
 
@@ -208,4 +251,5 @@ async def _record_only_invoices(label: str) -> None:
 if __name__ == "__main__":
     import sys
 
-    asyncio.run(_record_only_invoices(sys.argv[1] if len(sys.argv) > 1 else "v2"))
+    label = sys.argv[1] if len(sys.argv) > 1 else "v2"
+    asyncio.run(_record_only_invoices(label, set(sys.argv[2:]) or None))

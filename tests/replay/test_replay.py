@@ -43,6 +43,7 @@ def test_histories_are_recorded_for_every_path() -> None:
     } <= names
     assert {
         ("time_to_invoice", "adjusted"),
+        ("time_to_invoice", "rerated"),
         ("time_to_invoice", "payment_failed"),
         ("time_to_invoice", "overdue"),
         ("time_to_invoice", "voided"),

@@ -102,8 +102,8 @@ def contract(*lines: ContractLine, tasks: list[TaskProgress] | None = None) -> B
     )
 
 
-def draft_view(draft_id: str, hours: str = "12.5") -> DraftView:
-    net = Decimal(hours) * 160
+def draft_view(draft_id: str, hours: str = "12.5", rate: str = "160") -> DraftView:
+    net = Decimal(hours) * Decimal(rate)
     tax = (net * Decimal("0.20")).quantize(Decimal("0.01"))
     return DraftView(
         draft_id=draft_id,
@@ -112,7 +112,7 @@ def draft_view(draft_id: str, hours: str = "12.5") -> DraftView:
             DraftLine(
                 description="Development — Developer",
                 quantity=Decimal(hours),
-                unit_price=Decimal(160),
+                unit_price=Decimal(rate),
                 net=net,
                 tax=tax,
                 total=net + tax,
@@ -162,6 +162,14 @@ class FakeInvoicing(FakeLedger):
     )
     view: DraftView | None = None
     projects: list[str] = field(default_factory=list)
+    #: Development's hourly rate as the store's contract has it (a change order raises it).
+    rate: str = "160"
+    #: Draft calls (numbered from 1) that wait for their event: a test holds a re-draft.
+    hold_drafts: dict[int, asyncio.Event] = field(default_factory=dict)
+    #: Set as each draft call (numbered from 1) begins.
+    draft_began: dict[int, asyncio.Event] = field(
+        default_factory=lambda: {n: asyncio.Event() for n in (1, 2, 3)}
+    )
 
     @activity.defn(name="deal_policy")
     async def deal_policy(self, request: DealPolicyInput) -> DealPolicy:
@@ -186,6 +194,13 @@ class FakeInvoicing(FakeLedger):
     @activity.defn(name="draft_invoice")
     async def draft_invoice(self, request: DraftInput) -> DraftView:
         self._record("draft_invoice", request)
+        call = len(self.called("draft_invoice"))
+        if call in self.draft_began:
+            self.draft_began[call].set()
+        if call in self.hold_drafts:
+            await self.hold_drafts[call].wait()
+        if call > 1:
+            self._refuse("redraft")
         if self.hours == "0":
             self.view = DraftView(
                 draft_id=request.draft_id,
@@ -200,7 +215,7 @@ class FakeInvoicing(FakeLedger):
                 rejected_entries=0,
             )
         else:
-            self.view = draft_view(request.draft_id, self.hours)
+            self.view = draft_view(request.draft_id, self.hours, self.rate)
         self.view = self.view.model_copy(update={"supplementary_to": self.supplementary_to})
         return self.view
 
@@ -217,6 +232,13 @@ class FakeInvoicing(FakeLedger):
         if any(a.adjustment_id == request.adjustment.adjustment_id for a in self.view.adjustments):
             return self.view
         cut = sum((line.amount for line in request.adjustment.lines), Decimal(0))
+        if cut > self.view.subtotal:  # as the store's draft refuses it
+            raise ApplicationError(
+                f"adjustment: the invoice would be negative; write off at most "
+                f"{self.view.subtotal}",
+                type="InvalidAdjustment",
+                non_retryable=True,
+            )
         tax = (cut * Decimal("0.20")).quantize(Decimal("0.01"))
         self.view = self.view.model_copy(
             update={

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -24,10 +24,12 @@ from workflows.time_to_invoice import (
     ADJUST,
     BILLING_METADATA_KEY,
     BILLING_RUN_METADATA_KEY,
+    CONTRACT_CHANGED,
     DECIDE,
     PAYMENT,
     STATUS,
     ApprovalDecision,
+    ContractChanged,
     Decision,
     DecisionAck,
     InvoiceStatus,
@@ -581,3 +583,193 @@ async def test_past_its_deadline_an_operator_gives_up_a_step_after_issue_and_the
     # An issued invoice is never undone: giving up a later step only records it.
     assert not systems.called("void_billing_invoice") and not systems.called("unmark_time_billed")
     assert systems.crm_statuses() == ["open", "paid"]
+
+
+# --------------------------------------------------------------------------- change orders
+
+CHANGE_ORDER = "salesforce:a0X000000000001AAA"
+
+
+def contract_changed(version: int = 2, change_order: str = CHANGE_ORDER) -> ContractChanged:
+    return ContractChanged(
+        change_order=change_order, version=version, effective_from=date(2026, 11, 1)
+    )
+
+
+async def wait_for_rerates(handle: Handle, count: int) -> InvoiceStatus:
+    """The status once the run has taken `count` contract changes (re-rated or ignored)."""
+    async with asyncio.timeout(STEP_WAIT_S):
+        while len((status := await status_of(handle)).rerates) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    return status
+
+
+async def test_a_contract_change_while_finance_holds_the_draft_re_rates_it_keeping_adjustments(
+    temporal_client: Client, task_queue: str
+) -> None:
+    systems = FakeInvoicing()
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start(temporal_client, task_queue)
+        await wait_for_step(handle, InvoiceStep.AWAITING_APPROVAL)
+        ack = await handle.execute_update(ADJUST, write_off("400"), result_type=DecisionAck)
+        assert ack.total == Decimal("1920.00")  # (2000 - 400) x 1.2
+        systems.rate = "180"  # the change-order run recorded contract v2 in the store
+        await handle.signal(CONTRACT_CHANGED, contract_changed())
+        status = await wait_for_rerates(handle, 1)
+        assert not systems.called("create_billing_invoice")  # still finance's to decide
+        await handle.execute_update(DECIDE, approve(), result_type=DecisionAck)
+        await wait_for_step(handle, InvoiceStep.AWAITING_PAYMENT)
+        await handle.signal(PAYMENT, paid())
+        result = await handle.result()
+
+    [rerate] = status.rerates
+    assert rerate.rerated and rerate.ignored_because is None
+    assert (rerate.change_order, rerate.version) == (CHANGE_ORDER, 2)
+    assert (rerate.total_before, rerate.total_after, rerate.currency) == (
+        Decimal("1920.00"),
+        Decimal("2220.00"),  # (12.5 h x 180 - 400) x 1.2: the write-off kept
+        "GBP",
+    )
+    assert rerate.dropped_adjustments == []
+    assert status.step == InvoiceStep.AWAITING_APPROVAL and status.pending_since is not None
+    assert status.draft is not None and status.draft.total == Decimal("2220.00")
+    assert [a.adjustment_id for a in status.draft.adjustments] == ["adj-1"]
+    # Drafted again under the same id, on the contract loaded again from the store.
+    first, again = systems.called("draft_invoice")
+    assert first.draft_id == again.draft_id == status.draft.draft_id
+    assert len(systems.called("load_billing_contract")) == 2
+    assert {a.adjustment.adjustment_id for a in systems.called("adjust_draft")} == {"adj-1"}
+    [audited] = [
+        a for a in systems.called("record_audit") if a.action == f"rerated:{CHANGE_ORDER}:v2"
+    ]
+    assert audited.detail["total_after"] == "2220.00"
+    # The approval taken after the re-rate billed the re-rated draft.
+    assert result.status == InvoiceStep.PAID and result.total == Decimal("2220.00")
+    [created] = systems.called("create_billing_invoice")
+    assert created.draft_id == first.draft_id
+
+
+async def test_an_approval_during_the_re_draft_is_taken_on_the_re_rated_draft(
+    temporal_client: Client, task_queue: str
+) -> None:
+    redraft = asyncio.Event()
+    systems = FakeInvoicing(hold_drafts={2: redraft})
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start(temporal_client, task_queue)
+        await wait_for_step(handle, InvoiceStep.AWAITING_APPROVAL)
+        systems.rate = "180"
+        await handle.signal(CONTRACT_CHANGED, contract_changed())
+        async with asyncio.timeout(STEP_WAIT_S):
+            await systems.draft_began[2].wait()
+        # Finance approves while the draft is being re-rated: recorded, held back.
+        ack = await handle.execute_update(DECIDE, approve(), result_type=DecisionAck)
+        held = await status_of(handle)
+        assert not systems.called("create_billing_invoice")
+        redraft.set()
+        status = await wait_for_step(handle, InvoiceStep.AWAITING_PAYMENT)
+        await handle.signal(PAYMENT, paid())
+        result = await handle.result()
+
+    assert ack.what == "approve"
+    assert held.step == InvoiceStep.AWAITING_APPROVAL and held.rerates == []
+    assert [r.what for r in held.records if r.accepted] == ["approve"]
+    [rerate] = status.rerates
+    assert (rerate.total_before, rerate.total_after) == (Decimal("2400.00"), Decimal("2700.00"))
+    assert status.draft is not None and status.draft.total == Decimal("2700.00")
+    assert result.status == InvoiceStep.PAID and result.total == Decimal("2700.00")
+    assert len(systems.called("draft_invoice")) == 2
+
+
+async def test_a_contract_change_before_the_draft_or_after_the_decision_changes_nothing(
+    temporal_client: Client, task_queue: str
+) -> None:
+    drafting = asyncio.Event()
+    systems = FakeInvoicing(hold_drafts={1: drafting})
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start(temporal_client, task_queue)
+        async with asyncio.timeout(STEP_WAIT_S):
+            await systems.draft_began[1].wait()
+        await handle.signal(CONTRACT_CHANGED, contract_changed(version=2))
+        early = await wait_for_rerates(handle, 1)
+        drafting.set()
+        await wait_for_step(handle, InvoiceStep.AWAITING_APPROVAL)
+        await handle.execute_update(DECIDE, approve(), result_type=DecisionAck)
+        await wait_for_step(handle, InvoiceStep.AWAITING_PAYMENT)
+        systems.rate = "180"
+        await handle.signal(CONTRACT_CHANGED, contract_changed(version=3))
+        await handle.signal(CONTRACT_CHANGED, contract_changed(version=3))  # recorded once
+        late = await wait_for_rerates(handle, 2)
+        await handle.signal(PAYMENT, paid())
+        result = await handle.result()
+        status = await status_of(handle)
+
+    assert early.step == InvoiceStep.DRAFT
+    [before] = early.rerates
+    assert not before.rerated and "not made yet" in (before.ignored_because or "")
+    after = late.rerates[1]
+    assert not after.rerated and after.version == 3
+    assert "finance decided already (approve" in (after.ignored_because or "")
+    assert len(status.rerates) == 2
+    # The issued invoice stands: drafted once, billed at the rate it was approved at.
+    assert len(systems.called("draft_invoice")) == 1
+    assert len(systems.called("load_billing_contract")) == 1
+    assert result.status == InvoiceStep.PAID and result.total == Decimal("2400.00")
+
+
+async def test_a_contract_change_delivered_again_re_rates_once(
+    temporal_client: Client, task_queue: str
+) -> None:
+    redraft = asyncio.Event()
+    systems = FakeInvoicing(hold_drafts={2: redraft})
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start(temporal_client, task_queue)
+        await wait_for_step(handle, InvoiceStep.AWAITING_APPROVAL)
+        systems.rate = "180"
+        await handle.signal(CONTRACT_CHANGED, contract_changed())
+        async with asyncio.timeout(STEP_WAIT_S):
+            await systems.draft_began[2].wait()
+        await handle.signal(CONTRACT_CHANGED, contract_changed())  # while re-rating
+        redraft.set()
+        await wait_for_rerates(handle, 1)
+        await handle.signal(CONTRACT_CHANGED, contract_changed())  # after
+        # Delivered before the decision: a re-rate they began would hold the approval back
+        # and draft a third time before billing.
+        await handle.execute_update(DECIDE, approve(), result_type=DecisionAck)
+        status = await wait_for_step(handle, InvoiceStep.AWAITING_PAYMENT)
+        await handle.terminate("test over")
+
+    assert len(systems.called("draft_invoice")) == 2
+    [rerate] = status.rerates
+    assert rerate.rerated and rerate.total_after == Decimal("2700.00")
+
+
+async def test_a_re_rate_that_fails_or_cannot_keep_an_adjustment_says_so(
+    temporal_client: Client, task_queue: str
+) -> None:
+    systems = FakeInvoicing(refuse={"redraft"})
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start(temporal_client, task_queue)
+        await wait_for_step(handle, InvoiceStep.AWAITING_APPROVAL)
+        await handle.signal(CONTRACT_CHANGED, contract_changed(version=2))
+        failed = await wait_for_rerates(handle, 1)
+        # The next change order lowers the rate below what finance wrote off.
+        systems.refuse.clear()
+        await handle.execute_update(ADJUST, write_off("1900"), result_type=DecisionAck)
+        systems.rate = "140"
+        await handle.signal(CONTRACT_CHANGED, contract_changed(version=3))
+        lowered = await wait_for_rerates(handle, 2)
+        await handle.terminate("test over")
+
+    [failure] = failed.rerates
+    assert not failure.rerated and "re-rating failed: ValidationFailed: redraft refused" in (
+        failure.ignored_because or ""
+    )
+    assert failed.draft is not None and failed.draft.total == Decimal("2400.00")
+    assert failed.step == InvoiceStep.AWAITING_APPROVAL
+    assert [e.kind for e in systems.open_exceptions()] == ["invoice_rerate_failed"]
+    rerate = lowered.rerates[1]
+    assert rerate.rerated and rerate.total_before == Decimal("120.00")  # (2000 - 1900) x 1.2
+    assert rerate.total_after == Decimal("2100.00")  # 12.5 h x 140 x 1.2: no write-off left
+    [dropped] = rerate.dropped_adjustments
+    assert dropped.startswith("adj-1: ") and "negative" in dropped
+    assert lowered.draft is not None and lowered.draft.adjustments == []
