@@ -34,6 +34,7 @@ from workflows.approvals import (
     Message,
     PendingApproval,
 )
+from workflows.time_to_invoice import CONTRACT_CHANGED, ContractChanged
 
 with workflow.unsafe.imports_passed_through():
     from activities.change_orders import (
@@ -72,7 +73,6 @@ with workflow.unsafe.imports_passed_through():
     from workflows.queues import SystemQueue, activity_queue
 
 __all__ = [
-    "CONTRACT_CHANGED",
     "LIFECYCLE",
     "STATUS",
     "TURN",
@@ -160,18 +160,9 @@ class ChangeOrderResult(Message):
     message: str
 
 
-class ContractChanged(Message):
-    """Told to a time-to-invoice run awaiting approval: re-rate the draft with the new terms."""
-
-    change_order: str
-    version: int
-    effective_from: str
-
-
 # Message names, shared with the CLI, the service and the queue.
 STATUS = "status"  # query
 TURN = "turn"  # signal: the deal's queue lets this change order apply now
-CONTRACT_CHANGED = "contract_changed"  # signal to time-to-invoice runs
 
 #: How often a run re-checks whether the deal's project is provisioned, at most.
 PROJECT_POLL_MAX = timedelta(minutes=5)
@@ -599,7 +590,7 @@ class ChangeOrderWorkflow(Lifecycle, AwaitsApproval):
         note = ContractChanged(
             change_order=change.key,
             version=version,
-            effective_from=preview.effective_from.isoformat(),
+            effective_from=preview.effective_from,
         )
         for run_id in sorted(set(impact.draft_runs.values())):
             try:

@@ -31,7 +31,7 @@ from devstack.salesforce_seed import (
 from settings import Settings
 from store import Store
 from tests.e2e.conftest import APPROVER, Downstream
-from tests.e2e.test_contracts import DEV_RATE, PM_RATE, book, invoice, lines, provision
+from tests.e2e.test_contracts import DEV_RATE, PM_RATE, book, invoice, issue, lines, provision
 from tests.fixtures.deals import change_order, mixed_deal
 from tests.fixtures.salesforce import SalesforceStandin
 from tests.fixtures.stripe import StripeStandin
@@ -49,6 +49,7 @@ from workflows.opportunity_to_project import (
 )
 from workflows.opportunity_to_project import workflow_id as deal_workflow_id
 from workflows.starters import start_change_order_run
+from workflows.time_to_invoice import InvoiceStep
 
 pytestmark = pytest.mark.usefixtures("e2e_worker")
 
@@ -315,3 +316,77 @@ async def test_change_orders_apply_in_crm_approval_order_and_wait_for_provisioni
     ]
     dev = next(ln for ln in contract.current.lines if ln.task == "Development")
     assert dev.rate is not None and dev.rate.amount == Decimal("190")
+
+
+async def test_a_retroactive_rate_change_credits_and_rebills_the_invoiced_period(
+    temporal_env: WorkflowEnvironment,
+    e2e_settings: Settings,
+    e2e_store: Store,
+    salesforce_standin: SalesforceStandin,
+    downstream: Downstream,
+) -> None:
+    last = BillingPeriod.of(datetime.now(UTC).date()).previous()
+    deal = await provision(
+        temporal_env,
+        e2e_settings,
+        salesforce_standin,
+        downstream,
+        mixed_deal(close_date=last.start),
+    )
+    await book(downstream, deal, last.start, ("Development", "10"))
+    run, drafted = await invoice(temporal_env, e2e_settings, deal.project_id, last.key)
+    assert list(lines(drafted).values()) == [10 * DEV_RATE]
+    issued = await issue(run, downstream)
+    assert issued.billing_invoice_id and issued.erp_invoice_id and issued.draft
+    stripe_before = await downstream.stripe.get_invoice(issued.billing_invoice_id)
+    erp_before = await downstream.erp.get_invoice(int(issued.erp_invoice_id))
+
+    # Development was sold at 180 from the start: the change reaches back.
+    seeded = await salesforce_standin.seed_change_order(
+        deal.seeded, rate_increase(last.start, retroactive=True, name="CO retro rate")
+    )
+    handle = await start(temporal_env, e2e_settings, seeded)
+    held = await wait_for(handle, ChangeOrderStep.AWAITING_APPROVAL)
+    assert any(r.startswith("retroactive:") for r in held.risks), held.risks
+    assert held.preview is not None
+    [correction] = held.preview.corrections
+    assert correction.credit_net.amount == 10 * DEV_RATE
+    assert correction.rebill_net.amount == 10 * Decimal("180")
+    assert correction.net_after.amount == 10 * Decimal("180")
+    await handle.execute_update(
+        DECIDE,
+        ApprovalDecision(decision=Decision.APPROVE, approver=APPROVER, reason="signed"),
+        result_type=ApprovalAck,
+    )
+    result = await handle.result()
+    assert result.status is ChangeOrderStep.APPLIED and result.digest == held.preview.digest
+
+    # Stripe: the invoice untouched, a credit note on it and a re-bill at the new rate.
+    row = await e2e_store.draft(issued.draft.draft_id)
+    assert row is not None and row.rated["corrected"]["change_order"].endswith(
+        seeded.change_order_id
+    )
+    fixed = row.rated["corrected"]
+    stripe_after = await downstream.stripe.get_invoice(issued.billing_invoice_id)
+    assert stripe_after.total == stripe_before.total and stripe_after.lines == stripe_before.lines
+    [note] = await downstream.stripe.list_credit_notes(issued.billing_invoice_id)
+    rebill = await downstream.stripe.get_invoice(fixed["billing"]["rebill_invoice_id"])
+    assert note.subtotal.amount == 10 * DEV_RATE
+    assert rebill.subtotal.amount == 10 * Decimal("180")
+    net = stripe_before.subtotal.amount - note.subtotal.amount + rebill.subtotal.amount
+    assert net == 10 * Decimal("180")
+
+    # Tryton: the posted invoice untouched, a posted credit note and a posted re-bill.
+    erp_after = await downstream.erp.get_invoice(int(issued.erp_invoice_id))
+    assert erp_after == erp_before
+    credit = await downstream.erp.get_invoice_info(int(fixed["erp"]["credit_note_id"]))
+    rebilled = await downstream.erp.get_invoice_info(int(fixed["erp"]["rebill_id"]))
+    assert (credit.state, rebilled.state) == ("posted", "posted")
+    assert credit.untaxed.amount == -10 * DEV_RATE
+    assert credit.total.amount == -erp_before.total.amount
+    assert rebilled.untaxed.amount == 10 * Decimal("180")
+    assert rebilled.total == rebill.total
+
+    # What the period bills now counts for later periods: nothing of it is billed again.
+    _, again = await invoice(temporal_env, e2e_settings, deal.project_id, last.key)
+    assert again.step is InvoiceStep.NOTHING_TO_INVOICE, lines(again)

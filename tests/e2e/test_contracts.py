@@ -25,7 +25,7 @@ from activities.contracts import stored_contract
 from canonical import BillingPeriod, BillingType, Expense, Money, RatedPeriod, TimeEntry
 from connectors.tryton import TrytonPsa
 from connectors.tryton.wire import ProjectInfo
-from devstack.salesforce_seed import SeededDeal, close_won
+from devstack.salesforce_seed import DealSpec, SeededDeal, close_won
 from settings import Settings
 from store import Store
 from tests.e2e.conftest import Downstream
@@ -80,8 +80,10 @@ async def provision(
     settings: Settings,
     salesforce_standin: SalesforceStandin,
     downstream: Downstream,
+    spec: DealSpec | None = None,
 ) -> Deal:
-    seeded = await salesforce_standin.seed(mixed_deal())
+    """The deal (`mixed_deal` unless `spec` says otherwise) closed won and provisioned."""
+    seeded = await salesforce_standin.seed(spec or mixed_deal())
     async with salesforce_standin.client() as sf:
         await close_won(sf, seeded.opportunity_id)
     result: OpportunityToProjectResult = await temporal_env.client.execute_workflow(
