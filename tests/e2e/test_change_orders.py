@@ -49,7 +49,8 @@ from workflows.opportunity_to_project import (
 )
 from workflows.opportunity_to_project import workflow_id as deal_workflow_id
 from workflows.starters import start_change_order_run
-from workflows.time_to_invoice import InvoiceStep
+from workflows.time_to_invoice import STATUS as INVOICE_STATUS
+from workflows.time_to_invoice import InvoiceStatus, InvoiceStep
 
 pytestmark = pytest.mark.usefixtures("e2e_worker")
 
@@ -390,3 +391,46 @@ async def test_a_retroactive_rate_change_credits_and_rebills_the_invoiced_period
     # What the period bills now counts for later periods: nothing of it is billed again.
     _, again = await invoice(temporal_env, e2e_settings, deal.project_id, last.key)
     assert again.step is InvoiceStep.NOTHING_TO_INVOICE, lines(again)
+
+
+async def test_a_draft_awaiting_approval_is_rerated_with_the_new_terms(
+    temporal_env: WorkflowEnvironment,
+    e2e_settings: Settings,
+    salesforce_standin: SalesforceStandin,
+    downstream: Downstream,
+) -> None:
+    this = BillingPeriod.of(datetime.now(UTC).date())
+    deal = await provision(
+        temporal_env,
+        e2e_settings,
+        salesforce_standin,
+        downstream,
+        mixed_deal(close_date=this.previous().start),
+    )
+    await book(downstream, deal, this.start, ("Development", "10"))
+    run, drafted = await invoice(temporal_env, e2e_settings, deal.project_id, this.key)
+    assert list(lines(drafted).values()) == [10 * DEV_RATE]
+
+    seeded = await salesforce_standin.seed_change_order(
+        deal.seeded, rate_increase(this.start, name="CO rate from this month")
+    )
+    handle = await start(temporal_env, e2e_settings, seeded)
+    applied = await handle.result()
+    assert applied.status is ChangeOrderStep.APPLIED
+    view: ChangeOrderView = await handle.query(STATUS, result_type=ChangeOrderView)
+    assert view.preview is not None
+    [rerate] = view.preview.drafts
+    assert rerate.subtotal_after.amount == 10 * Decimal("180")
+
+    # The run awaiting finance re-rated its draft; finance sees what changed.
+    async with asyncio.timeout(STEP_WAIT_S):
+        while True:
+            status: InvoiceStatus = await run.query(INVOICE_STATUS, result_type=InvoiceStatus)
+            if status.rerates:
+                break
+            await asyncio.sleep(0.2)
+    [taken] = status.rerates
+    assert taken.rerated and taken.version == 2
+    assert status.step is InvoiceStep.AWAITING_APPROVAL
+    assert list(lines(status).values()) == [10 * Decimal("180")]
+    await run.terminate("re-rated: billing is not this test's subject")
