@@ -159,6 +159,8 @@ class CorrectBillingInput(ActivityModel):
     #: The change order's key (`<crm>:<id>`) and name, as the documents show them.
     change_order: str
     change_order_name: str
+    #: What the re-bill carries so its payment events reach the run following the invoice.
+    metadata: dict[str, str] = {}
     idempotency_key: str
 
 
@@ -592,7 +594,7 @@ class ChangeOrderActivities:
                 customer_id=request.billing_customer_id,
                 idempotency_key=f"{request.idempotency_key}:rebill",
                 days_until_due=request.days_until_due,
-                metadata={"q2c_corrects": correction.invoice_number},
+                metadata={**request.metadata, "q2c_corrects": correction.invoice_number},
             )
             final = await self.billing.finalize_invoice(
                 invoice_id, idempotency_key=f"{request.idempotency_key}:rebill:finalize"

@@ -89,6 +89,7 @@ from workflows.time_to_invoice import (
     STATUS,
     Decision,
     DecisionAck,
+    InvoiceCorrected,
     InvoiceKind,
     InvoiceRecord,
     InvoiceStatus,
@@ -611,6 +612,7 @@ def _render_invoice(out: Console, view: RunView[InvoiceStatus], link: str) -> No
             ),
         )
     rest.row("re-rates", bullets([_rerate_line(rerate) for rerate in status.rerates]))
+    rest.row("corrections", bullets([_correction_line(fix) for fix in status.corrections]))
     rest.row("finance", bullets([_record_line(record) for record in status.records]))
     if status.invoice_number or status.billing_invoice_id:
         ids = [f"billing {status.billing_invoice_id}"] if status.billing_invoice_id else []
@@ -678,6 +680,22 @@ def _rerate_line(rerate: Rerate) -> str:
         f"Re-rated by {order} at {when(rerate.at)}: total {before} → {after} {c or ''}".rstrip()
         + dropped
     )
+
+
+def _correction_line(fix: InvoiceCorrected) -> str:
+    """A change order that corrected the issued invoice: its credit note and re-bill."""
+    parts = [f"credit note {fix.credit_note_id}"] if fix.credit_note_id else []
+    if fix.rebill_invoice_id:
+        total = (
+            f", {amount_text(fix.rebill_total, fix.currency)} {fix.currency or ''}".rstrip()
+            if fix.rebill_total is not None
+            else ""
+        )
+        parts.append(f"re-bill {fix.rebill_number or fix.rebill_invoice_id}{total}")
+    if fix.erp_credit_note_id or fix.erp_rebill_id:
+        parts.append(f"ERP credit {fix.erp_credit_note_id}, re-bill {fix.erp_rebill_id}")
+    follows = "; payment now followed on the re-bill" if fix.followed else ""
+    return f"Corrected by change order {fix.change_order}: {', '.join(parts)}{follows}"
 
 
 def _payment_line(event: PaymentEvent, currency: str | None) -> str:

@@ -34,7 +34,14 @@ from workflows.approvals import (
     Message,
     PendingApproval,
 )
-from workflows.time_to_invoice import CONTRACT_CHANGED, ContractChanged
+from workflows.time_to_invoice import (
+    BILLING_METADATA_KEY,
+    BILLING_RUN_METADATA_KEY,
+    CONTRACT_CHANGED,
+    INVOICE_CORRECTED,
+    ContractChanged,
+    InvoiceCorrected,
+)
 
 with workflow.unsafe.imports_passed_through():
     from activities.change_orders import (
@@ -527,6 +534,7 @@ class ChangeOrderWorkflow(Lifecycle, AwaitsApproval):
                     days_until_due=impact.payment_net_days,
                     change_order=change.key,
                     change_order_name=change.name,
+                    metadata=_follower(draft_id),
                     idempotency_key=fix_key,
                 ),
                 system=SystemQueue.STRIPE,
@@ -579,6 +587,21 @@ class ChangeOrderWorkflow(Lifecycle, AwaitsApproval):
                 system="erp",
                 detail={"invoice": number, **erp.model_dump()},
             )
+            made = billed[number]
+            await self._tell(
+                _follower(draft_id)[BILLING_METADATA_KEY],
+                INVOICE_CORRECTED,
+                InvoiceCorrected(
+                    change_order=change.key,
+                    credit_note_id=made.credit_note_id,
+                    rebill_invoice_id=made.rebill_invoice_id,
+                    rebill_number=made.rebill_number,
+                    rebill_total=correction.rebill_total.amount,
+                    currency=correction.rebill_total.currency,
+                    erp_credit_note_id=erp.credit_note_id,
+                    erp_rebill_id=erp.rebill_id,
+                ),
+            )
 
     async def _rerate_drafts(
         self, change: ChangeOrder, impact: ChangeImpact, version: int, preview: ImpactPreview
@@ -593,10 +616,14 @@ class ChangeOrderWorkflow(Lifecycle, AwaitsApproval):
             effective_from=preview.effective_from,
         )
         for run_id in sorted(set(impact.draft_runs.values())):
-            try:
-                await workflow.get_external_workflow_handle(run_id).signal(CONTRACT_CHANGED, note)
-            except Exception as exc:  # the run ended meanwhile: nothing to re-rate
-                workflow.logger.warning("draft run %s not told: %s", run_id, exc)
+            await self._tell(run_id, CONTRACT_CHANGED, note)
+
+    async def _tell(self, run_id: str, signal: str, note: Message) -> None:
+        """Signal a time-to-invoice run; one that ended meanwhile has nothing to do."""
+        try:
+            await workflow.get_external_workflow_handle(run_id).signal(signal, note)
+        except Exception as exc:
+            workflow.logger.warning("%s not told %s: %s", run_id, signal, exc)
 
     async def _finish_applied(self, change: ChangeOrder, message: str) -> ChangeOrderResult:
         self._set_step(ChangeOrderStep.WRITE_BACK)
@@ -685,6 +712,13 @@ class ChangeOrderWorkflow(Lifecycle, AwaitsApproval):
             waiting_on=self._waiting_on,
             last_error=self._last_error,
         )
+
+
+def _follower(draft_id: str) -> dict[str, str]:
+    """The billing metadata naming the time-to-invoice run of a draft (`<workflow id>/<run
+    id>`): a re-bill carrying it has its payment events delivered to that run."""
+    workflow_id_, _, run_id = draft_id.rpartition("/")
+    return {BILLING_METADATA_KEY: workflow_id_, BILLING_RUN_METADATA_KEY: run_id}
 
 
 # --------------------------------------------------------------------------- the deal's queue

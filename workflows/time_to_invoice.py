@@ -127,6 +127,24 @@ class Rerate(_Message):
     ignored_because: str | None = None
 
 
+class InvoiceCorrected(_Message):
+    """A change order corrected the issued invoice (it reached back into its period): a
+    credit note on the invoice, which stays as it was, and a re-bill at the amended terms.
+    The `invoice_corrected` signal; from then on the run follows the re-bill's payment."""
+
+    change_order: str = Field(min_length=3, max_length=255)
+    credit_note_id: str | None = None
+    rebill_invoice_id: str | None = None
+    rebill_number: str | None = None
+    rebill_total: Decimal | None = None
+    currency: str | None = None
+    erp_credit_note_id: str | None = None
+    erp_rebill_id: str | None = None
+    #: Set by the run: when it took the signal, and whether it now follows the re-bill.
+    at: datetime | None = None
+    followed: bool = False
+
+
 class InvoiceStatus(_Message):
     """The `status` query."""
 
@@ -152,6 +170,8 @@ class InvoiceStatus(_Message):
     issues: list[str] = Field(default_factory=list)
     #: Change orders that reached the run: the draft re-rated while finance had it, or not.
     rerates: list[Rerate] = Field(default_factory=list)
+    #: Change orders that corrected the issued invoice by credit note and re-bill.
+    corrections: list[InvoiceCorrected] = Field(default_factory=list)
 
 
 class DecisionAck(_Message):
@@ -180,6 +200,7 @@ ADJUST = "adjust"  # signal and update
 PAYMENT = "payment"  # signal (from billing's webhooks)
 STATUS = "status"  # query
 CONTRACT_CHANGED = "contract_changed"  # signal (from a change-order run)
+INVOICE_CORRECTED = "invoice_corrected"  # signal (from a change-order run)
 #: Runs recorded before the run took `contract_changed` replay without acting on it.
 RERATE_PATCH = "rerate-on-contract-change"
 #: Billing invoice metadata naming the run, so a payment webhook finds its run.
@@ -275,6 +296,9 @@ class TimeToInvoiceWorkflow(Lifecycle, AwaitsApproval):
         #: A re-draft replaces the stored draft whole: no adjustment is applied meanwhile.
         self._redrafting = False
         self._payments: list[PaymentEvent] = []
+        self._corrections: list[InvoiceCorrected] = []
+        #: What the customer owes once a change order re-billed the invoice (None: its total).
+        self._payable: Decimal | None = None
         self._billing_invoice_id: str | None = None
         self._invoice_number: str | None = None
         self._erp_invoice_id: str | None = None
@@ -520,6 +544,10 @@ class TimeToInvoiceWorkflow(Lifecycle, AwaitsApproval):
                 continue
             for event in self._payments[seen:]:
                 seen += 1
+                if event.billing_invoice_id != self._billing_invoice_id:
+                    continue  # the invoice was corrected since: its re-bill is followed
+                if self._payable is not None:
+                    total = self._payable
                 if event.kind == "paid":
                     return await self._paid(event, total, currency)
                 if event.kind == "voided":
@@ -999,6 +1027,21 @@ class TimeToInvoiceWorkflow(Lifecycle, AwaitsApproval):
             detail=rerate.model_dump(mode="json"),
         )
 
+    @workflow.signal(name=INVOICE_CORRECTED)
+    def invoice_corrected(self, fix: InvoiceCorrected) -> None:
+        """A change order credited the issued invoice and re-billed it: the customer now
+        owes the re-bill, so its payment is what the run waits for (its events carry this
+        run's id); the credited invoice's later events are ignored. Once per change order."""
+        if any(c.change_order == fix.change_order for c in self._corrections):
+            return
+        follow = self._invoice_number is not None and fix.rebill_invoice_id is not None
+        if follow:
+            self._billing_invoice_id = fix.rebill_invoice_id
+            self._invoice_number = fix.rebill_number or self._invoice_number
+            self._erp_invoice_id = fix.erp_rebill_id or self._erp_invoice_id
+            self._payable = fix.rebill_total
+        self._corrections.append(fix.model_copy(update={"at": workflow.now(), "followed": follow}))
+
     @workflow.signal(name=PAYMENT)
     def payment(self, event: PaymentEvent) -> None:
         """From billing's webhooks and sweeps; a redelivered event is ignored."""
@@ -1031,6 +1074,7 @@ class TimeToInvoiceWorkflow(Lifecycle, AwaitsApproval):
             supplementary_to=list(self._draft.supplementary_to) if self._draft else [],
             issues=list(self._issues),
             rerates=list(self._rerates),
+            corrections=list(self._corrections),
         )
 
     # -- failure ----------------------------------------------------------------------------

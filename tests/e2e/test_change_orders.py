@@ -31,9 +31,11 @@ from devstack.salesforce_seed import (
 from settings import Settings
 from store import Store
 from tests.e2e.conftest import APPROVER, Downstream
-from tests.e2e.test_contracts import DEV_RATE, PM_RATE, book, invoice, issue, lines, provision
+from tests.e2e.test_contracts import DEV_RATE, PM_RATE, book, invoice, lines, provision
+from tests.e2e.test_time_to_invoice import decision, wait_for_step
 from tests.fixtures.deals import change_order, mixed_deal
 from tests.fixtures.salesforce import SalesforceStandin
+from tests.fixtures.service import running_service
 from tests.fixtures.stripe import StripeStandin
 from workflows.approvals import DECIDE, ApprovalAck, ApprovalDecision, Decision
 from workflows.change_order import (
@@ -49,8 +51,9 @@ from workflows.opportunity_to_project import (
 )
 from workflows.opportunity_to_project import workflow_id as deal_workflow_id
 from workflows.starters import start_change_order_run
+from workflows.time_to_invoice import DECIDE as INVOICE_DECIDE
 from workflows.time_to_invoice import STATUS as INVOICE_STATUS
-from workflows.time_to_invoice import InvoiceStatus, InvoiceStep
+from workflows.time_to_invoice import DecisionAck, InvoiceStatus, InvoiceStep
 
 pytestmark = pytest.mark.usefixtures("e2e_worker")
 
@@ -324,6 +327,7 @@ async def test_a_retroactive_rate_change_credits_and_rebills_the_invoiced_period
     e2e_settings: Settings,
     e2e_store: Store,
     salesforce_standin: SalesforceStandin,
+    stripe_standin: StripeStandin,
     downstream: Downstream,
 ) -> None:
     last = BillingPeriod.of(datetime.now(UTC).date()).previous()
@@ -337,7 +341,8 @@ async def test_a_retroactive_rate_change_credits_and_rebills_the_invoiced_period
     await book(downstream, deal, last.start, ("Development", "10"))
     run, drafted = await invoice(temporal_env, e2e_settings, deal.project_id, last.key)
     assert list(lines(drafted).values()) == [10 * DEV_RATE]
-    issued = await issue(run, downstream)
+    await run.execute_update(INVOICE_DECIDE, decision(Decision.APPROVE), result_type=DecisionAck)
+    issued = await wait_for_step(run, InvoiceStep.AWAITING_PAYMENT)
     assert issued.billing_invoice_id and issued.erp_invoice_id and issued.draft
     stripe_before = await downstream.stripe.get_invoice(issued.billing_invoice_id)
     erp_before = await downstream.erp.get_invoice(int(issued.erp_invoice_id))
@@ -387,6 +392,34 @@ async def test_a_retroactive_rate_change_credits_and_rebills_the_invoiced_period
     assert credit.total.amount == -erp_before.total.amount
     assert rebilled.untaxed.amount == 10 * Decimal("180")
     assert rebilled.total == rebill.total
+
+    # The period's run now follows the re-bill: the credited invoice's events change
+    # nothing, the re-bill's payment ends the run paid, in Stripe and in Tryton.
+    following: InvoiceStatus = await run.query(INVOICE_STATUS, result_type=InvoiceStatus)
+    [fix] = following.corrections
+    rebill_id = fixed["billing"]["rebill_invoice_id"]
+    assert fix.followed and following.billing_invoice_id == rebill_id
+    assert following.invoice_number == rebill.number == fixed["billing"]["rebill_number"]
+    await downstream.stripe.pay_invoice(rebill_id, idempotency_key=f"pay-{rebill_id}")
+    deliveries = [
+        await asyncio.to_thread(stripe_standin.wait_for_event, "invoice.paid", invoice_id)
+        for invoice_id in (issued.billing_invoice_id, rebill_id)
+    ]
+    async with running_service(e2e_settings) as service:
+        for delivery in deliveries:
+            answer = await service.post(
+                "/webhooks/stripe",
+                content=delivery.body,
+                headers={
+                    "content-type": "application/json",
+                    "stripe-signature": delivery.signature or "",
+                },
+            )
+            assert answer.status_code == 200, answer.text
+    paid = await run.result()
+    assert paid.status is InvoiceStep.PAID and paid.total == rebill.total.amount
+    settled = await downstream.erp.get_invoice_info(int(fixed["erp"]["rebill_id"]))
+    assert settled.state == "paid"
 
     # What the period bills now counts for later periods: nothing of it is billed again.
     _, again = await invoice(temporal_env, e2e_settings, deal.project_id, last.key)
