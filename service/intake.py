@@ -7,10 +7,15 @@ refusals everywhere: `read_body` (413 past the limit), `check_signature` over th
 
 An intake raises `Refused` for anything that ends in an error answer; `answer` turns it into
 JSON (`{"error", "field"?}`, `Retry-After` on 503), times the delivery and logs it once.
+
+An event that starts a run ends in `start_once`: an event id already recorded answers with
+its run and starts nothing; otherwise the run is started (503 while Temporal is down, so the
+sender retries) and the event id recorded with it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -20,9 +25,11 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from temporalio.service import RPCStatusCode
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from canonical import field_path
 from connectors import webhook_json
@@ -33,6 +40,7 @@ from connectors.signing import (
     verify_signature,
 )
 from service.state import ServiceState
+from workflows.starters import StartedRun
 
 log = logging.getLogger("q2c.service.webhooks")
 
@@ -40,6 +48,8 @@ log = logging.getLogger("q2c.service.webhooks")
 DISCARD_LIMIT = 8 * 1024 * 1024
 #: What a sender is told to wait before retrying a 503.
 RETRY_AFTER_S = 5
+#: Longer than this and the sender's own timeout may fire first; it will retry anyway.
+START_TIMEOUT_S = 5.0
 #: Temporal statuses that mean "not now" rather than "never": answer 503.
 TRANSIENT_RPC = frozenset(
     {
@@ -55,6 +65,8 @@ TRANSIENT_RPC = frozenset(
 
 #: An intake: fills the log fields as it learns them, answers or raises `Refused`.
 Intake = Callable[[ServiceState, Request, dict[str, Any]], Awaitable[JSONResponse]]
+#: Starts (or attaches to) the run an event asks for, under its business-key workflow id.
+Starter = Callable[[Client], Awaitable[StartedRun]]
 
 
 class Refused(Exception):
@@ -207,3 +219,61 @@ def accepted(
         status_code=202,
         headers={"Location": run_url},
     )
+
+
+async def start_once(
+    state: ServiceState,
+    fields: dict[str, Any],
+    start: Starter,
+    *,
+    source: str,
+    event_id: str,
+    correlation_id: str,
+) -> JSONResponse:
+    """202 naming the event's run: the one recorded for its id, else one `start` gives.
+
+    Senders deliver at least once and their retries and replays carry the same event id: a
+    recorded id starts nothing (even after its run has finished). Deliveries racing each
+    other before the record exists all reach `start`, whose business-key workflow id and
+    `USE_EXISTING` hand every one of them the same run; the first to record it answers
+    "started", the others "duplicate".
+    """
+    try:
+        seen = await state.store.inbound_event(source, event_id)
+    except (SQLAlchemyError, OSError) as exc:
+        raise store_down(exc) from None
+    if seen is not None:
+        fields.update(outcome="duplicate", workflow_id=seen.workflow_id, run_id=seen.run_id)
+        return accepted(state, seen.workflow_id, seen.run_id, duplicate=True)
+
+    run = await start_run(state, start, what=correlation_id)
+    try:
+        row, created = await state.store.record_inbound_event(
+            source=source,
+            event_id=event_id,
+            workflow_id=run.workflow_id,
+            run_id=run.run_id,
+            correlation_id=correlation_id,
+        )
+    except (SQLAlchemyError, OSError) as exc:
+        # Not recorded: the sender's retry attaches to the same run.
+        raise store_down(exc) from None
+    outcome = "started" if created else "duplicate"
+    fields.update(outcome=outcome, workflow_id=row.workflow_id, run_id=row.run_id)
+    return accepted(state, row.workflow_id, row.run_id, duplicate=not created)
+
+
+async def start_run(state: ServiceState, start: Starter, *, what: str) -> StartedRun:
+    """The run `start` gives, or 503 while Temporal is unreachable or slow (the sender
+    retries); a start Temporal refuses for good is a 500 and an error in the log."""
+    try:
+        client = await state.temporal()
+        return await asyncio.wait_for(start(client), timeout=START_TIMEOUT_S)
+    except RPCError as exc:
+        if exc.status in TRANSIENT_RPC:
+            raise temporal_down(exc) from None
+        log.error("Temporal refused the start of %s: %s", what, exc.status.name)
+        raise Refused(500, "could not start the run", outcome="start_refused") from None
+    except (TimeoutError, RuntimeError, OSError) as exc:
+        # RuntimeError: the SDK's "Failed client connect".
+        raise temporal_down(exc) from None

@@ -9,36 +9,29 @@ milestone then finds when it drafts). Redeliveries of an event start nothing new
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from temporalio.service import RPCError
 
 from canonical import BillingPeriod
 from connectors.webhook_json import IsoDate
 from service.intake import (
-    TRANSIENT_RPC,
     Refused,
-    accepted,
     answer,
     check_signature,
     invalid,
     parse_json,
     read_body,
-    store_down,
-    temporal_down,
+    start_once,
 )
 from service.state import ServiceState
-from workflows.starters import StartedRun, start_invoice_run
+from workflows.starters import start_invoice_run
 
 SOURCE = "psa"
 SIGNATURE_HEADER = "X-Q2C-Signature"
 MAX_BODY_BYTES = 16 * 1024
-START_TIMEOUT_S = 5.0
 
 
 class MilestoneCompleted(BaseModel):
@@ -63,29 +56,23 @@ async def _intake(state: ServiceState, request: Request, fields: dict[str, Any])
         body, request.headers.get(SIGNATURE_HEADER), secret, header_name=SIGNATURE_HEADER
     )
     event = _parse(body)
-    fields.update(event_id=event.event_id, correlation_id=f"project:{event.project_id}")
-
-    try:
-        seen = await state.store.inbound_event(SOURCE, event.event_id)
-    except (SQLAlchemyError, OSError) as exc:
-        raise store_down(exc) from None
-    if seen is not None:
-        fields.update(outcome="duplicate", workflow_id=seen.workflow_id)
-        return accepted(state, seen.workflow_id, seen.run_id, duplicate=True)
-
-    run = await _start(state, event)
-    try:
-        row, created = await state.store.record_inbound_event(
-            source=SOURCE,
-            event_id=event.event_id,
-            workflow_id=run.workflow_id,
-            run_id=run.run_id,
-            correlation_id=f"project:{event.project_id}",
-        )
-    except (SQLAlchemyError, OSError) as exc:
-        raise store_down(exc) from None
-    fields.update(outcome="started" if created else "duplicate", workflow_id=row.workflow_id)
-    return accepted(state, row.workflow_id, row.run_id, duplicate=not created)
+    correlation_id = f"project:{event.project_id}"
+    fields.update(event_id=event.event_id, correlation_id=correlation_id)
+    period = BillingPeriod.of(event.completed_on).key
+    return await start_once(
+        state,
+        fields,
+        lambda client: start_invoice_run(
+            client,
+            state.settings,
+            event.project_id,
+            period,
+            trigger=f"milestone:{event.milestone_id}",
+        ),
+        source=SOURCE,
+        event_id=event.event_id,
+        correlation_id=correlation_id,
+    )
 
 
 def _parse(body: bytes) -> MilestoneCompleted:
@@ -93,25 +80,3 @@ def _parse(body: bytes) -> MilestoneCompleted:
         return MilestoneCompleted.model_validate(parse_json(body))
     except ValidationError as exc:
         raise invalid(exc) from None
-
-
-async def _start(state: ServiceState, event: MilestoneCompleted) -> StartedRun:
-    period = BillingPeriod.of(event.completed_on).key
-    try:
-        client = await state.temporal()
-        return await asyncio.wait_for(
-            start_invoice_run(
-                client,
-                state.settings,
-                event.project_id,
-                period,
-                trigger=f"milestone:{event.milestone_id}",
-            ),
-            timeout=START_TIMEOUT_S,
-        )
-    except RPCError as exc:
-        if exc.status in TRANSIENT_RPC:
-            raise temporal_down(exc) from None
-        raise Refused(500, "could not start the run", outcome="start_refused") from None
-    except (TimeoutError, RuntimeError, OSError) as exc:
-        raise temporal_down(exc) from None

@@ -40,7 +40,7 @@ from settings import Settings
 from store.migrate import migrate_store
 from tests.fixtures.ports import free_port
 from tests.fixtures.service import running_service
-from tests.fixtures.webhooks import ENDPOINTS, PSA, SALESFORCE, STRIPE, Endpoint, Quiet, serving
+from tests.fixtures.webhooks import SECRET_SETTINGS, Endpoint, Quiet, serving
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 30.0
@@ -212,11 +212,11 @@ class ExposedService:
     input; `quiet` tells whether anything was recorded or started."""
 
     url: str
-    secrets: dict[str, str]
+    secrets: dict[str, str]  # by `Settings` field
     quiet: Quiet
 
     def secret(self, endpoint: Endpoint) -> str:
-        return self.secrets[endpoint.name]
+        return self.secrets[endpoint.setting]
 
 
 @pytest.fixture(scope="module")
@@ -224,18 +224,15 @@ async def exposed_service(
     tmp_path_factory: pytest.TempPathFactory, temporal_env: WorkflowEnvironment
 ) -> AsyncIterator[ExposedService]:
     workdir = tmp_path_factory.mktemp("exposed")
-    keys = {endpoint.name: secrets.token_urlsafe(24) for endpoint in ENDPOINTS}
+    keys = {setting: secrets.token_urlsafe(24) for setting in SECRET_SETTINGS}
     client = temporal_env.client
     settings = Settings(
         state_dir=workdir,
         temporal_address=temporal_target(client),
         temporal_namespace=client.namespace,
         task_queue=f"test-{uuid.uuid4()}",
-        salesforce_webhook_secret=SecretStr(keys[SALESFORCE.name]),
-        stripe_webhook_secret=SecretStr(keys[STRIPE.name]),
-        psa_webhook_secret=SecretStr(keys[PSA.name]),
         database_url=f"sqlite+aiosqlite:///{workdir / 'q2c.sqlite'}",
-    )
+    ).model_copy(update={setting: SecretStr(key) for setting, key in keys.items()})
     await migrate_store(settings.store_url)  # as `q2c store migrate` before a deployment
     async with serving(create_app(settings)) as url:
         quiet = Quiet(workdir / "q2c.sqlite", client, settings.task_queue)

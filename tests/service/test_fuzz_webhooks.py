@@ -48,6 +48,15 @@ TEXT_FIELDS = {
         "sobject.StageName",
         "sobject.CloseDate",
     ],
+    "salesforce-change-order": [
+        "eventId",
+        "eventType",
+        "organizationId",
+        "occurredAt",
+        "sobject.Id",
+        "sobject.Name",
+        "sobject.Status__c",
+    ],
     "stripe": ["id", "type", "data.object.id", "data.object.customer", "data.object.currency"],
     "psa": ["eventId", "projectId", "milestoneId", "completedOn"],
 }

@@ -77,6 +77,15 @@ TEXT_FIELDS = {
         "sobject.StageName",
         "sobject.CloseDate",
     ],
+    "salesforce-change-order": [
+        "eventId",
+        "eventType",
+        "organizationId",
+        "occurredAt",
+        "sobject.Id",
+        "sobject.Name",
+        "sobject.Status__c",
+    ],
     "stripe": [
         "id",
         "type",
@@ -87,7 +96,12 @@ TEXT_FIELDS = {
     "psa": ["eventId", "projectId", "milestoneId", "completedOn"],
 }
 #: Where a number is expected, what is out of range or not a number at all.
-NUMBER_FIELDS = {"salesforce": [], "stripe": ["created", "data.object.amount_paid"], "psa": []}
+NUMBER_FIELDS = {
+    "salesforce": [],
+    "salesforce-change-order": [],
+    "stripe": ["created", "data.object.amount_paid"],
+    "psa": [],
+}
 
 
 # ------------------------------------------------------------------------ signatures
@@ -330,6 +344,7 @@ async def test_a_sender_expecting_100_continue_is_refused_before_sending_the_bod
 #: Each endpoint's valid event with its text at the longest a field allows, in 4-byte UTF-8.
 AT_THE_EDGE = {
     "salesforce": {"sobject.Name": "\U0001f600" * 120, "eventId": "\U0001f600" * 255},
+    "salesforce-change-order": {"sobject.Name": "\U0001f600" * 80, "eventId": "\U0001f600" * 255},
     "stripe": {"data.object.metadata.q2c_workflow_id": "time-to-invoice:" + "\U0001f600" * 484},
     "psa": {"eventId": "\U0001f600" * 255, "milestoneId": "\U0001f600" * 255},
 }
