@@ -144,7 +144,7 @@ async def _change_order_approved(
             state.settings.task_queue,
             change_order_id,
             crm=SOURCE,
-            trigger=f"webhook:{event.event_id}",
+            trigger=f"salesforce-event:{event.event_id}",
         ),
         source=SOURCE,
         event_id=event.event_id,

@@ -103,7 +103,7 @@ async def test_an_approval_starts_the_change_orders_run(
     assert json.loads(payload.data) == {
         "change_order_id": co,
         "crm": "salesforce",
-        "trigger": f"webhook:{event['eventId']}",
+        "trigger": f"salesforce-event:{event['eventId']}",
     }
     assert await runs_of(temporal_client, workflow_id, 1) == 1
 
