@@ -82,6 +82,7 @@ __all__ = [
     "contract_terms",
     "invert_change",
     "preview_change",
+    "version_changes",
 ]
 
 
@@ -612,6 +613,12 @@ def contract_terms(version: ContractVersion) -> dict[str, Any]:
     data["lines"] = sorted(data["lines"], key=lambda ln: ln["id"])
     data["milestones"] = sorted(data["milestones"], key=lambda m: m["id"])
     return json.loads(canonical_json(data))  # type: ignore[no-any-return]
+
+
+def version_changes(before: ContractVersion, after: ContractVersion) -> list[TermChange]:
+    """What one contract version changed from the one before, term by term: the lines the
+    preview lists under "contract", so a version's history reads as its change was approved."""
+    return _contract_changes(before, after)
 
 
 # -- the inverse ------------------------------------------------------------------------------

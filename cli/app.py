@@ -244,7 +244,9 @@ def exit_code(code: str | int | None) -> int:
 
 # Register their commands on `app` (imported last: they import `app`, `CliError` and
 # `friendly_errors` from here): start, approve, reject, signal, status and list; invoice
-# run|show|approve|reject|adjust and schedules; contract show.
+# run|show|approve|reject|adjust and schedules; contract show; change-order
+# start|preview|approve|reject.
+import cli.change_orders  # noqa: E402
 import cli.contracts  # noqa: E402
 import cli.invoicing  # noqa: E402
 import cli.lifecycle  # noqa: E402, F401

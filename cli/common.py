@@ -46,6 +46,7 @@ from workflows.approvals import (
     OPERATOR,
     ApprovalDecision,
     Decision,
+    DecisionRecord,
     OperatorAction,
     OperatorDecision,
 )
@@ -369,6 +370,15 @@ def attributes(found: TypedSearchAttributes) -> dict[str, Any]:
 
 def when(at: datetime | None) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if at else "-"
+
+
+def decision_line(record: DecisionRecord) -> str:
+    """A decision as a run recorded it, refused ones with the reason they did not count."""
+    outcome = "accepted" if record.accepted else f"ignored: {record.ignored_because}"
+    return (
+        f"{record.what} by {record.approver} via {record.via} at {when(record.at)} "
+        f"({outcome}): {record.reason}"
+    )
 
 
 def bullets(items: list[str]) -> str:

@@ -1,4 +1,5 @@
-"""`q2c contract show <project>`: the contract as provisioned, every version, and what was billed.
+"""`q2c contract show <project> [--history]`: the contract as provisioned, every version (with
+`--history`, what made each and what it changed), and what was billed.
 
 The contract lives in q2c's store (written at provisioning, versioned by change orders), so
 this command reads the store and needs no Temporal.
@@ -17,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from canonical import BillingType, Contract, ContractVersion, FeeRemainder, RatedPeriod
+from canonical.impact import version_changes
 from cli.app import CliError, app, friendly_errors
 from cli.common import Fields, JsonFlag, amount_text, console, settings
 from store import Store
@@ -42,10 +44,28 @@ _BILLING_LABEL = {
 
 @contract_app.command("show")
 @friendly_errors
-def contract_show(project: ProjectArg, as_json: JsonFlag = False) -> None:
+def contract_show(
+    project: ProjectArg,
+    history: Annotated[
+        bool,
+        typer.Option(
+            "--history",
+            help="Every version: since when, what made it (the deal or a change order), "
+            "and what it changed.",
+        ),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
     """Every version of the contract, its lines as sold, and what has been billed under it."""
     project = project.strip()
     contract, project_id, billed = asyncio.run(_read(settings().store_url, project))
+    if history:
+        versions = _history(contract)
+        if as_json:
+            typer.echo(json.dumps(versions, indent=2))
+        else:
+            _render_history(console(), contract, project_id, versions)
+        return
     if as_json:
         typer.echo(
             json.dumps(
@@ -183,6 +203,59 @@ def _render(
         out.print(table)
     else:
         out.print("Billed: nothing yet")
+
+
+def _history(contract: Contract) -> list[dict[str, Any]]:
+    """Each version with what made it and what it changed from the one before (the first:
+    nothing, it is the contract as sold)."""
+    out: list[dict[str, Any]] = []
+    before: ContractVersion | None = None
+    for v in contract.versions:
+        kind, _, made_by = v.source.partition(":")
+        changes = version_changes(before, v) if before is not None else []
+        out.append(
+            {
+                "version": v.version,
+                "effective_from": v.effective_from.isoformat(),
+                "source": v.source,
+                "change_order": made_by if kind == CHANGE_ORDER_SOURCE else None,
+                "changes": [
+                    {**c.model_dump(mode="json", exclude={"key"}), "text": c.render()}
+                    for c in changes
+                ],
+                "terms": v.model_dump(mode="json"),
+            }
+        )
+        before = v
+    return out
+
+
+#: A version's `source` when a change order made it: "change-order:<crm>:<id>".
+CHANGE_ORDER_SOURCE = "change-order"
+
+
+def _render_history(
+    out: Console, contract: Contract, project_id: str, versions: list[dict[str, Any]]
+) -> None:
+    current = contract.current
+    fields = Fields(label_width=14)
+    fields.row("Contract", f"{contract.contract_id} (project {project_id})")
+    fields.row(
+        "Versions", f"{len(versions)}, v{current.version} in force from {current.effective_from}"
+    )
+    fields.print(out)
+    first = contract.versions[0]
+    for index, v in enumerate(versions):
+        out.print()
+        out.print(f"v{v['version']} from {v['effective_from']}: {v['source']}", style="bold")
+        if index == 0:
+            c = first.currency
+            value = f"{amount_text(first.value.amount, c)} {c}"
+            out.print(f"  as sold: {len(first.lines)} lines, value {value}", soft_wrap=True)
+        elif not v["changes"]:
+            out.print("  no term changed", soft_wrap=True)
+        for change in v["changes"]:
+            out.print(f"  {change['text']}", soft_wrap=True)
 
 
 def _item_label(contract: Contract, key: str) -> str:

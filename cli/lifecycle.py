@@ -34,6 +34,7 @@ from cli.common import (
     bullets,
     closed_or_missing,
     console,
+    decision_line,
     describe_and_query,
     print_started,
     rpc_timeout,
@@ -59,7 +60,6 @@ from workflows.opportunity_to_project import (
     DataCorrected,
     DealStatus,
     Decision,
-    DecisionRecord,
     Step,
     workflow_id,
 )
@@ -335,7 +335,7 @@ def _render_status(out: Console, view: RunView[DealStatus], link: str) -> None:
                 f"({pending.reminders_sent} sent so far)\n"
                 f"expires {when(pending.expires_at)}\n" + bullets(pending.reasons),
             )
-        row("decisions", "\n".join(_decision_line(record) for record in deal.decisions))
+        row("decisions", "\n".join(decision_line(record) for record in deal.decisions))
         if (outage := deal.outage) is not None:
             row(
                 "waiting on",
@@ -349,11 +349,3 @@ def _render_status(out: Console, view: RunView[DealStatus], link: str) -> None:
             )
         row("last error", deal.last_error)
     fields.print(out, link)
-
-
-def _decision_line(record: DecisionRecord) -> str:
-    outcome = "accepted" if record.accepted else f"ignored: {record.ignored_because}"
-    return (
-        f"{record.what} by {record.approver} via {record.via} at {when(record.at)} "
-        f"({outcome}): {record.reason}"
-    )

@@ -28,6 +28,12 @@ from canonical import (
 from canonical.party import PaymentTerms
 from cli.app import app
 from store import InvoiceDraft, Store
+from tests.fixtures.change_orders import (
+    CHANGE_ORDER_ID,
+    OPPORTUNITY_ID,
+    PROJECT_ID,
+    contract_after_rate_increase,
+)
 
 
 def usd(amount: str) -> Money:
@@ -167,3 +173,48 @@ async def test_show_names_a_project_without_a_contract(
     assert result.stderr.strip() == (
         "error: 99: no contract recorded (one is kept when a deal is provisioned)"
     )
+
+
+async def test_history_shows_each_version_with_what_made_it_and_what_it_changed(
+    store: Store, store_url: str, tmp_path: Path
+) -> None:
+    first, second = contract_after_rate_increase()
+    for version in (first, second):
+        await ContractActivities(store).record_contract(
+            RecordContractInput(
+                contract=version,
+                project_id=PROJECT_ID,
+                task_ids={"Development": "101", "Project Management": "102"},
+            )
+        )
+
+    result = await asyncio.to_thread(show, tmp_path, store_url, PROJECT_ID, "--history")
+    assert result.exit_code == 0, result.output
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    assert f"v1 from 2026-10-01: opportunity:{OPPORTUNITY_ID}" in lines
+    assert "as sold: 2 lines, value 19,500.00 USD" in lines
+    assert f"v2 from 2027-01-01: change-order:salesforce:{CHANGE_ORDER_ID}" in lines
+    v2 = lines.index(f"v2 from 2027-01-01: change-order:salesforce:{CHANGE_ORDER_ID}")
+    assert lines[v2 + 1 :] == [
+        "Development rate: 165.00 → 180.00 USD",
+        "Development amount: 16500.00 → 18000.00 USD",
+        "Contract value: 19500.00 → 21000.00 USD",
+        "Contract budget: 19500.00 → 44500.00 USD",
+    ]
+
+    as_json = await asyncio.to_thread(show, tmp_path, store_url, PROJECT_ID, "--history", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    versions = json.loads(as_json.stdout)
+    assert [(v["version"], v["source"], v["change_order"]) for v in versions] == [
+        (1, f"opportunity:{OPPORTUNITY_ID}", None),
+        (2, f"change-order:salesforce:{CHANGE_ORDER_ID}", f"salesforce:{CHANGE_ORDER_ID}"),
+    ]
+    assert versions[0]["changes"] == []
+    rate = next(c for c in versions[1]["changes"] if c["field"] == "rate")
+    assert (rate["subject"], rate["before"], rate["after"], rate["unit"]) == (
+        "Development",
+        "165.00",
+        "180.00",
+        "USD",
+    )
+    assert versions[1]["terms"]["lines"][0]["rate"]["amount"] == "180.00"
