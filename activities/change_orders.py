@@ -29,6 +29,7 @@ from activities.errors import translate_connector_errors
 from activities.invoicing import PAGE_SIZE, InvoicingActivities, issued_rated, stored_invoice
 from canonical import (
     BillingPeriod,
+    BillingType,
     ChangeOrder,
     ChangePolicy,
     DealRules,
@@ -245,6 +246,8 @@ class ChangePsaPort(Protocol):
         project_id: int,
         *,
         task_rates: Mapping[int, Money] | None = None,
+        task_hours: Mapping[int, Decimal] | None = None,
+        task_billing: Mapping[int, BillingType] | None = None,
         add_tasks: Sequence[Task] = (),
         close_tasks: Sequence[int] = (),
         budget: Money | None = None,
@@ -477,6 +480,8 @@ class ChangeOrderActivities:
         preview = request.preview
         after = preview.after
         task_rates: dict[int, Money] = {}
+        task_hours: dict[int, Decimal] = {}
+        task_billing: dict[int, BillingType] = {}
         add: list[Task] = []
         close: list[int] = []
         for change in preview.tasks:
@@ -493,19 +498,22 @@ class ChangeOrderActivities:
                         billing_type=line.billing_type,
                     )
                 )
-            elif (
-                line is not None
-                and change.task_id is not None
-                and line.rate is not None
-                and any(c.field == "rate" for c in change.changes)
-            ):
-                task_rates[int(change.task_id)] = line.rate
+            elif line is not None and change.task_id is not None:
+                fields = {c.field for c in change.changes}
+                if line.rate is not None and "rate" in fields:
+                    task_rates[int(change.task_id)] = line.rate
+                if line.hours is not None and "planned hours" in fields:
+                    task_hours[int(change.task_id)] = line.hours
+                if "billing type" in fields:
+                    task_billing[int(change.task_id)] = line.billing_type
         value_changed = any(
             c.subject == "Contract" and c.field == "value" for c in preview.contract
         )
         made = await self.psa.update_project_terms(
             int(request.project_id),
             task_rates=task_rates,
+            task_hours=task_hours,
+            task_billing=task_billing,
             add_tasks=add,
             close_tasks=close,
             budget=preview.psa_budget.after if preview.psa_budget is not None else None,

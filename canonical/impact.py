@@ -858,10 +858,12 @@ def _task_changes(
     for line in sorted(after.lines, key=lambda ln: ln.id):
         task = psa_task(line)
         currency = after.currency
+        # Only an hourly line's rate is the PSA task's: a fee's task rate is not billed.
+        hourly = line.billing_type is BillingType.TIME_AND_MATERIALS
         wanted = [
             ("name", line.task, None),
             ("billing type", line.billing_type.value, None),
-            ("rate", _amount(line.rate), currency),
+            *([("rate", _amount(line.rate), currency)] if hourly else []),
             ("planned hours", _num(line.hours), "h"),
         ]
         if task is None:
@@ -879,7 +881,7 @@ def _task_changes(
         has = [
             ("name", task.name, None),
             ("billing type", task.billing_type.value, None),
-            ("rate", _amount(task.rate), currency),
+            *([("rate", _amount(task.rate), currency)] if hourly else []),
             ("planned hours", _num(task.planned_hours), "h"),
         ]
         changes = _diff_terms(f"PSA task {task.name}", has, wanted)

@@ -10,6 +10,10 @@
    mobilization invoice goes out at provisioning; a month of hours next to fixed-fee work,
    with the milestone completed in Tryton, is invoiced line by line as sold
    (`q2c contract show` traces what was billed to the contract).
+6. Change orders signed in Salesforce: a rate increase from next month on the UK project
+   applies at once (Tryton's rate, the billing plan, the contract's version 2); a budget
+   increase on the US programme waits for finance, who reads its preview
+   (`q2c change-order preview`) and approves it from the CLI.
 
 Each deal reaches q2c the way it would in production: Salesforce's Closed Won webhook to the
 q2c service. The scenario is idempotent: run it again and it reports the same runs.
@@ -36,14 +40,20 @@ from connectors.stripe import StripeBilling
 from connectors.tryton import TrytonClient, TrytonPsa
 from connectors.tryton.wire import ProjectInfo
 from devstack.salesforce_seed import (
+    ChangeOrderLine,
+    ChangeOrderSpec,
     DealLine,
     DealMilestone,
     DealSpec,
     SeededDeal,
     close_won,
+    seed_change_order,
     seed_deal,
 )
 from settings import Settings
+from workflows.change_order import STATUS as CHANGE_ORDER_STATUS
+from workflows.change_order import ChangeOrderStep, ChangeOrderView
+from workflows.change_order import workflow_id as change_order_workflow_id
 from workflows.client import connect
 from workflows.opportunity_to_project import (
     STATUS,
@@ -256,6 +266,10 @@ async def run_demo(settings: Settings, say: Say) -> None:
         mixed_project = (await demo.wait_for(mixed_id, Step.COMPLETED)).ids["psa_project"]
         await bill_as_sold(demo, mixed_project)
 
+        say("\nChange orders signed in Salesforce reach Tryton, Stripe and the contract:\n")
+        risky_project = (await demo.wait_for(risky_id, Step.COMPLETED)).ids["psa_project"]
+        await change_orders(demo, (clean, project_id), (risky, risky_project))
+
 
 async def report(demo: Demo, deal: SeededDeal, wid: str) -> None:
     settings, say = demo.settings, demo.say
@@ -458,3 +472,75 @@ async def _approve_when_drafted(demo: Demo, wid: str, approver: str, reason: str
         demo.say("  (approved in an earlier demo run)")
     total = f"{status.draft.total} {status.draft.currency}" if status.draft else "-"
     demo.say(f"  Invoice {status.invoice_number}: {total}, issued in Stripe and Tryton")
+
+
+def _next_month(today: date) -> date:
+    return BillingPeriod.of(BillingPeriod.of(today).end + timedelta(days=1)).start
+
+
+async def change_orders(demo: Demo, uk: tuple[SeededDeal, str], us: tuple[SeededDeal, str]) -> None:
+    """A rate increase on the UK project, applied at once; a budget increase on the US
+    programme, previewed and approved by finance from the CLI."""
+    settings, say = demo.settings, demo.say
+    effective = _next_month(datetime.now(UTC).date())
+    uk_deal, uk_project = uk
+    rate = ChangeOrderSpec(
+        key="demo-initech-rate",
+        name="CO-001 Development rate increase",
+        effective_date=effective,
+        amount_delta=Decimal("3840"),  # 320 h sold, 12 GBP more each
+        lines=[ChangeOrderLine(action="Change", line=1, rate=Decimal("172"))],
+        approve=True,
+    )
+    seeded = await seed_change_order(demo.crm, uk_deal, rate)
+    wid = change_order_workflow_id("salesforce", seeded.change_order_id)
+    say(f"• Initech: '{rate.name}' approved in Salesforce, effective {effective}")
+    view = await _wait_change_order(demo, wid, ChangeOrderStep.APPLIED)
+    say(f"  applied without approval (nothing risky): contract version {view.applied_version}")
+    demo.q2c("contract", "show", uk_project, "--history")
+
+    us_deal, us_project = us
+    budget = ChangeOrderSpec(
+        key="demo-globex-phase-2",
+        name="CO-002 Phase 2: 300 more hours of Development",
+        effective_date=effective,
+        amount_delta=Decimal("52500"),  # 300 h at 175 USD
+        lines=[ChangeOrderLine(action="Change", line=0, hours=Decimal("1800"))],
+        budget_delta=Decimal("52500"),
+        approve=True,
+    )
+    seeded = await seed_change_order(demo.crm, us_deal, budget)
+    wid = change_order_workflow_id("salesforce", seeded.change_order_id)
+    say(f"\n• Globex: '{budget.name}' approved in Salesforce")
+    view = await _wait_change_order(
+        demo, wid, ChangeOrderStep.AWAITING_APPROVAL, ChangeOrderStep.APPLIED
+    )
+    if view.step is ChangeOrderStep.AWAITING_APPROVAL:
+        say(f"  waiting for finance because: {'; '.join(view.risks)}")
+        demo.q2c("change-order", "preview", wid)
+        approver = settings.finance_approvers[0]
+        demo.q2c(
+            "change-order", "approve", wid, "--approver", approver, "--reason", "Phase 2 signed"
+        )
+        view = await _wait_change_order(demo, wid, ChangeOrderStep.APPLIED)
+    else:
+        say("  (approved in an earlier demo run)")
+    say(f"  applied as contract version {view.applied_version}")
+    say(f"    Temporal Web UI : {settings.run_link(wid)}")
+    demo.q2c("contract", "show", us_project, "--history")
+
+
+async def _wait_change_order(demo: Demo, wid: str, *steps: ChangeOrderStep) -> ChangeOrderView:
+    async with asyncio.timeout(STEP_WAIT_S):
+        while True:
+            try:
+                view: ChangeOrderView = await demo.temporal.get_workflow_handle(wid).query(
+                    CHANGE_ORDER_STATUS, result_type=ChangeOrderView
+                )
+                if view.step in steps:
+                    return view
+                if view.step is ChangeOrderStep.FAILED:
+                    raise RuntimeError(f"{wid} failed: {view.last_error}")
+            except RPCError:
+                pass  # the webhook has not started it yet
+            await asyncio.sleep(0.3)

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from canonical import Expense, Money, NoRate, Project, Task, TimeEntry
+from canonical import BillingType, Expense, Money, NoRate, Project, Task, TimeEntry
 from connectors.errors import (
     ConnectorError,
     IdempotencyConflict,
@@ -390,6 +390,8 @@ class TrytonPsa:
         project_id: int,
         *,
         task_rates: Mapping[int, Money] | None = None,
+        task_hours: Mapping[int, Decimal] | None = None,
+        task_billing: Mapping[int, BillingType] | None = None,
         add_tasks: Sequence[Task] = (),
         close_tasks: Sequence[int] = (),
         budget: Money | None = None,
@@ -425,9 +427,23 @@ class TrytonPsa:
         recorded = mapping.label_value(project.comment, label)
         if recorded is not None:
             change = ProjectTermsChange.model_validate_json(recorded)
-            asked = (dict(task_rates or {}), set(close_tasks), budget, contract_value)
+            asked = (
+                dict(task_rates or {}),
+                dict(task_hours or {}),
+                dict(task_billing or {}),
+                set(close_tasks),
+                budget,
+                contract_value,
+            )
             after = change.after
-            done = (after.task_rates, set(after.task_states), after.budget, after.contract_value)
+            done = (
+                after.task_rates,
+                after.task_hours,
+                after.task_billing,
+                set(after.task_states),
+                after.budget,
+                after.contract_value,
+            )
             names = [t.name for t in add_tasks]
             if asked != done or (change.added_task_ids and names != list(change.added_task_ids)):
                 raise IdempotencyConflict(
@@ -442,6 +458,8 @@ class TrytonPsa:
                 await cat.done_status(self.client),
                 idempotency_key,
                 task_rates=task_rates or {},
+                task_hours=task_hours or {},
+                task_billing=task_billing or {},
                 add_tasks=add_tasks,
                 close_tasks=close_tasks,
                 budget=budget,
@@ -454,6 +472,10 @@ class TrytonPsa:
         for task_id, rate in change.after.task_rates.items():
             if by_id[task_id].list_price != rate.amount:
                 await client.write("project.work", [task_id], {"list_price": rate.amount})
+        for task_id, planned in change.after.task_hours.items():
+            await self._plan_hours(client, by_id[task_id], planned)
+        for task_id, billing in change.after.task_billing.items():
+            await self._bill_task_as(client, by_id[task_id], billing)
         for task_id, state in change.after.task_states.items():
             work = by_id[task_id]
             if (work.status, work.progress) != (state.status, state.progress):
@@ -492,6 +514,12 @@ class TrytonPsa:
         for task_id, rate in before.before.task_rates.items():
             if task_id in by_id and by_id[task_id].list_price != rate.amount:
                 await client.write("project.work", [task_id], {"list_price": rate.amount})
+        for task_id, planned in before.before.task_hours.items():
+            if task_id in by_id:
+                await self._plan_hours(client, by_id[task_id], planned)
+        for task_id, billing in before.before.task_billing.items():
+            if task_id in by_id:
+                await self._bill_task_as(client, by_id[task_id], billing)
         for task_id, state in before.before.task_states.items():
             work = by_id.get(task_id)
             if work is not None and (work.status, work.progress) != (state.status, state.progress):
@@ -531,6 +559,21 @@ class TrytonPsa:
         if restored != (comment or ""):
             await client.write("project.work", [project_id], {"comment": restored})
 
+    @staticmethod
+    async def _plan_hours(client: TrytonClient, work: WorkRecord, planned: Decimal | None) -> None:
+        """Set a task's planned hours (its `effort_duration`) unless it has them already."""
+        has = mapping.hours(work.effort_duration) if work.effort_duration else None
+        if has != planned:
+            duration = timedelta(hours=float(planned)) if planned is not None else None
+            await client.write("project.work", [work.id], {"effort_duration": duration})
+
+    @staticmethod
+    async def _bill_task_as(client: TrytonClient, work: WorkRecord, billing: BillingType) -> None:
+        """Label a task with how its line is billed, unless it is labelled so already."""
+        if mapping.task_billing_type(work.comment) != billing:
+            comment = mapping.with_label(work.comment, mapping.BILLING_LABEL, billing.value)
+            await client.write("project.work", [work.id], {"comment": comment})
+
     def _terms_change(
         self,
         works: list[WorkRecord],
@@ -539,6 +582,8 @@ class TrytonPsa:
         idempotency_key: str,
         *,
         task_rates: Mapping[int, Money],
+        task_hours: Mapping[int, Decimal],
+        task_billing: Mapping[int, BillingType],
         add_tasks: Sequence[Task],
         close_tasks: Sequence[int],
         budget: Money | None,
@@ -564,6 +609,13 @@ class TrytonPsa:
                     field=f"task_rates[{task_id}]",
                 )
             same_currency(rate, f"task_rates[{task_id}]")
+        for task_id in [*task_hours, *task_billing]:
+            if task_id not in tasks:
+                raise ValidationFailed(
+                    f"work {task_id} is not a task of project {project.id}",
+                    system=SYSTEM,
+                    field=f"task_hours[{task_id}]",
+                )
         for i, task_id in enumerate(close_tasks):
             if task_id not in tasks:
                 raise ValidationFailed(
@@ -593,8 +645,14 @@ class TrytonPsa:
             value = mapping.label_value(project.comment, name)
             return mapping.parse_money(value) if value else None
 
+        def hours_of(task_id: int) -> Decimal | None:
+            duration = tasks[task_id].effort_duration
+            return mapping.hours(duration) if duration else None
+
         before = ProjectTerms(
             task_rates={t: rate_of(t) for t in task_rates},
+            task_hours={t: hours_of(t) for t in task_hours},
+            task_billing={t: mapping.task_billing_type(tasks[t].comment) for t in task_billing},
             task_states={
                 t: TaskState(status=tasks[t].status, progress=tasks[t].progress)
                 for t in close_tasks
@@ -606,6 +664,8 @@ class TrytonPsa:
         )
         after = ProjectTerms(
             task_rates=dict(task_rates),
+            task_hours=dict(task_hours),
+            task_billing=dict(task_billing),
             task_states={t: TaskState(status=done, progress=1.0) for t in close_tasks},
             budget=budget,
             contract_value=contract_value,

@@ -151,6 +151,10 @@ class ProjectTerms(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     task_rates: dict[int, Money] = Field(default_factory=dict)
+    #: Planned hours per task (None: the task had none).
+    task_hours: dict[int, Decimal | None] = Field(default_factory=dict)
+    #: How each task's line is billed (a label on the task).
+    task_billing: dict[int, BillingType] = Field(default_factory=dict)
     task_states: dict[int, TaskState] = Field(default_factory=dict)
     budget: Money | None = None
     contract_value: Money | None = None

@@ -210,3 +210,27 @@ async def test_restoring_keeps_an_added_task_that_time_was_booked_on(running: Ru
     assert {n: t for n, t in restored.items() if n != "Hypercare"} == {
         t.name: t for t in original.tasks
     }
+
+
+async def test_planned_hours_and_billing_type_change_and_are_restored(running: Running) -> None:
+    psa, build = running.psa, running.tasks["Build"]
+    before = await psa.get_project(running.project_id)
+    was = next(t for t in before.tasks if t.id == build)
+    assert was.billing_type is BillingType.TIME_AND_MATERIALS
+
+    change = await psa.update_project_terms(
+        running.project_id,
+        task_hours={build: Decimal("300")},
+        task_billing={build: BillingType.FIXED_FEE},
+        idempotency_key="co-hours",
+    )
+    after = await psa.get_project(running.project_id)
+    task = next(t for t in after.tasks if t.id == build)
+    assert task.planned_hours == Decimal("300")
+    assert task.billing_type is BillingType.FIXED_FEE
+    assert task.role == was.role  # the other labels stay
+
+    await psa.restore_project_terms(running.project_id, change)
+    restored = next(t for t in (await psa.get_project(running.project_id)).tasks if t.id == build)
+    assert restored.planned_hours == was.planned_hours
+    assert restored.billing_type is BillingType.TIME_AND_MATERIALS
