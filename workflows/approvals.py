@@ -99,6 +99,7 @@ class ApprovalGate:
         self.pending: PendingApproval | None = None
         self.decision: DecisionRecord | None = None
         self.records: list[DecisionRecord] = []
+        self.ref: str | None = None
         self.busy = 0
 
     def refusal(self, approver: str, step: str) -> str | None:
@@ -144,15 +145,21 @@ class ApprovalGate:
         )
 
     def decide(self, decision: ApprovalDecision, via: str, step: str) -> DecisionRecord:
-        record = self.record(decision.decision.value, decision.approver, decision.reason, via, step)
+        record = self.record(
+            decision.decision.value, decision.approver, decision.reason, via, step, ref=self.ref
+        )
         if record.accepted:
             self.decision = record
         return record
 
-    def open(self, policy: DecidingPolicy, reasons: list[str]) -> PendingApproval:
-        """From now on decisions count (before the run tells anyone it waits)."""
+    def open(
+        self, policy: DecidingPolicy, reasons: list[str], *, ref: str | None = None
+    ) -> PendingApproval:
+        """From now on decisions count (before the run tells anyone it waits). `ref` names
+        what is being decided (a change order's preview digest): each decision records it."""
         now = workflow.now()
         self.policy = policy
+        self.ref = ref
         self.pending = PendingApproval(
             reasons=reasons,
             requested_at=now,

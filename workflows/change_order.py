@@ -362,7 +362,7 @@ class ChangeOrderWorkflow(Lifecycle, AwaitsApproval):
         # A new preview, a new gate: the decisions on earlier previews are kept for the record.
         self._past_decisions += self._approval.records
         self._approval = ApprovalGate()
-        self._approval.open(policy, self._risks)
+        self._approval.open(policy, self._risks, ref=preview.digest)
         self._set_step(ChangeOrderStep.AWAITING_APPROVAL)
         await self.audit(
             ChangeOrderStep.AWAITING_APPROVAL,

@@ -223,6 +223,13 @@ async def test_a_budget_increase_waits_for_finance_and_the_approved_preview_is_a
     )
     result = await handle.result()
     assert result.status is ChangeOrderStep.APPLIED and result.digest == again.preview.digest
+    final: ChangeOrderView = await handle.query(STATUS, result_type=ChangeOrderView)
+    # Each approval records the preview it approved: the first one's was superseded.
+    assert [(d.what, d.ref) for d in final.decisions] == [
+        ("approve", first_digest),
+        ("approve", again.preview.digest),
+    ]
+    assert final.approved_digest == again.preview.digest
     contract = await stored_contract(e2e_store, deal.project_id)
     assert contract is not None
     assert contract.current.model_dump() == again.preview.after.model_dump()
