@@ -206,7 +206,6 @@ class ChangeOrderWorkflow(Lifecycle, AwaitsApproval):
         self._superseded: list[str] = []
         self._applied_version: int | None = None
         self._turn = False
-        self._queued = False
 
     @workflow.run
     async def run(self, request: ChangeOrderInput) -> ChangeOrderResult:
@@ -305,7 +304,6 @@ class ChangeOrderWorkflow(Lifecycle, AwaitsApproval):
             ),
             start_to_close_timeout=timedelta(seconds=30),
         )
-        self._queued = True
         await workflow.wait_condition(lambda: self._turn)
         await self.audit(
             ChangeOrderStep.AWAITING_TURN, "turn", detail={"deal": change.opportunity_id}
@@ -314,8 +312,8 @@ class ChangeOrderWorkflow(Lifecycle, AwaitsApproval):
     async def _leave_queue(self) -> None:
         """Tell the deal's queue this change order is done, however the run ended."""
         change = self._change
-        if change is None or not self._queued:
-            return
+        if change is None:
+            return  # never read: it never joined
         queue = workflow.get_external_workflow_handle(
             queue_workflow_id(change.crm, change.opportunity_id)
         )
@@ -833,7 +831,8 @@ class ChangeOrderQueueWorkflow:
             )
             try:
                 await workflow.wait_condition(
-                    lambda cid=change_order_id: cid in self._waiting,  # type: ignore[misc]
+                    # Joined, or ended before it could (its run says finished either way).
+                    lambda cid=change_order_id: cid in self._waiting or cid in self._done,  # type: ignore[misc]
                     timeout=JOIN_WAIT,
                 )
             except TimeoutError:
