@@ -165,6 +165,8 @@ class FakeChangeOrders(FakeLedger):
     applied_versions: dict[str, int] = field(default_factory=dict)
     #: The billing plan update is refused for good.
     fail_plan: str | None = None
+    #: Removing the contract version is refused for good (the compensation fails).
+    fail_remove: str | None = None
     #: Change orders whose preview does not answer until the test lets it (by id).
     hold: set[str] = field(default_factory=set)
     held: asyncio.Event = field(default_factory=asyncio.Event)
@@ -188,6 +190,8 @@ class FakeChangeOrders(FakeLedger):
     @activity.defn(name="remove_contract_version")
     async def remove_contract_version(self, request: RemoveVersionInput) -> None:
         self._record("remove_contract_version", request)
+        if self.fail_remove:
+            raise ApplicationError(self.fail_remove, type="StoreError", non_retryable=True)
 
     # -- the CRM --------------------------------------------------------------------------------
 

@@ -425,3 +425,21 @@ async def test_a_terminated_run_is_found_closed_and_the_queue_moves_on(
     await client.get_workflow_handle(queue_workflow_id(first.crm, first.opportunity_id)).terminate(
         "test over"
     )
+
+
+async def test_a_failed_compensation_is_reported_and_the_rest_still_undone(
+    temporal_client: Client, task_queue: str
+):
+    systems = FakeChangeOrders(fail_plan="stripe HTTP 400: plan refused", fail_remove="db gone")
+    change = systems.add(change_order(opportunity_id=new_deal()))
+    async with systems.worker(temporal_client, task_queue):
+        handle = await start_change_order(temporal_client, task_queue, change)
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "ChangeOrderFailed"
+    assert systems.called("restore_psa_terms")
+    [written] = systems.called("write_back_change_order")
+    assert written.status is ChangeOrderStatus.FAILED
+    assert "remove contract version" in (written.message or "")
