@@ -443,3 +443,23 @@ async def test_a_failed_compensation_is_reported_and_the_rest_still_undone(
     [written] = systems.called("write_back_change_order")
     assert written.status is ChangeOrderStatus.FAILED
     assert "remove contract version" in (written.message or "")
+
+
+async def test_a_rerun_of_a_terminated_active_run_takes_its_turn(
+    time_skipping_env: WorkflowEnvironment, task_queue: str
+):
+    client = time_skipping_env.client
+    systems = FakeChangeOrders()
+    change = systems.add(change_order(opportunity_id=new_deal()))
+    systems.hold.add(change.id)  # the first run takes the turn, then hangs in the preview
+    async with systems.worker(client, task_queue):
+        await deliver(client, task_queue, change)
+        await systems.held.wait()
+        await client.get_workflow_handle(workflow_id(change.crm, change.id)).terminate("stuck")
+        systems.hold.clear()
+        rerun = await deliver(client, task_queue, change)  # an operator starts it again
+        result = await asyncio.wait_for(rerun.result(), timeout=STEP_WAIT_S)
+        systems.release.set()
+
+    assert result.status == ChangeOrderStep.APPLIED
+    assert applied_previews(systems) == [change.key]
