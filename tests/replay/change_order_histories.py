@@ -4,7 +4,8 @@ called by `record_histories.py` (the deal histories live there).
 Every path of a change order: applied at once, approved after its preview, rejected, expired,
 approved again after its preview changed, compensated after the billing plan was refused,
 waiting for its deal's project, and a rerun of one already applied; and a deal's queue that
-took two change orders delivered in reverse order and gave them turns in approval order.
+took two change orders delivered in reverse order and gave them turns in approval order, and
+one whose active run was terminated and started again.
 
     .venv/bin/python -m tests.replay.change_order_histories LABEL [SCENARIO ...]
 
@@ -165,6 +166,26 @@ async def record_queue_history(client: Client, label: str) -> None:
     _write(f"change_order_queue.{label}.ordered.json", await queue.fetch_history())
 
 
+async def record_queue_rerun_history(client: Client, label: str) -> None:
+    """A deal's queue whose active run was terminated and started again: the new run takes
+    the turn (`RERUN_TAKES_TURN`)."""
+    systems = FakeChangeOrders()
+    change = systems.add(change_order(opportunity_id=new_deal()))
+    systems.hold.add(change.id)
+    task_queue = f"record-{uuid.uuid4()}"
+    async with systems.worker(client, task_queue):
+        run = client.get_workflow_handle(workflow_id(change.crm, change.id))
+        await start_change_order_run(client, task_queue, change.id, crm="salesforce", trigger="rec")
+        await systems.held.wait()
+        await run.terminate("stuck")
+        systems.hold.clear()
+        await start_change_order_run(client, task_queue, change.id, crm="salesforce", trigger="rec")
+        await client.get_workflow_handle(workflow_id(change.crm, change.id)).result()
+        systems.release.set()
+        queue = await _end_queue(client, change)
+    _write(f"change_order_queue.{label}.rerun.json", await queue.fetch_history())
+
+
 async def _end_queue(client: Client, change: ChangeOrder) -> WorkflowHandle[Any, Any]:
     """The deal's queue stays open an hour after its last change order: not this recording's
     subject, so it is ended once the change orders are."""
@@ -198,6 +219,7 @@ async def _record_only_change_orders(label: str, only: set[str] | None = None) -
         await record_change_order_histories(env.client, label, only)
         if only is None:
             await record_queue_history(env.client, label)
+            await record_queue_rerun_history(env.client, label)
     finally:
         await env.shutdown()
 

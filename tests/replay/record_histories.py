@@ -30,6 +30,7 @@ from tests.fixtures.temporal import temporal_binary
 from tests.replay.change_order_histories import (
     record_change_order_histories,
     record_queue_history,
+    record_queue_rerun_history,
 )
 from tests.replay.invoice_histories import record_invoice_cycle_history, record_invoice_histories
 from tests.replay.sweep_histories import record_sweep_histories
@@ -217,6 +218,7 @@ async def record(label: str, lifecycles: list[str]) -> None:
             # A change order's runs and its deal's queue: their own module, like invoices'.
             await record_change_order_histories(client, label)
             await record_queue_history(client, label)
+            await record_queue_rerun_history(client, label)
     finally:
         await env.shutdown()
 

@@ -67,6 +67,7 @@ def test_histories_are_recorded_for_every_path() -> None:
         ("change_order", "awaiting_project"),
         ("change_order", "already_applied"),
         ("change_order_queue", "ordered"),
+        ("change_order_queue", "rerun"),
     } <= names
 
 
