@@ -127,7 +127,9 @@ class Saga:
                 undone.append(name)
             except NothingToUndo as nothing:
                 skipped.append(f"{name}: {nothing}")
-            except ActivityError as exc:
+            except (ActivityError, ApplicationError) as exc:
+                # A local activity's failure arrives unwrapped, as its ApplicationError: it
+                # is one undo not done too, and the undos before it still run.
                 not_undone.append(f"{name}: {reason_of(exc)}")
         return SagaOutcome(undone=undone, not_undone=not_undone, skipped=skipped)
 

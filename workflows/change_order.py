@@ -747,6 +747,9 @@ LIVENESS = timedelta(minutes=10)
 IDLE = timedelta(hours=1)
 #: Change orders per run before the queue continues as new (its history stays small).
 PER_RUN = 100
+#: `enqueue` from a new run of the change order holding the turn gives that run the turn
+#: (before it, the ticket was dropped and the deal's queue waited for ever).
+RERUN_TAKES_TURN = "change-order-queue-rerun-takes-turn"
 
 
 class QueueView(Message):
@@ -867,7 +870,13 @@ class ChangeOrderQueueWorkflow:
     @workflow.signal(name=ENQUEUE)
     def enqueue(self, ticket: QueueTicket) -> None:
         if ticket.change_order_id == self._active:
-            return
+            if not workflow.patched(RERUN_TAKES_TURN):
+                return
+            # A new run of the change order that holds the turn: the run that held it ended
+            # without saying so (terminated), or this one could not have started. Its
+            # workflow id is open again, so `run_is_open` would never free the turn: the new
+            # run takes it instead.
+            self._active = None
         if ticket.change_order_id in self._done:
             self._done.remove(ticket.change_order_id)  # run again (a rerun)
         self._waiting[ticket.change_order_id] = ticket

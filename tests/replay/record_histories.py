@@ -2,7 +2,8 @@
 
     .venv/bin/python -m tests.replay.record_histories v2 [LIFECYCLE ...]
 
-LIFECYCLE: opportunity_to_project, time_to_invoice (with the invoice cycle), sweeps.
+LIFECYCLE: opportunity_to_project, time_to_invoice (with the invoice cycle), sweeps,
+change_order (with the deal's change-order queue).
 
 Run it when the workflow's behaviour changes on purpose (behind `workflow.patched`), with a
 new label: the histories of every earlier version stay, and the replay test proves the new
@@ -26,6 +27,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from canonical import OutagePolicy
 from tests.fixtures.temporal import temporal_binary
+from tests.replay.change_order_histories import (
+    record_change_order_histories,
+    record_queue_history,
+    record_queue_rerun_history,
+)
 from tests.replay.invoice_histories import record_invoice_cycle_history, record_invoice_histories
 from tests.replay.sweep_histories import record_sweep_histories
 from tests.workflows.fakes import (
@@ -174,7 +180,7 @@ SCENARIOS: dict[str, tuple[Callable[[], FakeSystems], Drive]] = {
     "outage_resumed": (lambda: FakeSystems(billing_down=True), _outage_resumed),
     "operator_retried": (_deadline_passes, _operator_retried),
 }
-LIFECYCLES = ("opportunity_to_project", "time_to_invoice", "sweeps")
+LIFECYCLES = ("opportunity_to_project", "time_to_invoice", "sweeps", "change_order")
 
 
 async def record(label: str, lifecycles: list[str]) -> None:
@@ -208,6 +214,11 @@ async def record(label: str, lifecycles: list[str]) -> None:
             for name, text in await record_sweep_histories(client, label):
                 (HISTORIES / name).write_text(text)
                 print(f"{HISTORIES / name}")
+        if "change_order" in lifecycles:
+            # A change order's runs and its deal's queue: their own module, like invoices'.
+            await record_change_order_histories(client, label)
+            await record_queue_history(client, label)
+            await record_queue_rerun_history(client, label)
     finally:
         await env.shutdown()
 

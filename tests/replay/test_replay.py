@@ -10,6 +10,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from workflows.change_order import ChangeOrderQueueWorkflow, ChangeOrderWorkflow
 from workflows.invoice_cycle import InvoiceCycleWorkflow
 from workflows.opportunity_to_project import OpportunityToProjectWorkflow
 from workflows.sweeps import BillingSweepWorkflow, CrmSweepWorkflow
@@ -22,6 +23,8 @@ WORKFLOWS = [
     InvoiceCycleWorkflow,
     CrmSweepWorkflow,
     BillingSweepWorkflow,
+    ChangeOrderWorkflow,
+    ChangeOrderQueueWorkflow,
 ]
 
 
@@ -53,6 +56,18 @@ def test_histories_are_recorded_for_every_path() -> None:
         ("invoice_cycle", "two_projects"),
         ("sweeps", "crm"),
         ("sweeps", "billing"),
+    } <= names
+    assert {
+        ("change_order", "applied"),
+        ("change_order", "approved"),
+        ("change_order", "rejected"),
+        ("change_order", "expired"),
+        ("change_order", "reapproved"),
+        ("change_order", "compensated"),
+        ("change_order", "awaiting_project"),
+        ("change_order", "already_applied"),
+        ("change_order_queue", "ordered"),
+        ("change_order_queue", "rerun"),
     } <= names
 
 

@@ -128,11 +128,14 @@ class FakeLedger:
     """What every fake-systems worker shares: a record of every call, and q2c's own ledger."""
 
     calls: dict[str, list[Any]] = field(default_factory=dict)
+    #: Every call's activity name, in the order the calls arrived (across activities).
+    sequence: list[str] = field(default_factory=list)
     #: q2c's store refuses cross-references (bookkeeping fails).
     fail_link: str | None = None
 
     def _record(self, name: str, arg: Any) -> None:
         self.calls.setdefault(name, []).append(arg)
+        self.sequence.append(name)
 
     def called(self, name: str) -> list[Any]:
         return self.calls.get(name, [])
