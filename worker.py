@@ -39,7 +39,6 @@ from activities.sweeps import SweepActivities
 from connectors.salesforce import SalesforceClient
 from connectors.stripe import StripeBilling
 from connectors.tryton import TrytonClient, TrytonErp, TrytonPsa
-from connectors.tryton.wire import ProjectTermsChange
 from settings import Settings, load_settings
 from settings.rules import load_deal_rules, load_tax_rates
 from store import Store, StoreNotMigrated
@@ -153,7 +152,6 @@ def activities_for(settings: Settings, adapters: Adapters, store: Store) -> Acti
             rules=rules,
             budget_threshold=settings.change_order_budget_threshold,
             store=store,
-            terms_change_type=ProjectTermsChange,
         ),
         change_order_runs=ChangeOrderRunActivities(settings.task_queue),
     )

@@ -123,7 +123,8 @@ class PsaTermsApplied(ActivityModel):
 
 class RestorePsaTermsInput(ActivityModel):
     project_id: str
-    change: dict[str, Any]
+    #: The key `apply_psa_terms` ran under: the PSA recorded what it changed under it.
+    idempotency_key: str
 
 
 class RemoveVersionInput(ActivityModel):
@@ -257,6 +258,8 @@ class ChangePsaPort(Protocol):
 
     async def restore_project_terms(self, project_id: int, before: Any) -> None: ...
 
+    async def recorded_terms_change(self, project_id: int, idempotency_key: str) -> Any: ...
+
     async def list_time_page(
         self, project_id: int, *, start: date, end: date, after_id: int | None = None, limit: int
     ) -> Any: ...
@@ -324,7 +327,6 @@ class ChangeOrderActivities:
         rules: DealRules,
         budget_threshold: Decimal,
         store: Store,
-        terms_change_type: type[Any],
     ) -> None:
         self.psa = psa
         self.billing = billing
@@ -333,8 +335,6 @@ class ChangeOrderActivities:
         self.rules = rules
         self.budget_threshold = budget_threshold
         self.store = store
-        #: The PSA adapter's record of a terms change (Tryton's `ProjectTermsChange`).
-        self.terms_change_type = terms_change_type
 
     @activity.defn
     async def change_rules(self, request: ChangeRulesInput) -> ChangeRules:
@@ -528,8 +528,12 @@ class ChangeOrderActivities:
     @activity.defn
     @translate_connector_errors
     async def restore_psa_terms(self, request: RestorePsaTermsInput) -> None:
-        before = self.terms_change_type.model_validate(request.change)
-        await self.psa.restore_project_terms(int(request.project_id), before)
+        """Put back what `apply_psa_terms` changed under the key, even if it failed midway
+        (the PSA records the change before making it); nothing when it never got that far."""
+        project_id = int(request.project_id)
+        before = await self.psa.recorded_terms_change(project_id, request.idempotency_key)
+        if before is not None:
+            await self.psa.restore_project_terms(project_id, before)
 
     @activity.defn
     async def remove_contract_version(self, request: RemoveVersionInput) -> None:

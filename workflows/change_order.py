@@ -407,21 +407,22 @@ class ChangeOrderWorkflow(Lifecycle, AwaitsApproval):
         key = f"change-order:{change.key}"
 
         self._set_step(ChangeOrderStep.UPDATE_PSA)
+
+        async def restore_psa() -> None:
+            await self.compensation(
+                ChangeOrderActivities.restore_psa_terms,
+                RestorePsaTermsInput(project_id=project_id, idempotency_key=key),
+                system=SystemQueue.TRYTON,
+            )
+
+        # Before the call: a change that fails midway is put back from what the PSA recorded.
+        self.saga.add("restore PSA terms", restore_psa)
         psa = await self.call(
             ChangeOrderStep.UPDATE_PSA,
             ChangeOrderActivities.apply_psa_terms,
             ApplyPsaTermsInput(project_id=project_id, preview=preview, idempotency_key=key),
             system=SystemQueue.TRYTON,
         )
-
-        async def restore_psa() -> None:
-            await self.compensation(
-                ChangeOrderActivities.restore_psa_terms,
-                RestorePsaTermsInput(project_id=project_id, change=psa.change),
-                system=SystemQueue.TRYTON,
-            )
-
-        self.saga.add("restore PSA terms", restore_psa)
         await self.audit(
             ChangeOrderStep.UPDATE_PSA,
             "updated",

@@ -492,6 +492,18 @@ class TrytonPsa:
             await client.write("project.work", [project_id], {"comment": comment})
         return change
 
+    async def recorded_terms_change(
+        self, project_id: int, idempotency_key: str
+    ) -> ProjectTermsChange | None:
+        """What `update_project_terms` recorded under the key (before changing anything);
+        None when it never ran that far, or the project is gone."""
+        try:
+            works = await self.works(project_id)
+        except NotFound:
+            return None
+        recorded = mapping.label_value(works[0].comment, mapping.terms_label(idempotency_key))
+        return ProjectTermsChange.model_validate_json(recorded) if recorded else None
+
     async def restore_project_terms(self, project_id: int, before: ProjectTermsChange) -> None:
         """Put back what `update_project_terms` changed (a saga's compensation).
 

@@ -256,7 +256,8 @@ async def test_a_permanent_billing_failure_undoes_the_psa_and_the_contract(
         f"change-order:salesforce:{change.id}",
     )
     [restored] = systems.called("restore_psa_terms")
-    assert restored.project_id == "42" and restored.change == {"budget": "30000"}
+    assert restored.project_id == "42"
+    assert restored.idempotency_key == f"change-order:salesforce:{change.id}"
     [written] = systems.called("write_back_change_order")
     assert written.status is ChangeOrderStatus.FAILED
     assert "plan refused" in (written.message or "")
