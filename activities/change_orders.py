@@ -26,7 +26,12 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities._base import ActivityModel
 from activities.errors import translate_connector_errors
-from activities.invoicing import PAGE_SIZE, InvoicingActivities, issued_rated, stored_invoice
+from activities.invoicing import (
+    InvoicingActivities,
+    issued_rated,
+    period_pages,
+    stored_invoice,
+)
 from canonical import (
     BillingPeriod,
     BillingType,
@@ -456,20 +461,9 @@ class ChangeOrderActivities:
         period: BillingPeriod = rated.period
         found: list[list[Any]] = [[], []]
         for i, read in enumerate((self.psa.list_time_page, self.psa.list_expense_page)):
-            after: int | None = None
-            while True:
-                page = await read(
-                    int(project_id),
-                    start=period.start,
-                    end=period.end,
-                    after_id=after,
-                    limit=PAGE_SIZE,
-                )
+            async for page in period_pages(read, int(project_id), period):
                 found[i].extend(page.entries)
                 activity.heartbeat(draft_id)
-                if page.next_after is None:
-                    break
-                after = page.next_after
         return PendingDraft(draft_id=draft_id, rated=rated, entries=found[0], expenses=found[1])
 
     @activity.defn

@@ -7,7 +7,7 @@ billing and the ERP build their invoices from the stored draft, so both get the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal, Protocol
@@ -322,21 +322,10 @@ class InvoicingActivities:
             (self.psa.list_time_page, rater.add_time),
             (self.psa.list_expense_page, rater.add_expenses),
         ):
-            after: int | None = None
-            while True:
-                page = await read(
-                    int(contract.project_id),
-                    start=period.start,
-                    end=period.end,
-                    after_id=after,
-                    limit=PAGE_SIZE,
-                )
+            async for page in period_pages(read, int(contract.project_id), period):
                 add([e for e in page.entries if e.id not in held])
                 pulled += len(page.entries)
                 activity.heartbeat(pulled)
-                if page.next_after is None:
-                    break
-                after = page.next_after
         return rater.finish()
 
     async def _record_rejections(self, request: DraftInput, rejected: list[RejectedEntry]) -> None:
@@ -451,6 +440,21 @@ async def stored_invoice(store: Store, draft_id: str) -> tuple[InvoiceDraft, Inv
     if row is None:
         raise _permanent(f"no invoice draft {draft_id}", "NoDraft")
     return row, Invoice.model_validate(row.rated["invoice"])
+
+
+async def period_pages(
+    read: Callable[..., Awaitable[Any]], project_id: int, period: BillingPeriod
+) -> AsyncIterator[Any]:
+    """A PSA listing of the period's unbilled time or expenses, page by page (by cursor)."""
+    after: int | None = None
+    while True:
+        page = await read(
+            project_id, start=period.start, end=period.end, after_id=after, limit=PAGE_SIZE
+        )
+        yield page
+        if page.next_after is None:
+            return
+        after = page.next_after
 
 
 def issued_rated(row: InvoiceDraft) -> RatedPeriod:

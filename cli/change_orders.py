@@ -35,14 +35,13 @@ from cli.common import (
     print_started,
     run,
     run_status,
+    salesforce_record_id,
     send_decision,
     settings,
     user,
     when,
 )
 from cli.lifecycle import Crm
-from connectors.errors import ValidationFailed
-from connectors.salesforce import check_id
 from workflows import search_attributes as attrs
 from workflows.approvals import DECIDE, ApprovalAck, Decision
 from workflows.change_order import LIFECYCLE, STATUS, ChangeOrderView, workflow_id
@@ -171,18 +170,12 @@ def _checked_change_order_id(crm: Crm, value: str) -> str:
 
 
 def _salesforce_change_order_id(value: str) -> str:
-    try:
-        check_id(value, field="change order id")
-    except ValidationFailed:
-        raise CliError(
-            f"{value}: not a Salesforce change order id (15 or 18 letters and digits)"
-        ) from None
-    if not value.startswith(SALESFORCE_CUSTOM_OBJECT_PREFIX):
-        raise CliError(
-            f"{value}: not a Salesforce change order id (a custom object's record id "
-            f"starts with {SALESFORCE_CUSTOM_OBJECT_PREFIX}, this one with {value[:3]})"
-        )
-    return value
+    return salesforce_record_id(
+        value,
+        what="change order",
+        prefix=SALESFORCE_CUSTOM_OBJECT_PREFIX,
+        prefixed="a custom object's record id starts with",
+    )
 
 
 _CHANGE_ORDER_ID_CHECKS: dict[Crm, Callable[[str], str]] = {

@@ -41,6 +41,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from canonical import minor_unit
 from cli.app import CliError, err
+from connectors.errors import ValidationFailed
+from connectors.salesforce import check_id
 from settings import Settings, load_settings
 from workflows.approvals import (
     OPERATOR,
@@ -506,3 +508,19 @@ def amount_text(value: Decimal, currency: str | None, *, grouped: bool = True) -
     if currency is not None and isinstance(exponent, int) and exponent > -minor_unit(currency):
         value = value.quantize(Decimal(1).scaleb(-minor_unit(currency)))
     return f"{value:,f}" if grouped else f"{value:f}"
+
+
+def salesforce_record_id(value: str, *, what: str, prefix: str, prefixed: str) -> str:
+    """A Salesforce record id of the kind `prefix` says (`prefixed` tells people which ids
+    start so), checked before it becomes part of a workflow id."""
+    try:
+        check_id(value, field=f"{what} id")
+    except ValidationFailed:
+        raise CliError(
+            f"{value}: not a Salesforce {what} id (15 or 18 letters and digits)"
+        ) from None
+    if not value.startswith(prefix):
+        raise CliError(
+            f"{value}: not a Salesforce {what} id ({prefixed} {prefix}, this one with {value[:3]})"
+        )
+    return value

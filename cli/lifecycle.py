@@ -21,7 +21,7 @@ from rich.console import Console
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from cli.app import CliError, app, friendly_errors
+from cli.app import app, friendly_errors
 from cli.common import (
     QUERY_TIMEOUT_S,
     RPC_TIMEOUT_S,
@@ -40,6 +40,7 @@ from cli.common import (
     rpc_timeout,
     run,
     run_status,
+    salesforce_record_id,
     send_decision,
     send_operator_decision,
     settings,
@@ -47,8 +48,6 @@ from cli.common import (
     user,
     when,
 )
-from connectors.errors import ValidationFailed
-from connectors.salesforce import check_id
 from workflows import search_attributes as attrs
 from workflows.approvals import OperatorAction
 from workflows.opportunity_to_project import (
@@ -281,18 +280,9 @@ def _checked_opportunity_id(crm: Crm, value: str) -> str:
 
 
 def _salesforce_opportunity_id(value: str) -> str:
-    try:
-        check_id(value, field="opportunity id")
-    except ValidationFailed:
-        raise CliError(
-            f"{value}: not a Salesforce opportunity id (15 or 18 letters and digits)"
-        ) from None
-    if not value.startswith(SALESFORCE_OPPORTUNITY_PREFIX):
-        raise CliError(
-            f"{value}: not a Salesforce opportunity id "
-            f"(those start with {SALESFORCE_OPPORTUNITY_PREFIX}, this one with {value[:3]})"
-        )
-    return value
+    return salesforce_record_id(
+        value, what="opportunity", prefix=SALESFORCE_OPPORTUNITY_PREFIX, prefixed="those start with"
+    )
 
 
 _OPPORTUNITY_ID_CHECKS: dict[Crm, Callable[[str], str]] = {
