@@ -3,9 +3,11 @@ called by `record_histories.py` (the deal histories live there).
 
 Every path of a change order: applied at once, approved after its preview, rejected, expired,
 approved again after its preview changed, compensated after the billing plan was refused,
-waiting for its deal's project, and a rerun of one already applied; and a deal's queue that
-took two change orders delivered in reverse order and gave them turns in approval order, and
-one whose active run was terminated and started again.
+waiting for its deal's project, a rerun of one already applied, a retroactive one that
+corrected an issued invoice (credit note and re-bill, its invoice run told), and one whose
+correction the ERP refused (the billing correction voided, the rest undone); and a deal's
+queue that took two change orders delivered in reverse order and gave them turns in approval
+order, and one whose active run was terminated and started again.
 
     .venv/bin/python -m tests.replay.change_order_histories LABEL [SCENARIO ...]
 
@@ -25,13 +27,16 @@ from typing import Any
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 
 from canonical import ChangeOrder, Money
+from tests.fixtures.change_orders import retroactive_rate_increase
 from tests.workflows.change_order_fakes import (
     APPROVER,
     FakeChangeOrders,
     Handle,
     change_order,
+    draft_id_of,
     new_deal,
     start_change_order,
+    start_invoice_run,
     wait_until,
 )
 from workflows.approvals import DECIDE, ApprovalAck, ApprovalDecision, Decision
@@ -96,6 +101,22 @@ async def _compensated(handle: Handle, systems: FakeChangeOrders) -> None:
         await handle.result()
 
 
+async def _corrected(handle: Handle, systems: FakeChangeOrders) -> None:
+    """Retroactive: finance approves; the December invoice is corrected and its run told."""
+    await _pending(handle)
+    await handle.execute_update(
+        DECIDE, _decision(Decision.APPROVE, "re-bill checked"), result_type=ApprovalAck
+    )
+    await handle.result()
+
+
+async def _correction_failed(handle: Handle, systems: FakeChangeOrders) -> None:
+    await _pending(handle)
+    await handle.execute_update(DECIDE, _decision(Decision.APPROVE, "ok"), result_type=ApprovalAck)
+    with contextlib.suppress(Exception):  # fails after compensating: the history we want
+        await handle.result()
+
+
 async def _awaiting_project(handle: Handle, systems: FakeChangeOrders) -> None:
     await wait_until(handle, lambda s: s.step == ChangeOrderStep.AWAITING_PROJECT)
     systems.provisioned = True
@@ -111,8 +132,10 @@ def _expiring() -> FakeChangeOrders:
     return systems
 
 
-#: name -> (the fake systems, the change order's amount delta, how the run is driven)
-SCENARIOS: dict[str, tuple[Callable[[], FakeChangeOrders], str, Drive]] = {
+#: name -> (the fake systems, the change order's amount delta, how the run is driven); an
+#: amount delta of None: the retroactive rate increase (`retroactive_rate_increase`), which
+#: corrects the December invoice of a stand-in time-to-invoice run.
+SCENARIOS: dict[str, tuple[Callable[[], FakeChangeOrders], str | None, Drive]] = {
     "applied": (FakeChangeOrders, "2400", _applied),
     "approved": (FakeChangeOrders, RISKY, _approved),
     "rejected": (FakeChangeOrders, RISKY, _rejected),
@@ -125,6 +148,12 @@ SCENARIOS: dict[str, tuple[Callable[[], FakeChangeOrders], str, Drive]] = {
     ),
     "awaiting_project": (lambda: FakeChangeOrders(provisioned=False), "2400", _awaiting_project),
     "already_applied": (FakeChangeOrders, "2400", _applied),
+    "corrected": (FakeChangeOrders, None, _corrected),
+    "correction_failed": (
+        lambda: FakeChangeOrders(fail_erp="tryton: the period is closed"),
+        None,
+        _correction_failed,
+    ),
 }
 
 
@@ -135,14 +164,24 @@ async def record_change_order_histories(
         if only is not None and name not in only:
             continue
         systems = make()
-        change = systems.add(change_order(opportunity_id=new_deal(), amount_delta=amount_delta))
+        if amount_delta is None:
+            change_order_id = f"a0X{uuid.uuid4().hex[:15].upper()}"
+            change = systems.add(retroactive_rate_increase(change_order_id, new_deal()))
+        else:
+            change = systems.add(change_order(opportunity_id=new_deal(), amount_delta=amount_delta))
         if name == "already_applied":
             systems.applied_versions[change.id] = 2
         task_queue = f"record-{uuid.uuid4()}"
         async with systems.worker(client, task_queue):
+            invoice_run = None
+            if amount_delta is None:
+                invoice_run = await start_invoice_run(client, task_queue)
+                systems.corrected_drafts["INV-2"] = draft_id_of(invoice_run)
             handle = await start_change_order(client, task_queue, change)
             await drive(handle, systems)
             await _end_queue(client, change)
+            if invoice_run is not None:  # not this recording's subject
+                await invoice_run.terminate("recorded")
         _write(f"change_order.{label}.{name}.json", await handle.fetch_history())
 
 

@@ -66,6 +66,8 @@ def test_histories_are_recorded_for_every_path() -> None:
         ("change_order", "compensated"),
         ("change_order", "awaiting_project"),
         ("change_order", "already_applied"),
+        ("change_order", "corrected"),
+        ("change_order", "correction_failed"),
         ("change_order_queue", "ordered"),
         ("change_order_queue", "rerun"),
     } <= names

@@ -1,7 +1,8 @@
 """Fake systems for change-order workflow tests: the real workflows (the run and the deal's
 queue) on the real dev server, with a CRM, PSA, billing and store that record what they were
 asked and answer what a test scripts. The queue's run activities are the real ones: they only
-start and describe workflows with the worker's Temporal client."""
+start and describe workflows with the worker's Temporal client. A stand-in time-to-invoice
+run (`FakeInvoiceRun`) records what a change-order run tells it."""
 
 from __future__ import annotations
 
@@ -14,23 +15,30 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from temporalio import activity
+from pydantic import BaseModel, Field
+from temporalio import activity, workflow
 from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
 from activities.change_orders import (
     ApplyPsaTermsInput,
+    BillingCorrection,
     BillingPlanChange,
     BillingPlanInput,
     ChangeImpact,
     ChangeOrderRunActivities,
     ChangeRules,
     ChangeRulesInput,
+    CorrectBillingInput,
+    CorrectErpInput,
+    ErpCorrection,
     PreviewInput,
     PsaTermsApplied,
+    RecordCorrectionInput,
     RemoveVersionInput,
     RestoreBillingPlanInput,
     RestorePsaTermsInput,
+    VoidBillingCorrectionInput,
 )
 from activities.crm import (
     ApprovedChangeOrdersInput,
@@ -50,7 +58,8 @@ from canonical import (
     OutagePolicy,
     PaymentTerms,
 )
-from canonical.impact import ImpactPreview
+from canonical.impact import ImpactPreview, IssuedInvoice
+from tests.fixtures.change_orders import december_invoice, retroactive_preview
 from tests.workflows.fakes import APPROVER, FakeLedger, serving
 from workflows.change_order import (
     STATUS,
@@ -61,18 +70,31 @@ from workflows.change_order import (
     ChangeOrderWorkflow,
     workflow_id,
 )
+from workflows.time_to_invoice import (
+    CONTRACT_CHANGED,
+    INVOICE_CORRECTED,
+    ContractChanged,
+    InvoiceCorrected,
+)
+from workflows.time_to_invoice import workflow_id as invoice_workflow_id
 
 __all__ = [
     "APPROVER",
     "BUDGET",
     "STEP_WAIT_S",
+    "TOLD",
     "FakeChangeOrders",
+    "FakeInvoiceRun",
     "Handle",
+    "InvoiceRunTold",
     "change_order",
+    "draft_id_of",
     "new_deal",
     "preview_of",
     "start_change_order",
+    "start_invoice_run",
     "status_of",
+    "told",
     "wait_until",
 ]
 
@@ -139,6 +161,63 @@ def preview_of(change: ChangeOrder) -> ImpactPreview:
     )
 
 
+TOLD = "told"  # the stand-in invoice run's query
+
+
+class InvoiceRunTold(BaseModel):
+    """What a stand-in time-to-invoice run was told, in order."""
+
+    corrected: list[InvoiceCorrected] = Field(default_factory=list)
+    contract_changed: list[ContractChanged] = Field(default_factory=list)
+
+
+@workflow.defn(name="TimeToInvoiceWorkflow", sandboxed=False)  # its module imports the fakes
+class FakeInvoiceRun:
+    """A period's time-to-invoice run as a change-order run sees it: a workflow of that name
+    that takes `invoice_corrected` and `contract_changed`, and answers what it was told."""
+
+    def __init__(self) -> None:
+        self._told = InvoiceRunTold()
+
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.wait_condition(lambda: False)  # open until the test terminates it
+
+    @workflow.signal(name=INVOICE_CORRECTED)
+    def invoice_corrected(self, fix: InvoiceCorrected) -> None:
+        self._told.corrected.append(fix)
+
+    @workflow.signal(name=CONTRACT_CHANGED)
+    def contract_changed(self, change: ContractChanged) -> None:
+        self._told.contract_changed.append(change)
+
+    @workflow.query(name=TOLD)
+    def told(self) -> InvoiceRunTold:
+        return self._told
+
+
+async def start_invoice_run(
+    client: Client, task_queue: str, period: str = "2026-12"
+) -> WorkflowHandle[FakeInvoiceRun, None]:
+    """A stand-in invoice run of the deal's project (a project of its own: one dev server
+    serves every test). Its draft id is `<workflow id>/<run id>`, as the real run's."""
+    return await client.start_workflow(
+        FakeInvoiceRun.run,
+        id=invoice_workflow_id(f"42-{uuid.uuid4().hex[:8]}", period),
+        task_queue=task_queue,
+    )
+
+
+def draft_id_of(handle: WorkflowHandle[Any, Any]) -> str:
+    """The draft id a time-to-invoice run gives its draft: `<workflow id>/<run id>`."""
+    return f"{handle.id}/{handle.result_run_id}"
+
+
+async def told(handle: WorkflowHandle[Any, Any]) -> InvoiceRunTold:
+    result: InvoiceRunTold = await handle.query(TOLD, result_type=InvoiceRunTold)
+    return result
+
+
 @dataclass
 class FakeChangeOrders(FakeLedger):
     """What the CRM holds (change orders, in approval order), what the store knows of the
@@ -167,6 +246,15 @@ class FakeChangeOrders(FakeLedger):
     fail_plan: str | None = None
     #: Removing the contract version is refused for good (the compensation fails).
     fail_remove: str | None = None
+    #: The ERP refuses invoice corrections for good.
+    fail_erp: str | None = None
+    #: The deal's issued invoices, which a retroactive change order corrects (by default,
+    #: `december_invoice`).
+    issued: list[IssuedInvoice] = field(default_factory=list)
+    #: The issued drafts' ids (`<workflow id>/<run id>`), by invoice number.
+    corrected_drafts: dict[str, str] = field(default_factory=dict)
+    #: The time-to-invoice runs (workflow ids) of drafts awaiting approval, by draft id.
+    draft_runs: dict[str, str] = field(default_factory=dict)
     #: Change orders whose preview does not answer until the test lets it (by id).
     hold: set[str] = field(default_factory=set)
     held: asyncio.Event = field(default_factory=asyncio.Event)
@@ -240,11 +328,21 @@ class FakeChangeOrders(FakeLedger):
                 contract_id=contract_id,
                 applied_version=self.applied_versions[change.id],
             )
+        if change.retroactive:  # canonical's preview, with its corrections of issued invoices
+            issued = self.issued or [december_invoice(change.opportunity_id)]
+            preview = retroactive_preview(change, *issued)
+        else:
+            preview = preview_of(change)
         return ChangeImpact(
             project_id="42",
             contract_id=contract_id,
-            preview=preview_of(change),
+            preview=preview,
             billing_customer_id="cus_TEST1",
+            draft_runs=self.draft_runs,
+            corrected_drafts={
+                c.invoice_number: self.corrected_drafts[c.invoice_number]
+                for c in preview.corrections
+            },
         )
 
     @activity.defn(name="apply_psa_terms")
@@ -269,15 +367,50 @@ class FakeChangeOrders(FakeLedger):
     async def restore_billing_plan(self, request: RestoreBillingPlanInput) -> None:
         self._record("restore_billing_plan", request)
 
+    @activity.defn(name="correct_billing_invoice")
+    async def correct_billing_invoice(self, request: CorrectBillingInput) -> BillingCorrection:
+        """A credit note on the issued invoice and a finalized re-bill, named after it."""
+        self._record("correct_billing_invoice", request)
+        number = request.correction.invoice_number
+        return BillingCorrection(
+            credit_note_id=f"cn_{number}",
+            rebill_invoice_id=f"in_{number}_rebill",
+            rebill_number=f"{number}-R1",
+        )
+
+    @activity.defn(name="void_billing_correction")
+    async def void_billing_correction(self, request: VoidBillingCorrectionInput) -> None:
+        self._record("void_billing_correction", request)
+
+    # -- the ERP and the store ------------------------------------------------------------------
+
+    @activity.defn(name="correct_erp_invoice")
+    async def correct_erp_invoice(self, request: CorrectErpInput) -> ErpCorrection:
+        self._record("correct_erp_invoice", request)
+        if self.fail_erp:
+            raise ApplicationError(self.fail_erp, type="ValidationFailed", non_retryable=True)
+        number = request.correction.invoice_number
+        return ErpCorrection(
+            credit_note_id="701",
+            credit_note_number=f"CN-{number}",
+            rebill_id="702",
+            rebill_number=f"{number}-R1",
+        )
+
+    @activity.defn(name="record_correction")
+    async def record_correction(self, request: RecordCorrectionInput) -> None:
+        self._record("record_correction", request)
+
     def worker(self, client: Client, task_queue: str) -> AbstractAsyncContextManager[None]:
         runs = ChangeOrderRunActivities(task_queue)
         return serving(
             client,
             task_queue,
-            workflows=[ChangeOrderWorkflow, ChangeOrderQueueWorkflow],
+            workflows=[ChangeOrderWorkflow, ChangeOrderQueueWorkflow, FakeInvoiceRun],
             local=[
                 self.change_rules,
                 self.remove_contract_version,
+                self.record_correction,
                 *self.ledger_activities(),
                 runs.enqueue_change_order,
                 runs.start_change_order,
@@ -293,6 +426,9 @@ class FakeChangeOrders(FakeLedger):
                 self.restore_psa_terms,
                 self.update_billing_plan,
                 self.restore_billing_plan,
+                self.correct_billing_invoice,
+                self.void_billing_correction,
+                self.correct_erp_invoice,
             ],
         )
 

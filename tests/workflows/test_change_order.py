@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
@@ -14,17 +17,23 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from activities.change_orders import BillingCorrection
 from canonical import ChangeOrder, ChangeOrderStatus, Money
+from tests.fixtures.change_orders import retroactive_preview, retroactive_rate_increase
 from tests.workflows.change_order_fakes import (
     APPROVER,
     STEP_WAIT_S,
     FakeChangeOrders,
     Handle,
+    InvoiceRunTold,
     change_order,
+    draft_id_of,
     new_deal,
     preview_of,
     start_change_order,
+    start_invoice_run,
     status_of,
+    told,
     wait_until,
 )
 from workflows.approvals import DECIDE, ApprovalAck, ApprovalDecision, Decision
@@ -37,6 +46,7 @@ from workflows.change_order import (
     workflow_id,
 )
 from workflows.starters import start_change_order_run
+from workflows.time_to_invoice import ContractChanged
 
 #: Over the 10,000 USD budget increase finance approves.
 RISKY = "24000"
@@ -465,3 +475,197 @@ async def test_a_rerun_of_a_terminated_active_run_takes_its_turn(
 
     assert result.status == ChangeOrderStep.APPLIED
     assert applied_previews(systems) == [change.key]
+
+
+# -- retroactive change orders: issued invoices corrected --------------------------------------
+
+#: What a retroactive change order's run does, in the order it does it (and what undoes it).
+CORRECTION_STEPS = {
+    "apply_psa_terms",
+    "record_contract",
+    "update_billing_plan",
+    "correct_billing_invoice",
+    "correct_erp_invoice",
+    "record_correction",
+    "void_billing_correction",
+    "restore_billing_plan",
+    "remove_contract_version",
+    "restore_psa_terms",
+    "write_back_change_order",
+    "write_back_deal",
+}
+
+
+def retroactive(systems: FakeChangeOrders) -> ChangeOrder:
+    """The retroactive rate increase on a deal of its own, reaching back into December."""
+    change_order_id = f"a0X{uuid.uuid4().hex[:15].upper()}"
+    return systems.add(retroactive_rate_increase(change_order_id, new_deal()))
+
+
+async def told_until(
+    run: WorkflowHandle[Any, Any], done: Callable[[InvoiceRunTold], bool]
+) -> InvoiceRunTold:
+    """Poll the stand-in invoice run until `done` holds (a bound on polling, not a timing)."""
+    deadline = asyncio.get_running_loop().time() + STEP_WAIT_S
+    while True:
+        heard = await told(run)
+        if done(heard):
+            return heard
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"the invoice run was never told: {heard}")
+        await asyncio.sleep(0.05)
+
+
+async def test_a_retroactive_change_corrects_the_issued_invoice_and_tells_its_run(
+    temporal_client: Client, task_queue: str
+):
+    systems = FakeChangeOrders()
+    change = retroactive(systems)
+    preview = retroactive_preview(change)
+    [correction] = preview.corrections
+    key = f"change-order:salesforce:{change.id}"
+    async with systems.worker(temporal_client, task_queue):
+        run = await start_invoice_run(temporal_client, task_queue)
+        draft_id = draft_id_of(run)
+        systems.corrected_drafts[correction.invoice_number] = draft_id
+        handle = await start_change_order(temporal_client, task_queue, change)
+        # Retroactive: finance approves, however small the change.
+        status = await wait_until(handle, lambda s: s.pending_approval is not None)
+        assert status.preview == preview and nothing_applied(systems)
+        assert status.risks == [
+            "retroactive: effective 2026-12-16, reaching back into invoiced periods (1 issued "
+            "invoice corrected by credit note and re-bill)"
+        ]
+        await handle.execute_update(DECIDE, approve("re-bill checked"), result_type=ApprovalAck)
+        result = await handle.result()
+        heard = await told_until(run, lambda t: bool(t.corrected))
+        await run.terminate("test over")
+
+    assert result.status == ChangeOrderStep.APPLIED and result.digest == preview.digest
+    assert result.message.endswith("; 1 invoice(s) corrected by credit note and re-bill")
+    assert [n for n in systems.sequence if n in CORRECTION_STEPS] == [
+        "apply_psa_terms",
+        "record_contract",
+        "update_billing_plan",
+        "correct_billing_invoice",
+        "correct_erp_invoice",
+        "record_correction",
+        "write_back_change_order",
+        "write_back_deal",
+    ]
+    [billed] = systems.called("correct_billing_invoice")
+    assert (billed.draft_id, billed.correction) == (draft_id, correction)
+    assert (billed.billing_customer_id, billed.days_until_due) == ("cus_TEST1", 30)
+    assert (billed.change_order, billed.change_order_name) == (change.key, change.name)
+    assert billed.idempotency_key == f"{key}:correct:INV-2"
+    # The re-bill names the invoice's run, so its payment events reach that run.
+    assert billed.metadata == {"q2c_workflow_id": run.id, "q2c_run_id": run.result_run_id}
+    [erp] = systems.called("correct_erp_invoice")
+    assert (erp.draft_id, erp.correction) == (draft_id, correction)
+    assert erp.idempotency_key == f"{key}:correct:INV-2"
+    assert erp.reason == f"Change order {change.name} ({change.key})"
+    made = BillingCorrection(
+        credit_note_id="cn_INV-2", rebill_invoice_id="in_INV-2_rebill", rebill_number="INV-2-R1"
+    )
+    [recorded] = systems.called("record_correction")
+    assert (recorded.draft_id, recorded.change_order) == (draft_id, change.key)
+    assert (recorded.billing, recorded.correction) == (made, correction)
+    assert (recorded.erp.credit_note_id, recorded.erp.rebill_id) == ("701", "702")
+    [fix] = heard.corrected
+    assert fix.change_order == change.key
+    assert (fix.credit_note_id, fix.rebill_invoice_id, fix.rebill_number) == (
+        "cn_INV-2",
+        "in_INV-2_rebill",
+        "INV-2-R1",
+    )
+    assert (fix.rebill_total, fix.currency) == (Decimal("1044.00"), "USD")
+    assert (fix.erp_credit_note_id, fix.erp_rebill_id) == ("701", "702")
+    assert heard.contract_changed == []
+    assert not systems.called("void_billing_correction")
+    assert systems.crm_statuses() == [ChangeOrderStatus.APPLIED]
+
+
+async def test_an_erp_correction_refused_voids_the_billing_correction_and_undoes_the_rest(
+    temporal_client: Client, task_queue: str
+):
+    systems = FakeChangeOrders(fail_erp="tryton: the period is closed")
+    change = retroactive(systems)
+    key = f"change-order:salesforce:{change.id}"
+    async with systems.worker(temporal_client, task_queue):
+        run = await start_invoice_run(temporal_client, task_queue)
+        systems.corrected_drafts["INV-2"] = draft_id_of(run)
+        handle = await start_change_order(temporal_client, task_queue, change)
+        await wait_until(handle, lambda s: s.pending_approval is not None)
+        await handle.execute_update(DECIDE, approve(), result_type=ApprovalAck)
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        status = await status_of(handle)
+        heard = await told(run)
+        await run.terminate("test over")
+
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "ChangeOrderFailed"
+    assert cause.message.startswith("correct_erp_invoices: ")
+    assert "the period is closed" in cause.message
+    # Undone newest first: the billing correction, the plan, the version, the PSA; then the CRM.
+    assert [n for n in systems.sequence if n in CORRECTION_STEPS] == [
+        "apply_psa_terms",
+        "record_contract",
+        "update_billing_plan",
+        "correct_billing_invoice",
+        "correct_erp_invoice",
+        "void_billing_correction",
+        "restore_billing_plan",
+        "remove_contract_version",
+        "restore_psa_terms",
+        "write_back_change_order",
+    ]
+    [void] = systems.called("void_billing_correction")
+    assert void.correction == BillingCorrection(
+        credit_note_id="cn_INV-2", rebill_invoice_id="in_INV-2_rebill", rebill_number="INV-2-R1"
+    )
+    assert void.idempotency_key == f"{key}:correct:INV-2:void"
+    [plan] = systems.called("restore_billing_plan")
+    assert (plan.before, plan.idempotency_key) == ("plan v1", f"{key}:plan:undo")
+    [removed] = systems.called("remove_contract_version")
+    assert (removed.version, removed.source) == (2, key)
+    [restored] = systems.called("restore_psa_terms")
+    assert (restored.project_id, restored.idempotency_key) == ("42", key)
+    [written] = systems.called("write_back_change_order")
+    assert written.status is ChangeOrderStatus.FAILED
+    assert "the period is closed" in (written.message or "")
+    assert not systems.called("record_correction") and not systems.called("write_back_deal")
+    # The invoice's run still follows the invoice: nothing corrected it.
+    assert heard.corrected == []
+    assert status.step == ChangeOrderStep.FAILED
+
+
+async def test_a_draft_awaiting_approval_has_its_run_told_the_contract_changed_once(
+    temporal_client: Client, task_queue: str
+):
+    systems = FakeChangeOrders()
+    change = systems.add(change_order(opportunity_id=new_deal()))
+    async with systems.worker(temporal_client, task_queue):
+        run = await start_invoice_run(temporal_client, task_queue, period="2027-01")
+        systems.draft_runs[draft_id_of(run)] = run.id
+        handle = await start_change_order(temporal_client, task_queue, change)
+        result = await handle.result()
+        heard = await told_until(run, lambda t: bool(t.contract_changed))
+        history = await handle.fetch_history()
+        await run.terminate("test over")
+
+    assert result.status == ChangeOrderStep.APPLIED and result.contract_version == 2
+    assert heard.contract_changed == [
+        ContractChanged(change_order=change.key, version=2, effective_from=change.effective_date)
+    ]
+    assert heard.corrected == []
+    signalled = [
+        e.signal_external_workflow_execution_initiated_event_attributes
+        for e in history.events
+        if e.HasField("signal_external_workflow_execution_initiated_event_attributes")
+    ]
+    # Once: the deal's queue is told the run finished; the invoice run, only that.
+    assert [(s.signal_name, s.workflow_execution.workflow_id) for s in signalled] == [
+        ("contract_changed", run.id),
+        ("finished", queue_workflow_id(change.crm, change.opportunity_id)),
+    ]
