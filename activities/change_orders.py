@@ -57,6 +57,7 @@ from canonical.impact import (
     PsaProject,
     preview_change,
 )
+from connectors.errors import ConnectorError
 from store import InvoiceDraft, Store
 
 __all__ = [
@@ -405,6 +406,20 @@ class ChangeOrderActivities:
             return ChangeImpact(
                 project_id=project_id, contract_id=contract_id, problems=exc.problems
             )
+        # Every correction must be possible everywhere before anything is applied: a refusal
+        # after billing corrected an invoice would leave the ERP and billing apart.
+        by_number = {(d.invoice_number or d.id): d for d in issued_rows}
+        unfit = []
+        for fix in preview.corrections:
+            row = by_number.get(fix.invoice_number)
+            if row is None:
+                unfit.append(f"retroactive: invoice {fix.invoice_number} is not q2c's")
+                continue
+            _, problem = erp_new_prices(row, Invoice.model_validate(row.rated["invoice"]), fix)
+            if problem is not None:
+                unfit.append(problem)
+        if unfit:
+            return ChangeImpact(project_id=project_id, contract_id=contract_id, problems=unfit)
         return ChangeImpact(
             project_id=project_id,
             contract_id=contract_id,
@@ -595,16 +610,25 @@ class ChangeOrderActivities:
                     f"({correction.period}) at the amended terms",
                 }
             )
-            invoice_id = await self.billing.create_invoice(
-                rebill,
-                customer_id=request.billing_customer_id,
-                idempotency_key=f"{request.idempotency_key}:rebill",
-                days_until_due=request.days_until_due,
-                metadata={**request.metadata, "q2c_corrects": correction.invoice_number},
-            )
-            final = await self.billing.finalize_invoice(
-                invoice_id, idempotency_key=f"{request.idempotency_key}:rebill:finalize"
-            )
+            try:
+                invoice_id = await self.billing.create_invoice(
+                    rebill,
+                    customer_id=request.billing_customer_id,
+                    idempotency_key=f"{request.idempotency_key}:rebill",
+                    days_until_due=request.days_until_due,
+                    metadata={**request.metadata, "q2c_corrects": correction.invoice_number},
+                )
+                final = await self.billing.finalize_invoice(
+                    invoice_id, idempotency_key=f"{request.idempotency_key}:rebill:finalize"
+                )
+            except ConnectorError as exc:
+                # Refused for good: the credit note must not stand without its re-bill (the
+                # saga never saw this step succeed, so it would not void it).
+                if not exc.retryable and made.credit_note_id is not None:
+                    await self.billing.void_credit_note(
+                        made.credit_note_id, idempotency_key=f"{request.idempotency_key}:undo"
+                    )
+                raise
             made = made.model_copy(
                 update={"rebill_invoice_id": invoice_id, "rebill_number": final.number}
             )
@@ -635,40 +659,10 @@ class ChangeOrderActivities:
         prices is refused rather than posted half right."""
         correction = request.correction
         row, issued = await stored_invoice(self.store, request.draft_id)
-        if row.erp_invoice_id is None or len(row.erp_line_ids) != len(issued.lines):
+        prices, problem = erp_new_prices(row, issued, correction)
+        if problem is not None or row.erp_invoice_id is None:
             raise ApplicationError(
-                f"invoice {correction.invoice_number} has no ERP invoice matching its lines",
-                type="NoErpInvoice",
-                non_retryable=True,
-            )
-        prices: dict[int, Money] = {}
-        used: set[int] = set()
-        for credited in correction.credit_lines:
-            index = next(
-                (i for i, ln in enumerate(issued.lines) if i not in used and ln == credited),
-                None,
-            )
-            again = [
-                ln
-                for ln in correction.rebill_lines
-                if sorted(ln.source_ids) == sorted(credited.source_ids)
-                and ln.quantity == credited.quantity
-            ]
-            if index is None or len(again) != 1:
-                raise ApplicationError(
-                    f"the correction of invoice {correction.invoice_number} changes more "
-                    f"than prices ({credited.description!r}): the ERP re-prices lines only",
-                    type="NotAPriceCorrection",
-                    non_retryable=True,
-                )
-            used.add(index)
-            prices[int(row.erp_line_ids[index])] = again[0].unit_price
-        if len(correction.rebill_lines) != len(correction.credit_lines):
-            raise ApplicationError(
-                f"the correction of invoice {correction.invoice_number} adds or drops lines:"
-                " the ERP re-prices lines only",
-                type="NotAPriceCorrection",
-                non_retryable=True,
+                problem or "no ERP invoice", type="NotAPriceCorrection", non_retryable=True
             )
         made = await self.erp.correct_invoice(
             int(row.erp_invoice_id),
@@ -697,6 +691,42 @@ class ChangeOrderActivities:
             "erp": request.erp.model_dump(mode="json"),
         }
         await self.store.update_draft(request.draft_id, rated={**row.rated, "corrected": corrected})
+
+
+def erp_new_prices(
+    row: InvoiceDraft, issued: Invoice, correction: Correction
+) -> tuple[dict[int, Money], str | None]:
+    """The ERP invoice's line ids with the unit price each should have had, or why the
+    correction cannot be made in the ERP, which re-prices lines (same quantities): each
+    credited line is matched to the re-billed line with the same entries and hours."""
+    number = correction.invoice_number
+    if row.erp_invoice_id is None or len(row.erp_line_ids) != len(issued.lines):
+        return {}, f"retroactive: invoice {number} has no ERP invoice matching its lines"
+    if len(correction.rebill_lines) != len(correction.credit_lines):
+        return {}, (
+            f"retroactive: the correction of invoice {number} adds or drops lines; the ERP "
+            "re-prices lines only"
+        )
+    prices: dict[int, Money] = {}
+    used: set[int] = set()
+    for credited in correction.credit_lines:
+        index = next(
+            (i for i, ln in enumerate(issued.lines) if i not in used and ln == credited), None
+        )
+        again = [
+            ln
+            for ln in correction.rebill_lines
+            if sorted(ln.source_ids) == sorted(credited.source_ids)
+            and ln.quantity == credited.quantity
+        ]
+        if index is None or len(again) != 1:
+            return {}, (
+                f"retroactive: the correction of invoice {number} changes more than prices "
+                f"({credited.description!r}); the ERP re-prices lines only"
+            )
+        used.add(index)
+        prices[int(row.erp_line_ids[index])] = again[0].unit_price
+    return prices, None
 
 
 def change_source(change: ChangeOrder) -> str:

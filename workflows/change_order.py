@@ -521,7 +521,7 @@ class ChangeOrderWorkflow(Lifecycle, AwaitsApproval):
         self._set_step(ChangeOrderStep.CORRECT_BILLING)
         for correction in preview.corrections:
             number = correction.invoice_number
-            draft_id = impact.corrected_drafts[number]
+            draft_id = self._corrected_draft(impact, number)
             fix_key = f"{key}:correct:{number}"
             made = await self.call(
                 ChangeOrderStep.CORRECT_BILLING,
@@ -557,7 +557,7 @@ class ChangeOrderWorkflow(Lifecycle, AwaitsApproval):
         self._set_step(ChangeOrderStep.CORRECT_ERP)
         for correction in preview.corrections:
             number = correction.invoice_number
-            draft_id = impact.corrected_drafts[number]
+            draft_id = self._corrected_draft(impact, number)
             erp = await self.call(
                 ChangeOrderStep.CORRECT_ERP,
                 ChangeOrderActivities.correct_erp_invoice,
@@ -587,8 +587,9 @@ class ChangeOrderWorkflow(Lifecycle, AwaitsApproval):
                 detail={"invoice": number, **erp.model_dump()},
             )
             made = billed[number]
+            run = _follower(draft_id)
             await self._tell(
-                _follower(draft_id)[BILLING_METADATA_KEY],
+                run[BILLING_METADATA_KEY],
                 INVOICE_CORRECTED,
                 InvoiceCorrected(
                     change_order=change.key,
@@ -600,6 +601,8 @@ class ChangeOrderWorkflow(Lifecycle, AwaitsApproval):
                     erp_credit_note_id=erp.credit_note_id,
                     erp_rebill_id=erp.rebill_id,
                 ),
+                # The run that issued the invoice, not a later rerun of its period.
+                run_id=run[BILLING_RUN_METADATA_KEY],
             )
 
     async def _rerate_drafts(
@@ -617,12 +620,22 @@ class ChangeOrderWorkflow(Lifecycle, AwaitsApproval):
         for run_id in sorted(set(impact.draft_runs.values())):
             await self._tell(run_id, CONTRACT_CHANGED, note)
 
-    async def _tell(self, run_id: str, signal: str, note: Message) -> None:
+    async def _tell(
+        self, workflow_id_: str, signal: str, note: Message, *, run_id: str | None = None
+    ) -> None:
         """Signal a time-to-invoice run; one that ended meanwhile has nothing to do."""
         try:
-            await workflow.get_external_workflow_handle(run_id).signal(signal, note)
+            handle = workflow.get_external_workflow_handle(workflow_id_, run_id=run_id)
+            await handle.signal(signal, note)
         except Exception as exc:
-            workflow.logger.warning("%s not told %s: %s", run_id, signal, exc)
+            workflow.logger.warning("%s not told %s: %s", workflow_id_, signal, exc)
+
+    @staticmethod
+    def _corrected_draft(impact: ChangeImpact, number: str) -> str:
+        try:
+            return impact.corrected_drafts[number]
+        except KeyError:
+            raise defect(f"a correction of invoice {number} without its draft") from None
 
     async def _finish_applied(self, change: ChangeOrder, message: str) -> ChangeOrderResult:
         self._set_step(ChangeOrderStep.WRITE_BACK)
