@@ -315,8 +315,9 @@ class ChangeErpPort(Protocol):
     async def correct_invoice(
         self,
         invoice_id: int,
-        new_prices: Mapping[int, Money],
+        new_prices: Mapping[int, Money] | None = None,
         *,
+        rebill: Mapping[int, Sequence[InvoiceLine]] | None = None,
         reason: str,
         idempotency_key: str,
     ) -> Any: ...
@@ -415,7 +416,7 @@ class ChangeOrderActivities:
             if row is None:
                 unfit.append(f"retroactive: invoice {fix.invoice_number} is not q2c's")
                 continue
-            _, problem = erp_new_prices(row, Invoice.model_validate(row.rated["invoice"]), fix)
+            _, problem = erp_rebill_plan(row, Invoice.model_validate(row.rated["invoice"]), fix)
             if problem is not None:
                 unfit.append(problem)
         if unfit:
@@ -652,21 +653,18 @@ class ChangeOrderActivities:
     @translate_connector_errors
     async def correct_erp_invoice(self, request: CorrectErpInput) -> ErpCorrection:
         """The same correction in the ERP: a posted credit note of the changed lines and a
-        posted re-bill of them at their new prices; the posted invoice stays as it was.
-
-        The ERP re-prices lines (same quantities), so each credited line is matched to the
-        re-billed line with the same entries and hours: a correction that changes more than
-        prices is refused rather than posted half right."""
+        posted re-bill at the new terms (`erp_rebill_plan`); the posted invoice stays as it
+        was. The preview checked the plan before anything was applied."""
         correction = request.correction
         row, issued = await stored_invoice(self.store, request.draft_id)
-        prices, problem = erp_new_prices(row, issued, correction)
+        plan, problem = erp_rebill_plan(row, issued, correction)
         if problem is not None or row.erp_invoice_id is None:
             raise ApplicationError(
-                problem or "no ERP invoice", type="NotAPriceCorrection", non_retryable=True
+                problem or "no ERP invoice", type="NotCorrectable", non_retryable=True
             )
         made = await self.erp.correct_invoice(
             int(row.erp_invoice_id),
-            prices,
+            rebill=plan,
             reason=request.reason,
             idempotency_key=request.idempotency_key,
         )
@@ -693,40 +691,45 @@ class ChangeOrderActivities:
         await self.store.update_draft(request.draft_id, rated={**row.rated, "corrected": corrected})
 
 
-def erp_new_prices(
+def erp_rebill_plan(
     row: InvoiceDraft, issued: Invoice, correction: Correction
-) -> tuple[dict[int, Money], str | None]:
-    """The ERP invoice's line ids with the unit price each should have had, or why the
-    correction cannot be made in the ERP, which re-prices lines (same quantities): each
-    credited line is matched to the re-billed line with the same entries and hours."""
+) -> tuple[dict[int, list[InvoiceLine]], str | None]:
+    """Each credited line's ERP line id with the lines it is re-billed as, or why the
+    correction cannot be made in the ERP. A re-billed line belongs to the credited line
+    whose entries it bills (a line split at the effective date has two), so it takes that
+    line's account and taxes there."""
     number = correction.invoice_number
     if row.erp_invoice_id is None or len(row.erp_line_ids) != len(issued.lines):
         return {}, f"retroactive: invoice {number} has no ERP invoice matching its lines"
-    if len(correction.rebill_lines) != len(correction.credit_lines):
-        return {}, (
-            f"retroactive: the correction of invoice {number} adds or drops lines; the ERP "
-            "re-prices lines only"
-        )
-    prices: dict[int, Money] = {}
+    original = issued_rated(row)
+
+    def billed_by(line: InvoiceLine, rated: RatedPeriod) -> set[str]:
+        """What a line bills: its time entries (a grouped time line lists them apart)."""
+        return set(rated.line_entries.get(line.id or "", [])) | set(line.source_ids)
+
+    plan: dict[int, list[InvoiceLine]] = {}
+    owners: list[tuple[set[str], int]] = []
     used: set[int] = set()
     for credited in correction.credit_lines:
         index = next(
             (i for i, ln in enumerate(issued.lines) if i not in used and ln == credited), None
         )
-        again = [
-            ln
-            for ln in correction.rebill_lines
-            if sorted(ln.source_ids) == sorted(credited.source_ids)
-            and ln.quantity == credited.quantity
-        ]
-        if index is None or len(again) != 1:
-            return {}, (
-                f"retroactive: the correction of invoice {number} changes more than prices "
-                f"({credited.description!r}); the ERP re-prices lines only"
-            )
+        if index is None:
+            return {}, f"retroactive: invoice {number} does not hold {credited.description!r}"
         used.add(index)
-        prices[int(row.erp_line_ids[index])] = again[0].unit_price
-    return prices, None
+        line_id = int(row.erp_line_ids[index])
+        plan[line_id] = []
+        owners.append((billed_by(credited, original), line_id))
+    for line in correction.rebill_lines:
+        sources = billed_by(line, correction.rerated)
+        owner = next((i for own, i in owners if sources and sources <= own), None)
+        if owner is None:
+            return {}, (
+                f"retroactive: the re-bill of invoice {number} has {line.description!r}, "
+                "which no credited line bills; the ERP re-bills credited lines only"
+            )
+        plan[owner].append(line)
+    return plan, None
 
 
 def change_source(change: ChangeOrder) -> str:

@@ -9,7 +9,7 @@ there.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -707,14 +707,18 @@ class TrytonErp:
     async def correct_invoice(
         self,
         invoice_id: int,
-        new_prices: Mapping[int, Money],
+        new_prices: Mapping[int, Money] | None = None,
         *,
+        rebill: Mapping[int, Sequence[InvoiceLine]] | None = None,
         reason: str,
         idempotency_key: str,
     ) -> InvoiceCorrection:
         """Credit these lines of a posted invoice and re-bill them at their new unit prices.
 
         `new_prices` maps the invoice's line ids to the unit price each should have had.
+        Or `rebill` maps each credited line id to the lines it is re-billed as: none (only
+        credited), or several (a line split, as hours before and after a change order's
+        effective date); each takes the credited line's account, product and taxes.
         Two posted documents come out: a credit note holding each line negated (as Tryton's
         own credit makes it: same price, taxes and account, quantity negated, the line as
         its origin) and a re-bill holding each line at its new price. The invoice itself is
@@ -736,10 +740,18 @@ class TrytonErp:
         Taxes are q2c's (half up, per line): the credit note's are the original lines' own
         amounts negated, so crediting every line gives back the invoice's total exactly.
         """
-        header = await self._correctable(invoice_id, new_prices)
+        if (new_prices is None) == (rebill is None):
+            raise ValueError("give new_prices or rebill, not both")
+        field = "new_prices" if new_prices is not None else "rebill"
+        credited: dict[int, list[Money]] = (
+            {i: [p] for i, p in new_prices.items()}
+            if new_prices is not None
+            else {i: [ln.unit_price for ln in lines] for i, lines in (rebill or {}).items()}
+        )
+        header = await self._correctable(invoice_id, credited, field)
         lines = await self.client.read(
             "account.invoice.line",
-            sorted(new_prices),
+            sorted(credited),
             [
                 "invoice",
                 "type",
@@ -782,32 +794,46 @@ class TrytonErp:
                     "unit_price": line["unit_price"],
                 }
             )
-            price = new_prices[int(line["id"])]
-            rebilled = InvoiceLine(
-                description=line["description"] or "-",
-                quantity=Decimal(str(line["quantity"])),
-                unit_price=price,
-                tax_rate=sum((rates[t] for t in line["taxes"] if t in rates), Decimal(0)),
-            )
-            quantity, unit_price, description = mapping.invoice_line_values(rebilled)
-            rebill_lines.append(
-                {
-                    **common,
-                    "description": description,
-                    "quantity": quantity,
-                    "unit_price": unit_price,
-                }
+            tax_rate = sum((rates[t] for t in line["taxes"] if t in rates), Decimal(0))
+            wanted = (
+                [
+                    InvoiceLine(
+                        description=line["description"] or "-",
+                        quantity=Decimal(str(line["quantity"])),
+                        unit_price=new_prices[int(line["id"])],
+                        tax_rate=tax_rate,
+                    )
+                ]
+                if new_prices is not None
+                else [
+                    ln.model_copy(update={"tax_rate": tax_rate})
+                    for ln in (rebill or {})[int(line["id"])]
+                ]
             )
             for tax in line["taxes"]:
-                if tax not in rates:
-                    continue
-                old_tax = Money(amount=old_net * rates[tax], currency=currency).rounded().amount
-                new_tax = Money(amount=rebilled.net.amount * rates[tax], currency=currency)
-                group = (int(tax), -old_net >= 0)
-                credit_taxes[group] = credit_taxes.get(group, Decimal(0)) - old_tax
-                group = (int(tax), rebilled.net.amount >= 0)
-                rebill_taxes[group] = rebill_taxes.get(group, Decimal(0)) + new_tax.rounded().amount
-        if set(new_prices) == set(await self._invoice_line_ids(invoice_id)):
+                if tax in rates:
+                    old_tax = Money(amount=old_net * rates[tax], currency=currency).rounded()
+                    group = (int(tax), -old_net >= 0)
+                    credit_taxes[group] = credit_taxes.get(group, Decimal(0)) - old_tax.amount
+            for rebilled in wanted:
+                quantity, unit_price, description = mapping.invoice_line_values(rebilled)
+                rebill_lines.append(
+                    {
+                        **common,
+                        "description": description,
+                        "quantity": quantity,
+                        "unit_price": unit_price,
+                    }
+                )
+                for tax in line["taxes"]:
+                    if tax not in rates:
+                        continue
+                    new_tax = Money(amount=rebilled.net.amount * rates[tax], currency=currency)
+                    group = (int(tax), rebilled.net.amount >= 0)
+                    rebill_taxes[group] = (
+                        rebill_taxes.get(group, Decimal(0)) + new_tax.rounded().amount
+                    )
+        if set(credited) == set(await self._invoice_line_ids(invoice_id)):
             # Every line credited: the credit note's taxes are the invoice's own, negated,
             # however they were rounded (Tryton rounds its own invoices half even).
             (row,) = await self.client.read("account.invoice", [invoice_id], ["taxes"])
@@ -874,11 +900,11 @@ class TrytonErp:
                     system=SYSTEM,
                 )
             documents.append(info)
-        credit_note, rebill = documents
-        return InvoiceCorrection(invoice_id=invoice_id, credit_note=credit_note, rebill=rebill)
+        credit_note, rebill_doc = documents
+        return InvoiceCorrection(invoice_id=invoice_id, credit_note=credit_note, rebill=rebill_doc)
 
     async def _correctable(
-        self, invoice_id: int, new_prices: Mapping[int, Money]
+        self, invoice_id: int, credited: Mapping[int, Sequence[Money]], field: str
     ) -> dict[str, Any]:
         rows = await self._invoice_row(
             invoice_id,
@@ -912,28 +938,29 @@ class TrytonErp:
                 field="state",
                 code="invoice_not_posted",
             )
-        if not new_prices:
+        if not credited:
             raise ValidationFailed(
                 f"nothing to correct on invoice {header['number']}",
                 system=SYSTEM,
-                field="new_prices",
+                field=field,
             )
         currency = str(header["currency."]["code"])
         own = set(await self._invoice_line_ids(invoice_id))
-        for line_id, price in new_prices.items():
+        for line_id, prices in credited.items():
             if line_id not in own:
                 raise ValidationFailed(
                     f"line {line_id} is not an invoice line of {header['number']}",
                     system=SYSTEM,
-                    field=f"new_prices[{line_id}]",
+                    field=f"{field}[{line_id}]",
                 )
-            if price.currency != currency:
-                raise ValidationFailed(
-                    f"invoice {header['number']} is in {currency}; the new price of line"
-                    f" {line_id} is in {price.currency}",
-                    system=SYSTEM,
-                    field=f"new_prices[{line_id}]",
-                )
+            for price in prices:
+                if price.currency != currency:
+                    raise ValidationFailed(
+                        f"invoice {header['number']} is in {currency}; the new price of line"
+                        f" {line_id} is in {price.currency}",
+                        system=SYSTEM,
+                        field=f"{field}[{line_id}]",
+                    )
         return header
 
     async def _tax_rates(self, tax_ids: list[int]) -> dict[int, Decimal]:

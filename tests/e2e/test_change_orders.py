@@ -474,3 +474,57 @@ async def test_a_draft_awaiting_approval_is_rerated_with_the_new_terms(
     assert status.step is InvoiceStep.AWAITING_APPROVAL
     assert list(lines(status).values()) == [10 * Decimal("180")]
     await run.terminate("re-rated: billing is not this test's subject")
+
+
+async def test_a_retroactive_change_from_mid_period_rebills_each_side_of_its_date(
+    temporal_env: WorkflowEnvironment,
+    e2e_settings: Settings,
+    e2e_store: Store,
+    salesforce_standin: SalesforceStandin,
+    downstream: Downstream,
+) -> None:
+    last = BillingPeriod.of(datetime.now(UTC).date()).previous()
+    mid = last.start + timedelta(days=14)
+    deal = await provision(
+        temporal_env,
+        e2e_settings,
+        salesforce_standin,
+        downstream,
+        mixed_deal(close_date=last.start),
+    )
+    await book(downstream, deal, last.start, ("Development", "4"))
+    await book(downstream, deal, mid, ("Development", "6"))
+    run, drafted = await invoice(temporal_env, e2e_settings, deal.project_id, last.key)
+    assert list(lines(drafted).values()) == [10 * DEV_RATE]
+    await run.execute_update(INVOICE_DECIDE, decision(Decision.APPROVE), result_type=DecisionAck)
+    issued = await wait_for_step(run, InvoiceStep.AWAITING_PAYMENT)
+    assert issued.billing_invoice_id and issued.erp_invoice_id and issued.draft
+
+    seeded = await salesforce_standin.seed_change_order(
+        deal.seeded, rate_increase(mid, retroactive=True, name="CO retro from the 15th")
+    )
+    handle = await start(temporal_env, e2e_settings, seeded)
+    held = await wait_for(handle, ChangeOrderStep.AWAITING_APPROVAL)
+    await handle.execute_update(
+        DECIDE,
+        ApprovalDecision(decision=Decision.APPROVE, approver=APPROVER, reason="signed"),
+        result_type=ApprovalAck,
+    )
+    assert (await handle.result()).status is ChangeOrderStep.APPLIED
+    assert held.preview is not None
+    [correction] = held.preview.corrections
+    # The 10 h line is credited; re-billed as 4 h at the old rate and 6 h at the new one.
+    after = 4 * DEV_RATE + 6 * Decimal("180")
+    assert sorted(ln.net.amount for ln in correction.rebill_lines) == [4 * DEV_RATE, 6 * 180]
+
+    row = await e2e_store.draft(issued.draft.draft_id)
+    assert row is not None
+    fixed = row.rated["corrected"]
+    [note] = await downstream.stripe.list_credit_notes(issued.billing_invoice_id)
+    rebill = await downstream.stripe.get_invoice(fixed["billing"]["rebill_invoice_id"])
+    assert (note.subtotal.amount, rebill.subtotal.amount) == (10 * DEV_RATE, after)
+    credit = await downstream.erp.get_invoice_info(int(fixed["erp"]["credit_note_id"]))
+    rebilled = await downstream.erp.get_invoice_info(int(fixed["erp"]["rebill_id"]))
+    assert (credit.untaxed.amount, rebilled.untaxed.amount) == (-10 * DEV_RATE, after)
+    assert rebilled.total == rebill.total
+    await run.terminate("corrected: payment is not this test's subject")
