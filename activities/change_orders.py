@@ -722,7 +722,16 @@ def erp_rebill_plan(
         owners.append((billed_by(credited, original), line_id))
     for line in correction.rebill_lines:
         sources = billed_by(line, correction.rerated)
-        owner = next((i for own, i in owners if sources and sources <= own), None)
+        # A line the change leaves as it was (a fee, an instalment) has its twin credited.
+        twin = next(
+            (
+                i
+                for c, (_, i) in zip(correction.credit_lines, owners, strict=True)
+                if _same(c, line)
+            ),
+            None,
+        )
+        owner = twin or next((i for own, i in owners if sources and sources <= own), None)
         if owner is None:
             return {}, (
                 f"retroactive: the re-bill of invoice {number} has {line.description!r}, "
@@ -730,6 +739,16 @@ def erp_rebill_plan(
             )
         plan[owner].append(line)
     return plan, None
+
+
+def _same(a: InvoiceLine, b: InvoiceLine) -> bool:
+    """The same line as the customer reads it (another contract version is no difference)."""
+    return (a.description, a.quantity, a.unit_price, a.tax_rate) == (
+        b.description,
+        b.quantity,
+        b.unit_price,
+        b.tax_rate,
+    )
 
 
 def change_source(change: ChangeOrder) -> str:

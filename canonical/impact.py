@@ -16,10 +16,11 @@ Decisions worth knowing:
 - **Budget.** A version's ``budget`` is None while it equals the value; a change's budget
   delta moves the budget, its amount delta the value, independently.
 - **Issued invoices are never edited.** A retroactive change re-rates each issued period
-  under the new terms from the entries it billed; the lines that differ (by content: the
-  same hours at the same rate under another version number is no difference) are credited,
-  the new ones re-billed. So the period's net after the correction is exactly what the new
-  terms rate, for time: hours x new rate. An upfront invoice is not corrected.
+  under the new terms from the entries it billed. When any line differs (by content: the
+  same hours at the same rate under another version number is no difference), the invoice
+  is credited whole and the period re-billed whole at the new terms (cancel and replace:
+  one invoice is left to pay). So the period's net after the correction is exactly what
+  the new terms rate, for time: hours x new rate. An upfront invoice is not corrected.
 - **Billing plan.** Fees and milestones are valued as the rating engine would bill them
   (`canonical.rating`): a completion share under the version in force on the day its task
   was done (the latest while it is open), an instalment under the version in force on its
@@ -175,8 +176,8 @@ class DraftRerate(CanonicalModel):
 
 
 class Correction(CanonicalModel):
-    """An issued invoice corrected: its lines that differ credited, the new ones re-billed.
-    The invoice itself is never edited."""
+    """An issued invoice corrected: credited whole, and its period re-billed whole at the new
+    terms. The invoice itself is never edited."""
 
     invoice_number: NonEmpty
     invoice_id: str | None = None
@@ -1020,22 +1021,13 @@ def _correction(
                 f"or no longer rate ({', '.join(missing[:5])})"
             ],
         )
-    left = Counter(_content(ln) for ln in rerated.lines)
-    credit: list[InvoiceLine] = []
-    for line in original.lines:
-        if left[_content(line)] > 0:
-            left[_content(line)] -= 1
-        else:
-            credit.append(line)
-    kept = Counter(_content(ln) for ln in original.lines)
-    rebill: list[InvoiceLine] = []
-    for line in rerated.lines:
-        if kept[_content(line)] > 0:
-            kept[_content(line)] -= 1
-        else:
-            rebill.append(line)
-    if not credit and not rebill:
+    if Counter(_content(ln) for ln in original.lines) == Counter(
+        _content(ln) for ln in rerated.lines
+    ):
         return None
+    # Cancel and replace: the invoice credited whole and the period re-billed whole, so the
+    # customer owes one invoice again (a partial credit would leave two open to follow).
+    credit, rebill = list(original.lines), list(rerated.lines)
     currency = original.currency
     credit_net = sum_money((ln.net for ln in credit), currency)
     rebill_net = sum_money((ln.net for ln in rebill), currency)

@@ -548,6 +548,15 @@ class TimeToInvoiceWorkflow(Lifecycle, AwaitsApproval):
                     continue  # the invoice was corrected since: its re-bill is followed
                 if self._payable is not None:
                     total = self._payable
+                if event.kind == "paid" and event.amount == 0 and total > 0:
+                    # Credited down to nothing, not paid: a change order cancels and
+                    # replaces it (`invoice_corrected` names the re-bill to follow).
+                    await self.audit(
+                        InvoiceStep.AWAITING_PAYMENT,
+                        f"settled_by_credit:{event.event_id}",
+                        detail={"billing_invoice_id": event.billing_invoice_id},
+                    )
+                    continue
                 if event.kind == "paid":
                     return await self._paid(event, total, currency)
                 if event.kind == "voided":

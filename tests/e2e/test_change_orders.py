@@ -492,10 +492,10 @@ async def test_a_retroactive_change_from_mid_period_rebills_each_side_of_its_dat
         downstream,
         mixed_deal(close_date=last.start),
     )
-    await book(downstream, deal, last.start, ("Development", "4"))
+    await book(downstream, deal, last.start, ("Development", "4"), ("Project Management", "2"))
     await book(downstream, deal, mid, ("Development", "6"))
     run, drafted = await invoice(temporal_env, e2e_settings, deal.project_id, last.key)
-    assert list(lines(drafted).values()) == [10 * DEV_RATE]
+    assert sorted(lines(drafted).values()) == [2 * PM_RATE, 10 * DEV_RATE]
     await run.execute_update(INVOICE_DECIDE, decision(Decision.APPROVE), result_type=DecisionAck)
     issued = await wait_for_step(run, InvoiceStep.AWAITING_PAYMENT)
     assert issued.billing_invoice_id and issued.erp_invoice_id and issued.draft
@@ -513,18 +513,30 @@ async def test_a_retroactive_change_from_mid_period_rebills_each_side_of_its_dat
     assert (await handle.result()).status is ChangeOrderStep.APPLIED
     assert held.preview is not None
     [correction] = held.preview.corrections
-    # The 10 h line is credited; re-billed as 4 h at the old rate and 6 h at the new one.
-    after = 4 * DEV_RATE + 6 * Decimal("180")
-    assert sorted(ln.net.amount for ln in correction.rebill_lines) == [4 * DEV_RATE, 6 * 180]
+    # Cancel and replace: the invoice is credited whole; Development is re-billed as 4 h at
+    # the old rate and 6 h at the new one, Project Management as it was.
+    before = 10 * DEV_RATE + 2 * PM_RATE
+    after = 4 * DEV_RATE + 6 * Decimal("180") + 2 * PM_RATE
+    assert sorted(ln.net.amount for ln in correction.rebill_lines) == [
+        2 * PM_RATE,
+        4 * DEV_RATE,
+        6 * 180,
+    ]
 
     row = await e2e_store.draft(issued.draft.draft_id)
     assert row is not None
     fixed = row.rated["corrected"]
     [note] = await downstream.stripe.list_credit_notes(issued.billing_invoice_id)
     rebill = await downstream.stripe.get_invoice(fixed["billing"]["rebill_invoice_id"])
-    assert (note.subtotal.amount, rebill.subtotal.amount) == (10 * DEV_RATE, after)
+    assert (note.subtotal.amount, rebill.subtotal.amount) == (before, after)
     credit = await downstream.erp.get_invoice_info(int(fixed["erp"]["credit_note_id"]))
     rebilled = await downstream.erp.get_invoice_info(int(fixed["erp"]["rebill_id"]))
-    assert (credit.untaxed.amount, rebilled.untaxed.amount) == (-10 * DEV_RATE, after)
+    assert (credit.untaxed.amount, rebilled.untaxed.amount) == (-before, after)
     assert rebilled.total == rebill.total
+    # The original is settled by the credit note: only the re-bill is left to pay.
+    original = await downstream.stripe.get_invoice(issued.billing_invoice_id)
+    assert original.status.value == "paid"
+    assert (await run.query(INVOICE_STATUS, result_type=InvoiceStatus)).billing_invoice_id == (
+        fixed["billing"]["rebill_invoice_id"]
+    )
     await run.terminate("corrected: payment is not this test's subject")

@@ -559,21 +559,22 @@ def test_a_retroactive_rate_change_credits_and_rebills_so_net_is_hours_at_the_ne
     preview = preview_change(co, billing(), psa=psa(), issued=[dec, nov])
     [fix] = preview.corrections  # November is before the change: untouched
     assert (fix.invoice_number, fix.invoice_id, fix.period) == ("INV-2", "in_2", "2026-12")
-    # Its time line is credited as it was issued; the Rollout instalment it billed stays.
-    assert fix.credit_lines == [
-        ln for ln in dec.rated.lines if ln.id == "time:T1:Consultant:165.00"
+    # Cancel and replace: the invoice is credited whole as it was issued, and December is
+    # re-billed whole: its hours on each side of the effective date, and the Rollout
+    # instalment it billed, as before.
+    assert fix.credit_lines == dec.rated.lines
+    assert (fix.credit_net, fix.credit_total) == (usd("1125.00"), usd("1350.00"))
+    assert sorted((ln.quantity, ln.unit_price.amount) for ln in fix.rebill_lines) == [
+        (Decimal(1), Decimal("300.00")),
+        (Decimal(2), Decimal("165.00")),
+        (Decimal(3), Decimal("180.00")),
     ]
-    assert (fix.credit_net, fix.credit_total) == (usd("825.00"), usd("990.00"))
-    assert [(ln.quantity, ln.unit_price) for ln in fix.rebill_lines] == [
-        (Decimal(2), usd("165.00")),
-        (Decimal(3), usd("180.00")),
-    ]
-    assert (fix.rebill_net, fix.rebill_total) == (usd("870.00"), usd("1044.00"))
+    assert (fix.rebill_net, fix.rebill_total) == (usd("1170.00"), usd("1404.00"))
     instalment = usd("300.00")  # instalment 3 of Rollout, billed in December
     assert fix.net_before == usd("825.00") + instalment
     assert fix.net_after == usd("330") + usd("540") + instalment  # 2 h x 165 + 3 h x 180
     assert (
-        "Invoice INV-2 (2026-12): credit note 990.00, re-bill 1044.00 USD (net 1125.00 → 1170.00)"
+        "Invoice INV-2 (2026-12): credit note 1350.00, re-bill 1404.00 USD (net 1125.00 → 1170.00)"
         in preview.render()
     )
     assert dec.rated == issued("INV-2", DEC, *dec_entries, earlier=(nov,)).rated  # not edited
@@ -588,8 +589,11 @@ def test_a_retroactive_change_from_the_start_of_a_period_rebills_all_its_hours()
     dec = issued("INV-2", DEC, entry("d1", date(2026, 12, 10), "4"))
     co = change(effective_date=DEC.start, retroactive=True, lines=[repriced(rate=usd("180"))])
     [fix] = preview_change(co, billing(), issued=[dec]).corrections
-    assert (fix.credit_net, fix.rebill_net) == (usd("660.00"), usd("720.00"))  # 4 h x 180
-    assert fix.net_after - fix.net_before == usd("60.00")  # 4 h x 15 more
+    assert fix.credit_net == dec.rated.subtotal  # credited whole
+    hours = [ln.net for ln in fix.rebill_lines if ln.quantity == Decimal(4)]
+    assert hours == [usd("720.00")]  # 4 h x 180
+    assert fix.rebill_net - fix.credit_net == usd("60.00")  # 4 h x 15 more
+    assert fix.net_after - fix.net_before == usd("60.00")
 
 
 def test_a_retroactive_change_needs_the_entries_the_invoice_billed() -> None:
