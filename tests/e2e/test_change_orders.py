@@ -31,7 +31,15 @@ from devstack.salesforce_seed import (
 from settings import Settings
 from store import Store
 from tests.e2e.conftest import APPROVER, Downstream
-from tests.e2e.test_contracts import DEV_RATE, PM_RATE, book, invoice, lines, provision
+from tests.e2e.test_contracts import (
+    DEV_RATE,
+    PM_RATE,
+    Deal,
+    book,
+    invoice,
+    lines,
+    provision,
+)
 from tests.e2e.test_time_to_invoice import decision, wait_for_step
 from tests.fixtures.deals import change_order, mixed_deal
 from tests.fixtures.salesforce import SalesforceStandin
@@ -53,11 +61,18 @@ from workflows.opportunity_to_project import workflow_id as deal_workflow_id
 from workflows.starters import start_change_order_run
 from workflows.time_to_invoice import DECIDE as INVOICE_DECIDE
 from workflows.time_to_invoice import STATUS as INVOICE_STATUS
-from workflows.time_to_invoice import DecisionAck, InvoiceStatus, InvoiceStep
+from workflows.time_to_invoice import (
+    DecisionAck,
+    InvoiceStatus,
+    InvoiceStep,
+    TimeToInvoiceResult,
+    TimeToInvoiceWorkflow,
+)
 
 pytestmark = pytest.mark.usefixtures("e2e_worker")
 
 CoHandle = WorkflowHandle[ChangeOrderWorkflow, ChangeOrderResult]
+InvoiceHandle = WorkflowHandle[TimeToInvoiceWorkflow, TimeToInvoiceResult]
 STEP_WAIT_S = 120
 
 
@@ -78,6 +93,38 @@ async def start(
     return temporal_env.client.get_workflow_handle(
         started.workflow_id, result_type=ChangeOrderResult
     )
+
+
+async def approve(handle: CoHandle, reason: str) -> ApprovalAck:
+    """Finance approves the preview the run holds, from the CLI's update."""
+    ack: ApprovalAck = await handle.execute_update(
+        DECIDE,
+        ApprovalDecision(decision=Decision.APPROVE, approver=APPROVER, reason=reason),
+        result_type=ApprovalAck,
+    )
+    return ack
+
+
+async def issued_last_month(
+    temporal_env: WorkflowEnvironment,
+    settings: Settings,
+    salesforce_standin: SalesforceStandin,
+    downstream: Downstream,
+    *hours: tuple[date, str, str],
+) -> tuple[Deal, InvoiceHandle, InvoiceStatus]:
+    """A deal provisioned from the start of last month, `hours` (day, task, hours) booked,
+    and last month invoiced and approved: its run waits for the payment."""
+    last = BillingPeriod.of(datetime.now(UTC).date()).previous()
+    deal = await provision(
+        temporal_env, settings, salesforce_standin, downstream, mixed_deal(close_date=last.start)
+    )
+    for day, task, worked in hours:
+        await book(downstream, deal, day, (task, worked))
+    run, _ = await invoice(temporal_env, settings, deal.project_id, last.key)
+    await run.execute_update(INVOICE_DECIDE, decision(Decision.APPROVE), result_type=DecisionAck)
+    issued = await wait_for_step(run, InvoiceStep.AWAITING_PAYMENT)
+    assert issued.billing_invoice_id and issued.erp_invoice_id and issued.draft
+    return deal, run, issued
 
 
 async def wait_for(handle: CoHandle, step: ChangeOrderStep) -> ChangeOrderView:
@@ -198,11 +245,7 @@ async def test_a_budget_increase_waits_for_finance_and_the_approved_preview_is_a
     # preview is not applied; the new preview is held for approval again.
     edited = replace(spec, budget_delta=Decimal("30000"), amount_delta=Decimal("30000"))
     await salesforce_standin.seed_change_order(seeded_deal, edited)
-    ack = await handle.execute_update(
-        DECIDE,
-        ApprovalDecision(decision=Decision.APPROVE, approver=APPROVER, reason="within plan"),
-        result_type=ApprovalAck,
-    )
+    ack = await approve(handle, "within plan")
     assert ack.what == "approve"
     async with asyncio.timeout(STEP_WAIT_S):
         while True:
@@ -216,11 +259,7 @@ async def test_a_budget_increase_waits_for_finance_and_the_approved_preview_is_a
     contract = await stored_contract(e2e_store, deal.project_id)
     assert contract is not None and len(contract.versions) == 1  # nothing applied yet
 
-    await handle.execute_update(
-        DECIDE,
-        ApprovalDecision(decision=Decision.APPROVE, approver=APPROVER, reason="revised, ok"),
-        result_type=ApprovalAck,
-    )
+    await approve(handle, "revised, ok")
     result = await handle.result()
     assert result.status is ChangeOrderStep.APPLIED and result.digest == again.preview.digest
     final: ChangeOrderView = await handle.query(STATUS, result_type=ChangeOrderView)
@@ -338,19 +377,15 @@ async def test_a_retroactive_rate_change_credits_and_rebills_the_invoiced_period
     downstream: Downstream,
 ) -> None:
     last = BillingPeriod.of(datetime.now(UTC).date()).previous()
-    deal = await provision(
+    deal, run, issued = await issued_last_month(
         temporal_env,
         e2e_settings,
         salesforce_standin,
         downstream,
-        mixed_deal(close_date=last.start),
+        (last.start, "Development", "10"),
     )
-    await book(downstream, deal, last.start, ("Development", "10"))
-    run, drafted = await invoice(temporal_env, e2e_settings, deal.project_id, last.key)
-    assert list(lines(drafted).values()) == [10 * DEV_RATE]
-    await run.execute_update(INVOICE_DECIDE, decision(Decision.APPROVE), result_type=DecisionAck)
-    issued = await wait_for_step(run, InvoiceStep.AWAITING_PAYMENT)
-    assert issued.billing_invoice_id and issued.erp_invoice_id and issued.draft
+    assert issued.draft and issued.billing_invoice_id and issued.erp_invoice_id
+    assert [ln.net for ln in issued.draft.lines] == [10 * DEV_RATE]
     stripe_before = await downstream.stripe.get_invoice(issued.billing_invoice_id)
     erp_before = await downstream.erp.get_invoice(int(issued.erp_invoice_id))
 
@@ -366,11 +401,7 @@ async def test_a_retroactive_rate_change_credits_and_rebills_the_invoiced_period
     assert correction.credit_net.amount == 10 * DEV_RATE
     assert correction.rebill_net.amount == 10 * Decimal("180")
     assert correction.net_after.amount == 10 * Decimal("180")
-    await handle.execute_update(
-        DECIDE,
-        ApprovalDecision(decision=Decision.APPROVE, approver=APPROVER, reason="signed"),
-        result_type=ApprovalAck,
-    )
+    await approve(handle, "signed")
     result = await handle.result()
     assert result.status is ChangeOrderStep.APPLIED and result.digest == held.preview.digest
 
@@ -485,31 +516,24 @@ async def test_a_retroactive_change_from_mid_period_rebills_each_side_of_its_dat
 ) -> None:
     last = BillingPeriod.of(datetime.now(UTC).date()).previous()
     mid = last.start + timedelta(days=14)
-    deal = await provision(
+    deal, run, issued = await issued_last_month(
         temporal_env,
         e2e_settings,
         salesforce_standin,
         downstream,
-        mixed_deal(close_date=last.start),
+        (last.start, "Development", "4"),
+        (last.start, "Project Management", "2"),
+        (mid, "Development", "6"),
     )
-    await book(downstream, deal, last.start, ("Development", "4"), ("Project Management", "2"))
-    await book(downstream, deal, mid, ("Development", "6"))
-    run, drafted = await invoice(temporal_env, e2e_settings, deal.project_id, last.key)
-    assert sorted(lines(drafted).values()) == [2 * PM_RATE, 10 * DEV_RATE]
-    await run.execute_update(INVOICE_DECIDE, decision(Decision.APPROVE), result_type=DecisionAck)
-    issued = await wait_for_step(run, InvoiceStep.AWAITING_PAYMENT)
-    assert issued.billing_invoice_id and issued.erp_invoice_id and issued.draft
+    assert issued.draft and issued.billing_invoice_id and issued.erp_invoice_id
+    assert sorted(ln.net for ln in issued.draft.lines) == [2 * PM_RATE, 10 * DEV_RATE]
 
     seeded = await salesforce_standin.seed_change_order(
         deal.seeded, rate_increase(mid, retroactive=True, name="CO retro from the 15th")
     )
     handle = await start(temporal_env, e2e_settings, seeded)
     held = await wait_for(handle, ChangeOrderStep.AWAITING_APPROVAL)
-    await handle.execute_update(
-        DECIDE,
-        ApprovalDecision(decision=Decision.APPROVE, approver=APPROVER, reason="signed"),
-        result_type=ApprovalAck,
-    )
+    await approve(handle, "signed")
     assert (await handle.result()).status is ChangeOrderStep.APPLIED
     assert held.preview is not None
     [correction] = held.preview.corrections
