@@ -18,6 +18,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
 import activities
+import activities.change_orders
 import activities.contracts
 from settings import Settings
 from store import Store
@@ -54,6 +55,7 @@ def every_defined_activity() -> set[str]:
     found = set()
     for module in (
         activities.billing,
+        activities.change_orders,
         activities.contracts,
         activities.crm,
         activities.deal,
@@ -92,11 +94,28 @@ def test_each_activity_runs_on_exactly_one_queue_and_systems_on_their_own(
         "set_draft_status",
         "sweep_crm",
         "sweep_billing",
+        "change_rules",
+        "remove_contract_version",
+        "record_correction",
+        "enqueue_change_order",
+        "start_change_order",
+        "run_is_open",
     }
-    assert {"upsert_customer", "create_project", "post_erp_invoice", "draft_invoice"} <= served[
-        "q2c-tryton"
-    ]
-    assert {"provision_billing_customer", "finalize_billing_invoice"} <= served["q2c-stripe"]
+    assert {
+        "upsert_customer",
+        "create_project",
+        "post_erp_invoice",
+        "draft_invoice",
+        "preview_change_order",
+        "apply_psa_terms",
+        "correct_erp_invoice",
+    } <= served["q2c-tryton"]
+    assert {
+        "provision_billing_customer",
+        "finalize_billing_invoice",
+        "update_billing_plan",
+        "correct_billing_invoice",
+    } <= served["q2c-stripe"]
     assert {"fetch_deal", "write_back_deal", "write_invoice_status"} <= served["q2c-salesforce"]
 
 
